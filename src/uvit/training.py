@@ -1,0 +1,246 @@
+"""One training loop for every experiment: pixel or latent, unconditional or class-conditional.
+
+Recipe (authors' configs): noise-prediction MSE, AdamW, linear warm-up then constant learning rate, EMA of
+the weights updated every step, condition dropped to the null class at `cond_drop_prob` for classifier-free
+guidance. Every random draw of step k (batch order, flips, posterior samples, times, noise, condition drop)
+comes from generators seeded by (seed, k) or (seed, epoch), so a run resumed from a checkpoint continues
+exactly as the uninterrupted run would. Checkpoints are written atomically and loaded weights-only.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from uvit.autoencoder import load_latents, to_unit_range
+from uvit.config import settings_hash
+from uvit.data import atomic_write_bytes, load_split, num_classes
+from uvit.diffusion import VPSchedule, _mix, noise_prediction_loss
+from uvit.model import UViT, build_model
+
+# Settings that do not change the trajectory of training; a checkpoint made under other values resumes.
+BOOKKEEPING_KEYS = ("steps", "checkpoint_every", "keep_checkpoints", "log_every")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------------------
+# Data: deterministic batches for step k
+# --------------------------------------------------------------------------------------------------------
+
+
+class PixelData:
+    """Prepared uint8 images, scaled to [-1, 1], optionally flipped at random."""
+
+    def __init__(self, data_dir: Path, hflip: bool):
+        images, self.labels = load_split(data_dir / "train")
+        self.images = to_unit_range(images)
+        self.hflip = hflip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    def batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[index]
+        if self.hflip:
+            flip = torch.rand(len(index), generator=generator) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x, self.labels[index]
+
+
+class LatentData:
+    """Stored posterior moments of each image and its flip; a fresh posterior sample every step (scaled)."""
+
+    def __init__(self, latent_dir: Path, hflip: bool):
+        self.moments, self.labels, self.scale_factor = load_latents(latent_dir)
+        self.hflip = hflip
+
+    def __len__(self) -> int:
+        return len(self.moments)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        channels = self.moments.shape[2] // 2
+        return (channels, *self.moments.shape[3:])
+
+    def batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        version = (torch.rand(len(index), generator=generator) < 0.5).long() if self.hflip else torch.zeros_like(index)
+        mean, logvar = self.moments[index, version].chunk(2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        z = mean + std * torch.randn(mean.shape, generator=generator)
+        return z * self.scale_factor, self.labels[index]
+
+
+def batch_indices(step: int, batch_size: int, size: int, seed: int) -> torch.Tensor:
+    """Indices of step k's batch: consecutive slices of a per-epoch permutation (data position = step)."""
+    first, last = step * batch_size, (step + 1) * batch_size
+    indices = []
+    for epoch in range(first // size, (last - 1) // size + 1):
+        perm = torch.randperm(size, generator=torch.Generator().manual_seed(_mix(seed, epoch)))
+        lo, hi = max(first - epoch * size, 0), min(last - epoch * size, size)
+        indices.append(perm[lo:hi])
+    return torch.cat(indices)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Model, optimiser and checkpoints
+# --------------------------------------------------------------------------------------------------------
+
+
+def model_for(exp: dict, data_shape: tuple[int, ...], classes: int) -> UViT:
+    """The experiment's U-ViT; a class model gets one extra (null) class when it is trained for guidance."""
+    if exp["condition"] == "class":
+        classes = classes + (1 if exp["training"]["cond_drop_prob"] > 0 else 0)
+    else:
+        classes = 0
+    return build_model(exp["model"], img_size=data_shape[1], in_chans=data_shape[0], num_classes=classes)
+
+
+def warmup_constant(warmup_steps: int):
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, rate: float) -> None:
+    for ema_p, p in zip(ema.parameters(), model.parameters(), strict=True):
+        ema_p.lerp_(p, 1.0 - rate)
+
+
+def trajectory_hash(exp: dict) -> str:
+    """Hash of everything that shapes the training trajectory (not its length or bookkeeping)."""
+    training = {k: v for k, v in exp["training"].items() if k not in BOOKKEEPING_KEYS}
+    return settings_hash({k: exp[k] for k in ("dataset", "space", "autoencoder", "condition", "model", "diffusion")} | {"training": training})
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: a killed run leaves either the old file set or the new one, never a partial checkpoint."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def latest_checkpoint(ckpt_dir: Path, expected_hash: str, max_step: int, log) -> dict | None:
+    """The newest checkpoint of this trajectory at or before max_step, or None."""
+    for path in sorted(ckpt_dir.glob("ckpt-*.pt"), reverse=True):
+        if int(path.stem.split("-")[1]) > max_step:
+            continue
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["trajectory_hash"] == expected_hash:
+            log(f"resuming from {path} (step {state['step']})")
+            return state
+        log(f"ignoring {path}: made with other training settings")
+    return None
+
+
+def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
+    for path in sorted(ckpt_dir.glob("ckpt-*.pt"))[:-keep]:
+        path.unlink()
+
+
+# --------------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------------
+
+
+def train(exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None = None, log=print) -> dict:
+    """Train (or resume) the experiment; write nnet.pth / nnet_ema.pth (authors' layout) and the loss log."""
+    cfg = exp["training"]
+    data = LatentData(latent_dir, cfg["hflip"]) if exp["space"] == "latent" else PixelData(data_dir, cfg["hflip"])
+    classes = num_classes(data_dir / "train")
+    torch.manual_seed(cfg["seed"])
+    model = model_for(exp, data.shape, classes)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(cfg["warmup_steps"]))
+    schedule = VPSchedule()
+    null_class = classes if cfg["cond_drop_prob"] > 0 else None
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16")
+
+    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    expected = trajectory_hash(exp)
+    state = latest_checkpoint(ckpt_dir, expected, cfg["steps"], log)
+    history: list[dict] = []
+    start_step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, start_step = json.loads(state["history"]), state["step"]
+    last_good = None if state is None else f"step {start_step}"
+
+    model.train()
+    started, images_seen = time.perf_counter(), 0
+    progress = tqdm(range(start_step, cfg["steps"]), initial=start_step, total=cfg["steps"], desc=exp["name"], mininterval=5)
+    for step in progress:
+        generator = torch.Generator().manual_seed(_mix(cfg["seed"], step + 1))
+        x0, labels = data.batch(batch_indices(step, cfg["batch_size"], len(data), cfg["seed"]), generator)
+        kwargs = {}
+        if exp["condition"] == "class":
+            if null_class is not None:
+                drop = torch.rand(len(labels), generator=generator) < cfg["cond_drop_prob"]
+                labels = torch.where(drop, torch.full_like(labels, null_class), labels)
+            kwargs["y"] = labels
+        with autocast:
+            loss = noise_prediction_loss(model, schedule, x0, generator=generator, **kwargs)
+        if not math.isfinite(loss.item()):
+            raise NonFiniteLossError(
+                f"{exp['name']}: loss is {loss.item()} at step {step}; last good checkpoint: {last_good or 'none'} "
+                f"in {ckpt_dir}. Lower training.lr or use training.precision: fp32"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        update_ema(ema, model, cfg["ema_rate"])
+        images_seen += len(x0)
+        done = step + 1
+        if done % cfg["log_every"] == 0 or done == cfg["steps"]:
+            history.append({"step": done, "loss": round(loss.item(), 6), "lr": scheduler.get_last_lr()[0]})
+            rate = images_seen / (time.perf_counter() - started)
+            progress.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}")
+        if done % cfg["checkpoint_every"] == 0 or done == cfg["steps"]:
+            save_checkpoint(
+                ckpt_dir / f"ckpt-{done:07d}.pt",
+                {
+                    "step": done,
+                    "trajectory_hash": expected,
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": json.dumps(history),
+                },
+            )
+            prune_checkpoints(ckpt_dir, cfg["keep_checkpoints"])
+            last_good = f"step {done}"
+    seconds = time.perf_counter() - started
+    if images_seen:
+        log(f"{exp['name']}: {images_seen} images in {seconds:.1f} s ({images_seen / seconds:.1f} images/s)")
+
+    save_checkpoint(out_dir / "nnet.pth", model.state_dict())
+    save_checkpoint(out_dir / "nnet_ema.pth", ema.state_dict())
+    lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in history)
+    atomic_write_bytes(out_dir / "loss.jsonl", lines.encode())
+    return {
+        "steps": cfg["steps"],
+        "batch_size": cfg["batch_size"],
+        "final_loss": history[-1]["loss"] if history else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "num_classes": model.label_emb.num_embeddings if hasattr(model, "label_emb") else 0,
+    }

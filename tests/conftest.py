@@ -1,0 +1,58 @@
+"""Shared fixtures: the project root, its params, and a throwaway copy of the project for DAG runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
+COPY_IGNORE = shutil.ignore_patterns(
+    ".venv", ".git", ".snakemake", "data", "results", "logs", "metrics", "paper_tables", ".pytest_cache", "__pycache__", ".ruff_cache", "dvc.lock"
+)
+
+
+@pytest.fixture(scope="session")
+def params() -> dict:
+    from uvit.config import load_params
+
+    return load_params(ROOT / "params.yaml")
+
+
+def make_project_copy(dest: Path, targets: list[str] | None = None) -> Path:
+    """A copy of the project (code, workflow, params) without outputs, as its own git + DVC repository."""
+    shutil.copytree(ROOT, dest, ignore=COPY_IGNORE)
+    (dest / ".dvc" / "cache").exists() and shutil.rmtree(dest / ".dvc" / "cache")
+    if targets:
+        set_params(dest, lambda p: p.__setitem__("targets", targets))
+    env = project_env()
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(command, cwd=dest, check=True, env=env)
+    return dest
+
+
+def set_params(project: Path, edit) -> None:
+    """Apply edit(params_dict) to a project's params.yaml."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    edit(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def project_env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}:{env['PATH']}"
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def run(command: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=project_env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result

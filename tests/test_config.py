@@ -1,0 +1,74 @@
+"""params.yaml validation: every wrong value stops the run with a one-line message naming the key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from conftest import ROOT, make_project_copy, run, set_params
+
+from uvit.config import ConfigError, check_references, load_params, resolve_experiment, validate_against_schema
+
+SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/params.schema.yaml").read_text())
+RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def check(edit) -> str:
+    params = copy.deepcopy(RAW)
+    edit(params)
+    with pytest.raises(ConfigError) as err:
+        validate_against_schema(params, SCHEMA)
+        check_references(params)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_committed_params_are_valid(params):
+    for name in params["experiments"]:
+        exp = resolve_experiment(params, name)
+        assert exp["name"] == name and exp["model"]["embed_dim"] > 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda p: p["defaults"]["training"].__setitem__("lrr", 1e-4), "defaults.training: unknown key 'lrr'"),
+        (lambda p: p["experiments"]["fmnist_pixel"]["training"].__setitem__("lr", "fast"), "experiments.fmnist_pixel.training.lr: 'fast' is not of type 'number'"),
+        (lambda p: p["defaults"]["sampling"].__setitem__("sampler", "ddpm"), "defaults.sampling.sampler: 'ddpm' is not one of"),
+        (lambda p: p["experiments"]["fmnist_pixel"].__setitem__("dataset", "mnist"), "experiments.fmnist_pixel.dataset: unknown dataset 'mnist'"),
+        (lambda p: p["experiments"]["fmnist_pixel"].setdefault("model", {}).__setitem__("patch_size", 3), "experiments.fmnist_pixel.model.patch_size: 3 does not divide"),
+        (lambda p: p["experiments"]["fmnist_pixel"].setdefault("model", {}).__setitem__("name", "U-ViT-XL/2"), "experiments.fmnist_pixel.model.name: unknown model 'U-ViT-XL/2'"),
+        (lambda p: p["experiments"]["fmnist_pixel"].setdefault("sampling", {}).__setitem__("guidance_scale", 1.0), "experiments.fmnist_pixel.sampling.guidance_scale: guidance needs"),
+        (lambda p: p["experiments"]["fmnist_latent"].__setitem__("autoencoder", "sd_vae"), "experiments.fmnist_latent.autoencoder: latent experiments need"),
+        (lambda p: p.__setitem__("targets", ["fmnist_pixel", "nope"]), "targets.1: unknown experiment 'nope'"),
+        (lambda p: p["defaults"]["training"].__setitem__("betas", [0.9]), "defaults.training.betas: [0.9] is too short"),
+        (lambda p: p["defaults"]["training"].pop("seed"), "'seed' is a required property"),
+        (lambda p: p["experiments"]["fmnist_pixel"].setdefault("model", {}).__setitem__("depth", 8), "experiments.fmnist_pixel.model.depth: must be odd"),
+    ],
+)
+def test_bad_values_name_the_key(edit, expected):
+    assert expected in check(edit)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("targets: [a\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml", schema_path=ROOT / "workflow/schemas/params.schema.yaml")
+
+
+def test_zoo_name_overrides_free_settings(params):
+    exp = resolve_experiment(params, "cifar10_uvit_s2")
+    assert (exp["model"]["embed_dim"], exp["model"]["depth"], exp["model"]["patch_size"]) == (512, 13, 2)
+
+
+def test_snakemake_refuses_bad_params_before_any_work(tmp_path):
+    project = make_project_copy(tmp_path / "p")
+    set_params(project, lambda p: p["defaults"]["sampling"].__setitem__("steps", 0))
+    result = run(["snakemake", "-n", "--cores", "1"], project, check=False)
+    assert result.returncode != 0
+    assert "defaults.sampling.steps: 0 is less than the minimum of 1" in result.stdout + result.stderr
+    assert not (project / "data").exists()

@@ -1,0 +1,58 @@
+# FID: reference statistics (once per dataset and count), the small-sample floor, and each experiment's FID.
+
+
+rule reference_stats:
+    input:
+        data="data/prepared/{dataset}",
+    output:
+        "results/fid_refs/{dataset}-{split}{n}.npz",
+    threads: workflow.cores
+    log:
+        "logs/reference_stats/{dataset}-{split}{n}.log",
+    benchmark:
+        "logs/reference_stats/{dataset}-{split}{n}.benchmark.tsv"
+    conda:
+        "../envs/uvit.yaml"
+    shell:
+        "uvit --threads {threads} reference-stats --data {input.data} --split {wildcards.split}"
+        " --count {wildcards.n} --out {output} 2> {log}"
+
+
+rule fid_floor:
+    input:
+        data="data/prepared/{dataset}",
+        reference="results/fid_refs/{dataset}-{ref}.npz",
+    output:
+        "metrics/fid_floors/{dataset}-{ref}-{split}{n}.json",
+    threads: workflow.cores
+    log:
+        "logs/fid_floor/{dataset}-{ref}-{split}{n}.log",
+    conda:
+        "../envs/uvit.yaml"
+    shell:
+        "uvit --threads {threads} fid-floor --data {input.data} --split {wildcards.split} --count {wildcards.n}"
+        " --reference {input.reference} --out {output} 2> {log}"
+
+
+rule fid:
+    input:
+        samples="results/{experiment}/samples",
+        model="results/{experiment}/nnet_ema.pth",
+        data=prepared,
+        reference=reference_stats,
+        floor=fid_floor,
+    output:
+        "metrics/{experiment}/fid.json",
+    params:
+        settings=settings_json("fid"),
+    threads: workflow.cores
+    log:
+        "logs/fid/{experiment}.log",
+    benchmark:
+        "logs/fid/{experiment}.benchmark.tsv"
+    conda:
+        "../envs/uvit.yaml"
+    shell:
+        "uvit --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples}"
+        " --reference {input.reference} --floor {input.floor} --data {input.data} --checkpoint {input.model}"
+        " --metrics {output} 2> {log}"
