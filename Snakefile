@@ -6,6 +6,16 @@
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    experiment="|".join(EXPERIMENTS),
+    dataset="|".join(DATASETS),
+    autoencoder="|".join(AUTOENCODERS),
+    split="train|test",
+    n=r"\d+",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
@@ -13,9 +23,9 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True
 
 
 onsuccess:

@@ -13,7 +13,18 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 COPY_IGNORE = shutil.ignore_patterns(
-    ".venv", ".git", ".snakemake", "data", "results", "logs", "metrics", "paper_tables", ".pytest_cache", "__pycache__", ".ruff_cache", "dvc.lock"
+    ".venv",
+    ".git",
+    ".snakemake",
+    "data",
+    "results",
+    "logs",
+    "metrics",
+    "paper_tables",
+    ".pytest_cache",
+    "__pycache__",
+    ".ruff_cache",
+    "dvc.lock",
 )
 
 
@@ -31,7 +42,11 @@ def make_project_copy(dest: Path, targets: list[str] | None = None) -> Path:
     if targets:
         set_params(dest, lambda p: p.__setitem__("targets", targets))
     env = project_env()
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+    ):
         subprocess.run(command, cwd=dest, check=True, env=env)
     return dest
 
@@ -52,7 +67,11 @@ def project_env() -> dict:
 
 
 def run(command: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=project_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        command, cwd=cwd, env=project_env(), capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result

@@ -8,7 +8,13 @@ import pytest
 import yaml
 from conftest import ROOT, make_project_copy, run, set_params
 
-from uvit.config import ConfigError, check_references, load_params, resolve_experiment, validate_against_schema
+from uvit.config import (
+    ConfigError,
+    check_references,
+    load_params,
+    resolve_experiment,
+    validate_against_schema,
+)
 
 SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/params.schema.yaml").read_text())
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -34,18 +40,55 @@ def test_committed_params_are_valid(params):
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (lambda p: p["defaults"]["training"].__setitem__("lrr", 1e-4), "defaults.training: unknown key 'lrr'"),
-        (lambda p: p["experiments"]["fmnist_pixel"]["training"].__setitem__("lr", "fast"), "experiments.fmnist_pixel.training.lr: 'fast' is not of type 'number'"),
-        (lambda p: p["defaults"]["sampling"].__setitem__("sampler", "ddpm"), "defaults.sampling.sampler: 'ddpm' is not one of"),
-        (lambda p: p["experiments"]["fmnist_pixel"].__setitem__("dataset", "mnist"), "experiments.fmnist_pixel.dataset: unknown dataset 'mnist'"),
-        (lambda p: p["experiments"]["fmnist_pixel"].setdefault("model", {}).__setitem__("patch_size", 3), "experiments.fmnist_pixel.model.patch_size: 3 does not divide"),
-        (lambda p: p["experiments"]["fmnist_pixel"].setdefault("model", {}).__setitem__("name", "U-ViT-XL/2"), "experiments.fmnist_pixel.model.name: unknown model 'U-ViT-XL/2'"),
-        (lambda p: p["experiments"]["fmnist_pixel"].setdefault("sampling", {}).__setitem__("guidance_scale", 1.0), "experiments.fmnist_pixel.sampling.guidance_scale: guidance needs"),
-        (lambda p: p["experiments"]["fmnist_latent"].__setitem__("autoencoder", "sd_vae"), "experiments.fmnist_latent.autoencoder: latent experiments need"),
-        (lambda p: p.__setitem__("targets", ["fmnist_pixel", "nope"]), "targets.1: unknown experiment 'nope'"),
-        (lambda p: p["defaults"]["training"].__setitem__("betas", [0.9]), "defaults.training.betas: [0.9] is too short"),
+        (
+            lambda p: p["defaults"]["training"].__setitem__("lrr", 1e-4),
+            "defaults.training: unknown key 'lrr'",
+        ),
+        (
+            lambda p: p["experiments"]["fmnist_pixel"]["training"].__setitem__("lr", "fast"),
+            "experiments.fmnist_pixel.training.lr: 'fast' is not of type 'number'",
+        ),
+        (
+            lambda p: p["defaults"]["sampling"].__setitem__("sampler", "ddpm"),
+            "defaults.sampling.sampler: 'ddpm' is not one of",
+        ),
+        (
+            lambda p: p["experiments"]["fmnist_pixel"].__setitem__("dataset", "mnist"),
+            "experiments.fmnist_pixel.dataset: unknown dataset 'mnist'",
+        ),
+        (
+            lambda p: p["experiments"]["fmnist_pixel"].setdefault("model", {}).__setitem__("patch_size", 3),
+            "experiments.fmnist_pixel.model.patch_size: 3 does not divide",
+        ),
+        (
+            lambda p: (
+                p["experiments"]["fmnist_pixel"].setdefault("model", {}).__setitem__("name", "U-ViT-XL/2")
+            ),
+            "experiments.fmnist_pixel.model.name: unknown model 'U-ViT-XL/2'",
+        ),
+        (
+            lambda p: (
+                p["experiments"]["fmnist_pixel"].setdefault("sampling", {}).__setitem__("guidance_scale", 1.0)
+            ),
+            "experiments.fmnist_pixel.sampling.guidance_scale: guidance needs",
+        ),
+        (
+            lambda p: p["experiments"]["fmnist_latent"].__setitem__("autoencoder", "sd_vae"),
+            "experiments.fmnist_latent.autoencoder: latent experiments need",
+        ),
+        (
+            lambda p: p.__setitem__("targets", ["fmnist_pixel", "nope"]),
+            "targets.1: unknown experiment 'nope'",
+        ),
+        (
+            lambda p: p["defaults"]["training"].__setitem__("betas", [0.9]),
+            "defaults.training.betas: [0.9] is too short",
+        ),
         (lambda p: p["defaults"]["training"].pop("seed"), "'seed' is a required property"),
-        (lambda p: p["experiments"]["fmnist_pixel"].setdefault("model", {}).__setitem__("depth", 8), "experiments.fmnist_pixel.model.depth: must be odd"),
+        (
+            lambda p: p["experiments"]["fmnist_pixel"].setdefault("model", {}).__setitem__("depth", 8),
+            "experiments.fmnist_pixel.model.depth: must be odd",
+        ),
     ],
 )
 def test_bad_values_name_the_key(edit, expected):

@@ -42,7 +42,9 @@ def test_idx_round_trip_and_truncation(tmp_path):
         read_idx(tmp_path / "cut.gz")
 
 
-@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed (make data)")
+@pytest.mark.skipif(
+    not FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed (make data)"
+)
 def test_real_fashion_mnist_is_padded_to_32():
     splits = load_fashion_mnist({"root": str(FASHION_MNIST), "resolution": 32})
     images, labels = splits["train"]
@@ -53,13 +55,21 @@ def test_real_fashion_mnist_is_padded_to_32():
 
 
 def test_missing_fashion_mnist_names_the_file_and_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr("uvit.data._download", lambda url, path: (_ for _ in ()).throw(DataError(f"{path}: not found and could not download {url}")))
-    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):
+    monkeypatch.setattr(
+        "uvit.data._download",
+        lambda url, path: (_ for _ in ()).throw(DataError(f"{path}: not found and could not download {url}")),
+    )
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz"):
         load_fashion_mnist({"root": str(tmp_path / "nowhere"), "resolution": 32})
 
 
 def test_wrong_checksum_stops(tmp_path):
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+    for name in (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ):
         write_idx(tmp_path / name, np.zeros((2, 28, 28) if "images" in name else (2,), dtype=np.uint8))
     with pytest.raises(DataError, match="checksum differs from the published Fashion-MNIST file"):
         load_fashion_mnist({"root": str(tmp_path), "resolution": 32})
@@ -74,7 +84,12 @@ def test_digits_split_and_range():
 
 def cifar_batch(n: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    return {b"batch_label": b"x", b"labels": rng.integers(0, 10, n).tolist(), b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"filenames": [b"f"] * n}
+    return {
+        b"batch_label": b"x",
+        b"labels": rng.integers(0, 10, n).tolist(),
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [b"f"] * n,
+    }
 
 
 def test_cifar10_from_the_official_tarball_layout(tmp_path):
@@ -101,9 +116,9 @@ def test_cifar10_refuses_arbitrary_pickles(tmp_path):
     folder.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (folder / name).write_bytes(pickle.dumps({b"data": Evil(), b"labels": [0]}))
-    with pytest.raises(DataError, match="refusing to unpickle builtins.print"):
+    with pytest.raises(DataError, match=r"refusing to unpickle builtins\.print"):
         load_cifar10({"root": str(folder)})
-    with pytest.raises(DataError, match="CIFAR-10: .* not found"):
+    with pytest.raises(DataError, match=r"CIFAR-10: .* not found"):
         load_cifar10({"root": str(tmp_path / "missing")})
 
 

@@ -70,7 +70,12 @@ def test_dpm_solver_matches_the_exact_flow_of_gaussian_data(steps, tolerance):
 
 def uniform_solver_error(order: int, steps: int) -> float:
     x = torch.linspace(-3, 3, 64, dtype=torch.float64)[:, None]
-    lam = torch.linspace(SCHEDULE.log_snr(torch.tensor(1.0, dtype=torch.float64)).item(), SCHEDULE.log_snr(torch.tensor(1e-3, dtype=torch.float64)).item(), steps + 1, dtype=torch.float64)
+    lam = torch.linspace(
+        SCHEDULE.log_snr(torch.tensor(1.0, dtype=torch.float64)).item(),
+        SCHEDULE.log_snr(torch.tensor(1e-3, dtype=torch.float64)).item(),
+        steps + 1,
+        dtype=torch.float64,
+    )
     times, out = SCHEDULE.time_of_log_snr(lam), x.clone()
     for k in range(steps):
         out = dpm_solver_step(lambda y, t: gaussian_eps(y, t), SCHEDULE, out, times[k], times[k + 1], order)
@@ -87,7 +92,9 @@ def test_dpm_solver_converges_at_its_order(order):
 
 def test_euler_maruyama_recovers_gaussian_moments():
     n = 2000
-    samples = euler_maruyama(gaussian_eps, SCHEDULE, SeededNoise(1, list(range(n)), (1,)), steps=1000).double()
+    samples = euler_maruyama(
+        gaussian_eps, SCHEDULE, SeededNoise(1, list(range(n)), (1,)), steps=1000
+    ).double()
     # Tolerances: 4 standard errors of the sample mean and of the sample variance.
     assert abs(samples.mean().item() - MEAN) < 4 * STD / math.sqrt(n)
     assert abs(samples.var().item() / STD**2 - 1) < 4 * math.sqrt(2 / (n - 1))
@@ -95,7 +102,9 @@ def test_euler_maruyama_recovers_gaussian_moments():
 
 def tiny_class_model() -> UViT:
     torch.manual_seed(0)
-    return UViT(img_size=8, in_chans=1, embed_dim=32, depth=3, num_heads=2, patch_size=4, num_classes=4).eval()
+    return UViT(
+        img_size=8, in_chans=1, embed_dim=32, depth=3, num_heads=2, patch_size=4, num_classes=4
+    ).eval()
 
 
 @torch.no_grad()

@@ -37,7 +37,15 @@ def authors_layout(depth: int, class_model: bool, conv: bool) -> set[str]:
         names.add("label_emb.weight")
     if conv:
         names |= {"final_layer.weight", "final_layer.bias"}
-    block = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias"]
+    block = [
+        "norm1.weight",
+        "norm1.bias",
+        "attn.qkv.weight",
+        "attn.proj.weight",
+        "attn.proj.bias",
+        "norm2.weight",
+        "norm2.bias",
+    ]
     block += ["mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
     for i in range(depth // 2):
         names |= {f"in_blocks.{i}.{n}" for n in block}
@@ -53,7 +61,11 @@ def test_parameter_names_follow_the_authors_layout(name, classes):
         model = build_model({"name": name}, img, chans, classes)
     expected = authors_layout(MODEL_ZOO[name]["depth"], classes > 0, MODEL_ZOO[name]["conv"])
     assert set(model.state_dict()) == expected
-    assert tuple(model.state_dict()["pos_embed"].shape) == (1, (img // MODEL_ZOO[name]["patch_size"]) ** 2 + 1 + (classes > 0), MODEL_ZOO[name]["embed_dim"])
+    assert tuple(model.state_dict()["pos_embed"].shape) == (
+        1,
+        (img // MODEL_ZOO[name]["patch_size"]) ** 2 + 1 + (classes > 0),
+        MODEL_ZOO[name]["embed_dim"],
+    )
 
 
 def test_timestep_embedding_is_cos_then_sin():
@@ -74,7 +86,9 @@ def test_unpatchify_inverts_patch_order():
 
 def test_forward_shapes_and_condition_changes_output():
     torch.manual_seed(0)
-    model = UViT(img_size=16, in_chans=2, embed_dim=32, depth=3, num_heads=2, patch_size=4, num_classes=5).eval()
+    model = UViT(
+        img_size=16, in_chans=2, embed_dim=32, depth=3, num_heads=2, patch_size=4, num_classes=5
+    ).eval()
     x, t = torch.randn(3, 2, 16, 16), torch.tensor([1.0, 500.0, 999.0])
     out_a = model(x, t, torch.tensor([0, 1, 2]))
     out_b = model(x, t, torch.tensor([3, 3, 3]))

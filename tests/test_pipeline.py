@@ -43,7 +43,10 @@ def test_smoke_dag_end_to_end(tmp_path):
 
     # Both engines agree that everything is up to date.
     assert planned_jobs(project) == set()
-    assert "up to date" in run(["dvc", "status"], project).stdout.lower() or run(["dvc", "status"], project).stdout.strip() == ""
+    assert (
+        "up to date" in run(["dvc", "status"], project).stdout.lower()
+        or run(["dvc", "status"], project).stdout.strip() == ""
+    )
     repro = run(["dvc", "repro"], project).stdout
     assert "Running stage" not in repro, repro
 

@@ -30,7 +30,9 @@ def test_git_state_reports_commit_and_dirtiness(tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "m.json").write_text("{}\n")
     subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"], cwd=tmp_path, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"], cwd=tmp_path, check=True
+    )
     state = git_state(tmp_path)
     assert len(state["commit"]) == 40 and state["dirty"] is False
     (tmp_path / "metrics" / "m.json").write_text('{"fid": 1}\n')  # generated outputs do not count

@@ -43,7 +43,10 @@ def test_resumed_run_is_bitwise_identical_to_an_uninterrupted_one(digits, tmp_pa
     assert any("resuming from" in m and "step 10" in m for m in logs)
     for name in ("nnet.pth", "nnet_ema.pth", "loss.jsonl"):
         assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes(), name
-    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["ckpt-0000010.pt", "ckpt-0000015.pt"]
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [
+        "ckpt-0000010.pt",
+        "ckpt-0000015.pt",
+    ]
 
 
 def test_checkpoints_of_other_settings_are_not_resumed(digits, tmp_path):

@@ -88,7 +88,7 @@ def reconstruction_metrics(model, split_dir: Path, count: int) -> dict:
     recon = to_uint8(model.decode(model.encode(to_unit_range(images)).latent_dist.mode()).sample)
     mse = np.mean((recon.astype(np.float64) - images.astype(np.float64)) ** 2, axis=(1, 2, 3))
     psnr = float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
-    return {"heldout_images": int(len(images)), "psnr_db": round(psnr, 3)}
+    return {"heldout_images": len(images), "psnr_db": round(psnr, 3)}
 
 
 def load_autoencoder(path: str | Path):
@@ -109,26 +109,35 @@ def encode_dataset(
     moments, start = [], time.perf_counter()
     for i in tqdm(range(0, len(images), batch_size), desc="encode", mininterval=5):
         x = to_unit_range(images[i : i + batch_size])
-        pair = torch.stack([model.encode(x).latent_dist.parameters, model.encode(x.flip(3)).latent_dist.parameters], 1)
+        pair = torch.stack(
+            [model.encode(x).latent_dist.parameters, model.encode(x.flip(3)).latent_dist.parameters], 1
+        )
         moments.append(pair.numpy())
     log(f"encode: {len(images)} images in {time.perf_counter() - start:.1f} s")
     moments = np.concatenate(moments)
     means = moments[:, :, : moments.shape[2] // 2]
     shards = []
     for index, begin in enumerate(range(0, len(moments), shard_size)):
-        for kind, array in (("moments", moments[begin : begin + shard_size]), ("labels", labels[begin : begin + shard_size])):
+        for kind, array in (
+            ("moments", moments[begin : begin + shard_size]),
+            ("labels", labels[begin : begin + shard_size]),
+        ):
             buffer = io.BytesIO()
             np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
             name = f"{kind}-{index:05d}.npy"
             atomic_write_bytes(out_dir / name, buffer.getvalue())
-            shards.append({"file": name, "count": len(array), "md5": hashlib.md5(buffer.getvalue()).hexdigest()})
+            shards.append(
+                {"file": name, "count": len(array), "md5": hashlib.md5(buffer.getvalue()).hexdigest()}
+            )
     manifest = {
         "count": len(moments),
         "moments_shape": list(moments.shape[1:]),
         "scale_factor": float(1.0 / means.std()),
         "shards": shards,
     }
-    atomic_write_bytes(out_dir / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(
+        out_dir / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    )
     return manifest
 
 
@@ -139,7 +148,9 @@ def load_latents(latent_dir: Path) -> tuple[torch.Tensor, torch.Tensor, float]:
     for shard in manifest["shards"]:
         blob = (latent_dir / shard["file"]).read_bytes()
         if hashlib.md5(blob).hexdigest() != shard["md5"]:
-            raise RuntimeError(f"{latent_dir / shard['file']}: checksum mismatch with its manifest; re-run encode_latents")
+            raise RuntimeError(
+                f"{latent_dir / shard['file']}: checksum mismatch with its manifest; re-run encode_latents"
+            )
         arrays[shard["file"].split("-")[0]].append(np.load(io.BytesIO(blob), allow_pickle=False))
     moments = torch.from_numpy(np.concatenate(arrays["moments"]))
     return moments, torch.from_numpy(np.concatenate(arrays["labels"])), manifest["scale_factor"]

@@ -7,7 +7,6 @@ inputs and outputs from the command line, so the DAG decides paths and params.ya
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -53,7 +52,9 @@ def cmd_encode_latents(args, params: dict) -> None:
     from uvit.autoencoder import encode_dataset
 
     manifest = encode_dataset(Path(args.autoencoder_dir), Path(args.data), Path(args.out), log=log)
-    log(f"encoded {manifest['count']} images, moments {manifest['moments_shape']}, scale {manifest['scale_factor']:.5f}")
+    log(
+        f"encoded {manifest['count']} images, moments {manifest['moments_shape']}, scale {manifest['scale_factor']:.5f}"
+    )
 
 
 def cmd_train(args, params: dict) -> None:
@@ -88,20 +89,35 @@ def cmd_sample(args, params: dict) -> None:
 def cmd_reference_stats(args, params: dict) -> None:
     from uvit.evaluation import reference_statistics
 
-    reference_statistics(Path(args.data), args.split, args.count, Path(args.out), precision=args.precision, log=log)
+    reference_statistics(
+        Path(args.data), args.split, args.count, Path(args.out), precision=args.precision, log=log
+    )
 
 
 def cmd_fid_floor(args, params: dict) -> None:
     from uvit.evaluation import fid_floor
 
-    fid_floor(Path(args.data), args.split, args.count, Path(args.reference), Path(args.out), precision=args.precision, log=log)
+    fid_floor(
+        Path(args.data),
+        args.split,
+        args.count,
+        Path(args.reference),
+        Path(args.out),
+        precision=args.precision,
+        log=log,
+    )
 
 
 def cmd_fid(args, params: dict) -> None:
     from uvit.evaluation import fid_of_samples
 
     exp = resolve_experiment(params, args.experiment)
-    inputs = {"dataset": args.data, "checkpoint": args.checkpoint, "samples": args.samples, "reference": args.reference}
+    inputs = {
+        "dataset": args.data,
+        "checkpoint": args.checkpoint,
+        "samples": args.samples,
+        "reference": args.reference,
+    }
     fid_of_samples(exp, inputs, Path(args.floor), Path(args.metrics), log=log)
 
 
@@ -125,8 +141,12 @@ def cmd_tables(args, params: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uvit", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--params", default="params.yaml", metavar="FILE", help="settings file (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
 
     def stage(name: str, func, help_text: str) -> argparse.ArgumentParser:
@@ -138,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="name under `datasets` in params.yaml")
     p.add_argument("--out", required=True, metavar="DIR")
 
-    p = stage("train-autoencoder", cmd_train_autoencoder, "Train a small KL autoencoder for latent experiments.")
+    p = stage(
+        "train-autoencoder", cmd_train_autoencoder, "Train a small KL autoencoder for latent experiments."
+    )
     p.add_argument("--autoencoder", required=True, help="name under `autoencoders`")
     p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -153,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", required=True)
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--latents", metavar="DIR", help="encoded latents (latent experiments)")
-    p.add_argument("--out", required=True, metavar="DIR", help="run directory: checkpoints/, nnet.pth, nnet_ema.pth")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="run directory: checkpoints/, nnet.pth, nnet_ema.pth"
+    )
     p.add_argument("--metrics", required=True, metavar="FILE")
 
     p = stage("sample", cmd_sample, "Draw an experiment's samples into a PNG folder (resumable).")
@@ -166,7 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, text in (
         ("reference-stats", cmd_reference_stats, "Inception statistics of prepared images (FID reference)."),
-        ("fid-floor", cmd_fid_floor, "FID of held-out real images against the reference (the small-sample floor)."),
+        (
+            "fid-floor",
+            cmd_fid_floor,
+            "FID of held-out real images against the reference (the small-sample floor).",
+        ),
     ):
         p = stage(name, func, text)
         p.add_argument("--data", required=True, metavar="DIR")
@@ -183,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, metavar="FILE")
     p.add_argument("--floor", required=True, metavar="FILE")
     p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (recorded for provenance)")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="EMA weights (recorded for provenance)")
+    p.add_argument(
+        "--checkpoint", required=True, metavar="FILE", help="EMA weights (recorded for provenance)"
+    )
     p.add_argument("--metrics", required=True, metavar="FILE")
 
     p = stage("figures", cmd_figures, "A grid of the first samples.")
@@ -211,5 +241,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-__all__ = ["build_parser", "json", "main"]

@@ -53,7 +53,9 @@ def load_params(path: str | Path = "params.yaml", schema_path: str | Path | None
 def validate_against_schema(params: Any, schema: dict, source: str = "params.yaml") -> None:
     """Raise ConfigError for the first (deepest) schema violation, naming its key."""
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(params), key=lambda e: (-len(e.absolute_path), str(e.absolute_path)))
+    errors = sorted(
+        validator.iter_errors(params), key=lambda e: (-len(e.absolute_path), str(e.absolute_path))
+    )
     if not errors:
         return
     error = jsonschema.exceptions.best_match(errors)
@@ -108,7 +110,9 @@ def check_references(params: dict, source: str = "params.yaml") -> None:
     experiments = params["experiments"]
     for i, target in enumerate(params["targets"]):
         if target not in experiments:
-            raise ConfigError(f"{source}: targets.{i}: unknown experiment {target!r} (known: {', '.join(experiments)})")
+            raise ConfigError(
+                f"{source}: targets.{i}: unknown experiment {target!r} (known: {', '.join(experiments)})"
+            )
     for name, ae in params["autoencoders"].items():
         if ae["dataset"] not in params["datasets"]:
             raise ConfigError(f"{source}: autoencoders.{name}.dataset: unknown dataset {ae['dataset']!r}")
@@ -121,28 +125,44 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
     exp = deep_merge(params["defaults"], raw)
     key = f"{source}: experiments.{name}"
     if exp["dataset"] not in params["datasets"]:
-        raise ConfigError(f"{key}.dataset: unknown dataset {exp['dataset']!r} (known: {', '.join(params['datasets'])})")
+        raise ConfigError(
+            f"{key}.dataset: unknown dataset {exp['dataset']!r} (known: {', '.join(params['datasets'])})"
+        )
     model = exp["model"]
     if model["name"] is not None:
         if model["name"] not in MODEL_ZOO:
-            raise ConfigError(f"{key}.model.name: unknown model {model['name']!r} (known: {', '.join(MODEL_ZOO)})")
+            raise ConfigError(
+                f"{key}.model.name: unknown model {model['name']!r} (known: {', '.join(MODEL_ZOO)})"
+            )
         model = {**model, **MODEL_ZOO[model["name"]]}
     if exp["space"] == "latent":
         ae = exp["autoencoder"]
         if ae not in params["autoencoders"]:
-            raise ConfigError(f"{key}.autoencoder: latent experiments need an autoencoder from `autoencoders`, got {ae!r}")
+            raise ConfigError(
+                f"{key}.autoencoder: latent experiments need an autoencoder from `autoencoders`, got {ae!r}"
+            )
         if params["autoencoders"][ae]["dataset"] != exp["dataset"]:
-            raise ConfigError(f"{key}.autoencoder: {ae!r} is trained on another dataset than {exp['dataset']!r}")
+            raise ConfigError(
+                f"{key}.autoencoder: {ae!r} is trained on another dataset than {exp['dataset']!r}"
+            )
     elif exp["autoencoder"] is not None:
         raise ConfigError(f"{key}.autoencoder: set only for space: latent (this experiment is pixel-space)")
     if model["embed_dim"] % model["num_heads"]:
-        raise ConfigError(f"{key}.model.num_heads: {model['num_heads']} does not divide embed_dim {model['embed_dim']}")
+        raise ConfigError(
+            f"{key}.model.num_heads: {model['num_heads']} does not divide embed_dim {model['embed_dim']}"
+        )
     if model["depth"] % 2 == 0:
-        raise ConfigError(f"{key}.model.depth: must be odd (depth//2 in-blocks, 1 mid-block, depth//2 out-blocks)")
+        raise ConfigError(
+            f"{key}.model.depth: must be odd (depth//2 in-blocks, 1 mid-block, depth//2 out-blocks)"
+        )
     grid = token_grid_size(params, exp)
     if grid % model["patch_size"]:
-        raise ConfigError(f"{key}.model.patch_size: {model['patch_size']} does not divide the input size {grid}")
-    if exp["sampling"]["guidance_scale"] > 0 and (exp["condition"] == "none" or exp["training"]["cond_drop_prob"] == 0):
+        raise ConfigError(
+            f"{key}.model.patch_size: {model['patch_size']} does not divide the input size {grid}"
+        )
+    if exp["sampling"]["guidance_scale"] > 0 and (
+        exp["condition"] == "none" or exp["training"]["cond_drop_prob"] == 0
+    ):
         raise ConfigError(
             f"{key}.sampling.guidance_scale: guidance needs condition: class and training.cond_drop_prob > 0"
         )

@@ -18,6 +18,7 @@ import tarfile
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -102,7 +103,9 @@ def ensure_fashion_mnist(root: Path, download: bool = True) -> None:
             root.mkdir(parents=True, exist_ok=True)
             _download(FASHION_MNIST_URL + name, path)
         if md5_file(path) != gz_md5 and _gunzip_md5(path) != raw_md5:
-            raise DataError(f"{path}: checksum differs from the published Fashion-MNIST file; delete it and fetch it again")
+            raise DataError(
+                f"{path}: checksum differs from the published Fashion-MNIST file; delete it and fetch it again"
+            )
 
 
 def _gunzip_md5(path: Path) -> str | None:
@@ -162,7 +165,7 @@ def load_digits(cfg: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles the CIFAR-10 batches (dicts of bytes, lists and numpy arrays) and nothing else."""
 
-    ALLOWED = {
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
@@ -172,7 +175,9 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (not part of a CIFAR-10 batch)")
+            raise pickle.UnpicklingError(
+                f"refusing to unpickle {module}.{name} (not part of a CIFAR-10 batch)"
+            )
         return super().find_class(module, name)
 
 
@@ -193,8 +198,7 @@ def load_cifar10(cfg: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if root.is_file():
         with tarfile.open(root) as tar:
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-            read = lambda name: tar.extractfile(members[name]).read()  # noqa: E731
-            return _cifar_splits(names, members, read, root)
+            return _cifar_splits(names, members, lambda name: tar.extractfile(members[name]).read(), root)
     if root.is_dir():
         members = {p.name: p for p in root.iterdir()}
         return _cifar_splits(names, members, lambda name: members[name].read_bytes(), root)
@@ -209,7 +213,9 @@ def _cifar_splits(names: dict, members: dict, read: Callable[[str], bytes], root
     for split, batch_names in names.items():
         missing = [n for n in batch_names if n not in members]
         if missing:
-            raise DataError(f"CIFAR-10: {root} lacks {', '.join(missing)} (expected data_batch_1..5 and test_batch)")
+            raise DataError(
+                f"CIFAR-10: {root} lacks {', '.join(missing)} (expected data_batch_1..5 and test_batch)"
+            )
         parts = [_cifar_batch(read(n), f"{root}/{n}") for n in batch_names]
         splits[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     return splits
@@ -232,7 +238,10 @@ def write_split(out_dir: Path, images: np.ndarray, labels: np.ndarray, shard_siz
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = []
     for index, start in enumerate(range(0, len(images), shard_size)):
-        for kind, array in (("images", images[start : start + shard_size]), ("labels", labels[start : start + shard_size])):
+        for kind, array in (
+            ("images", images[start : start + shard_size]),
+            ("labels", labels[start : start + shard_size]),
+        ):
             name = f"{kind}-{index:05d}.npy"
             blob = _npy_bytes(np.ascontiguousarray(array))
             atomic_write_bytes(out_dir / name, blob)
@@ -240,13 +249,15 @@ def write_split(out_dir: Path, images: np.ndarray, labels: np.ndarray, shard_siz
     classes, counts = np.unique(labels, return_counts=True)
     manifest = {
         "source": source,
-        "count": int(len(images)),
+        "count": len(images),
         "shape": list(images.shape[1:]),
         "dtype": "uint8",
         "class_counts": {int(c): int(n) for c, n in zip(classes, counts, strict=True)},
         "shards": shards,
     }
-    atomic_write_bytes(out_dir / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(
+        out_dir / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    )
     return manifest
 
 

@@ -93,7 +93,11 @@ def guided_noise_predictor(
             return model(x, t_in).float()
         if guidance_scale == 0:
             return model(x, t_in, labels).float()
-        both = model(torch.cat([x, x]), torch.cat([t_in, t_in]), torch.cat([labels, torch.full_like(labels, null_label)]))
+        both = model(
+            torch.cat([x, x]),
+            torch.cat([t_in, t_in]),
+            torch.cat([labels, torch.full_like(labels, null_label)]),
+        )
         eps_cond, eps_uncond = both.float().chunk(2)
         return eps_cond + guidance_scale * (eps_cond - eps_uncond)
 
@@ -126,9 +130,13 @@ def _mix(seed: int, index: int) -> int:
 # --------------------------------------------------------------------------------------------------------
 
 
-def euler_maruyama(eps_fn: NoisePredictor, schedule: VPSchedule, noise: SeededNoise, steps: int) -> torch.Tensor:
+def euler_maruyama(
+    eps_fn: NoisePredictor, schedule: VPSchedule, noise: SeededNoise, steps: int
+) -> torch.Tensor:
     """Reverse-SDE Euler-Maruyama on the authors' grid [0] + linspace(1e-3, 1, steps); no noise on the last step."""
-    grid = torch.cat([torch.zeros(1, dtype=torch.float64), torch.linspace(1e-3, 1.0, steps, dtype=torch.float64)])
+    grid = torch.cat(
+        [torch.zeros(1, dtype=torch.float64), torch.linspace(1e-3, 1.0, steps, dtype=torch.float64)]
+    )
     x = noise.draw()
     for s, t in zip(grid[:-1].flip(0), grid[1:].flip(0), strict=True):
         beta, sigma = schedule.beta(t).item(), schedule.sigma(t).item()
@@ -178,7 +186,12 @@ def dpm_solver(
 
 
 def dpm_solver_step(
-    eps_fn: NoisePredictor, schedule: VPSchedule, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, order: int
+    eps_fn: NoisePredictor,
+    schedule: VPSchedule,
+    x: torch.Tensor,
+    s: torch.Tensor,
+    t: torch.Tensor,
+    order: int,
 ) -> torch.Tensor:
     """One DPM-Solver-k step from time s to t (k = 1: DDIM; 2: r1 = 1/2; 3: r1 = 1/3, r2 = 2/3)."""
     lam_s, lam_t = schedule.log_snr(s), schedule.log_snr(t)
@@ -194,8 +207,10 @@ def dpm_solver_step(
         _, alpha_r, sigma_r = at(r)
         return (alpha_r / alpha_s) * x_ - sigma_r * math.expm1(r * h) * eps
 
+    def evaluate(x_: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        return eps_fn(x_, time.float().reshape(1))
+
     alpha_s = schedule.alpha(s).item()
-    evaluate = lambda x_, time: eps_fn(x_, time.float().reshape(1))  # noqa: E731
     eps_s = evaluate(x, s)
     if order == 1:
         return ddim(x, eps_s, 1.0)

@@ -26,16 +26,22 @@ from uvit.provenance import dvc_md5, record, write_json
 FEATURE_NETWORK = "Inception-v3 pool3 (inception-2015-12-05), clean-fid 'clean' resize"
 
 
-def reference_statistics(data_dir: Path, split: str, count: int, out: Path, precision: str = "fp32", log=print) -> None:
+def reference_statistics(
+    data_dir: Path, split: str, count: int, out: Path, precision: str = "fp32", log=print
+) -> None:
     """mu and sigma of the first `count` prepared images of a split (the FID reference, computed once)."""
     images, _ = load_split(data_dir / split, limit=count)
-    features = InceptionFeatureExtractor(precision=precision).features(images, progress=True, desc="reference")
+    features = InceptionFeatureExtractor(precision=precision).features(
+        images, progress=True, desc="reference"
+    )
     mu, sigma = feature_statistics(features)
     save_statistics(out, mu, sigma, count=np.int64(count))
     log(f"reference statistics of {count} {split} images -> {out}")
 
 
-def fid_floor(data_dir: Path, split: str, count: int, reference: Path, out: Path, precision: str = "fp32", log=print) -> None:
+def fid_floor(
+    data_dir: Path, split: str, count: int, reference: Path, out: Path, precision: str = "fp32", log=print
+) -> None:
     """FID of `count` held-out real images against the reference: what a perfect model would score."""
     images, _ = load_split(data_dir / split, limit=count)
     features = InceptionFeatureExtractor(precision=precision).features(images, progress=True, desc="floor")
@@ -46,20 +52,27 @@ def fid_floor(data_dir: Path, split: str, count: int, reference: Path, out: Path
             "fid_floor": round(fid, 4),
             "count": count,
             "split": split,
-            "inputs": {"dataset": {"path": str(data_dir), "md5": dvc_md5(data_dir)}, "reference": {"path": str(reference), "md5": dvc_md5(reference)}},
+            "inputs": {
+                "dataset": {"path": str(data_dir), "md5": dvc_md5(data_dir)},
+                "reference": {"path": str(reference), "md5": dvc_md5(reference)},
+            },
         },
     )
     log(f"FID floor ({count} {split} images): {fid:.3f}")
 
 
-def fid_of_samples(exp: dict, inputs: dict[str, str], floor_path: Path, metrics_path: Path, log=print) -> dict:
+def fid_of_samples(
+    exp: dict, inputs: dict[str, str], floor_path: Path, metrics_path: Path, log=print
+) -> dict:
     """FID of the experiment's sample folder, with its floor, protocol and provenance."""
     import json
 
     images = read_image_folder(inputs["samples"])
     expected = exp["sampling"]["num_samples"]
     if len(images) != expected:
-        raise RuntimeError(f"{inputs['samples']}: {len(images)} images, sampling.num_samples says {expected}; re-run sample")
+        raise RuntimeError(
+            f"{inputs['samples']}: {len(images)} images, sampling.num_samples says {expected}; re-run sample"
+        )
     extractor = InceptionFeatureExtractor(precision=exp["evaluation"]["feature_precision"])
     features = extractor.features(images, progress=True, desc=f"FID {exp['name']}")
     fid = frechet_distance(*feature_statistics(features), *load_statistics(inputs["reference"]))
@@ -81,7 +94,8 @@ def fid_of_samples(exp: dict, inputs: dict[str, str], floor_path: Path, metrics_
         "sampler_steps": exp["sampling"]["steps"],
         "guidance_scale": exp["sampling"]["guidance_scale"],
         "training_steps": exp["training"]["steps"],
-        "model": exp["model"]["name"] or f"U-ViT (D={exp['model']['embed_dim']}, depth={exp['model']['depth']}, p={exp['model']['patch_size']})",
+        "model": exp["model"]["name"]
+        or f"U-ViT (D={exp['model']['embed_dim']}, depth={exp['model']['depth']}, p={exp['model']['patch_size']})",
         "provenance": record(settings, {**inputs, "floor": str(floor_path)}, settings_hash(settings)),
     }
     write_json(metrics_path, metrics)

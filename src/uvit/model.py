@@ -25,7 +25,9 @@ from uvit.zoo import MODEL_ZOO
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) time values, [cos, sin] order as in the authors' code."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    )
     args = timesteps[:, None].float() * freqs[None]
     embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -47,8 +49,8 @@ class PatchEmbed(nn.Module):
 def unpatchify(x: torch.Tensor, channels: int) -> torch.Tensor:
     """B x L x (p*p*C) tokens back to a B x C x H x W image (tokens in row-major patch order)."""
     batch, length, patch_dim = x.shape
-    patch = int(math.isqrt(patch_dim // channels))
-    side = int(math.isqrt(length))
+    patch = math.isqrt(patch_dim // channels)
+    side = math.isqrt(length)
     x = x.reshape(batch, side, side, patch, patch, channels)
     return x.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, side * patch, side * patch)
 
@@ -67,7 +69,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = (
+            self.qkv(x)
+            .reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
+            .permute(2, 0, 3, 1, 4)
+        )
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
 
@@ -86,7 +92,9 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block; out-blocks first join the long skip: x = Linear(Concat(x, skip))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, skip: bool = False, use_checkpoint: bool = False):
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, skip: bool = False, use_checkpoint: bool = False
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads)
@@ -141,7 +149,10 @@ class UViT(nn.Module):
             self.label_emb = nn.Embedding(num_classes, embed_dim)
         self.extras = 2 if num_classes > 0 else 1
         self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + num_patches, embed_dim))
-        block = lambda skip_in: Block(embed_dim, num_heads, mlp_ratio, skip=skip_in, use_checkpoint=use_checkpoint)  # noqa: E731
+
+        def block(skip_in: bool) -> Block:
+            return Block(embed_dim, num_heads, mlp_ratio, skip=skip_in, use_checkpoint=use_checkpoint)
+
         self.in_blocks = nn.ModuleList([block(False) for _ in range(depth // 2)])
         self.mid_block = block(False)
         self.out_blocks = nn.ModuleList([block(skip) for _ in range(depth // 2)])
@@ -151,7 +162,9 @@ class UViT(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.apply(_init_weights)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self.patch_embed(x)
         time_token = timestep_embedding(timesteps, self.embed_dim).to(x.dtype).unsqueeze(1)
         tokens = [time_token, x]

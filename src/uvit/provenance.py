@@ -26,7 +26,11 @@ def dvc_md5(path: str | Path) -> str:
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: cannot hash a missing input")
     entries = sorted(
-        ({"md5": md5_file(p), "relpath": p.relative_to(path).as_posix()} for p in path.rglob("*") if p.is_file()),
+        (
+            {"md5": md5_file(p), "relpath": p.relative_to(path).as_posix()}
+            for p in path.rglob("*")
+            if p.is_file()
+        ),
         key=lambda e: e["relpath"],
     )
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"

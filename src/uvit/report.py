@@ -60,14 +60,23 @@ def table_rows(params: dict, metrics_files: list[Path]) -> list[dict]:
     for key, paper in paper_results().items():
         ours = [n for n in params["experiments"] if params["experiments"][n]["paper_row"] == key]
         ours = [n for n in ours if n in measured or not n.startswith("smoke")]
-        rows.append({"key": key, "paper": paper, "ours": [experiment_row(params, n, measured.get(n), paper["fid"]) for n in ours]})
+        rows.append(
+            {
+                "key": key,
+                "paper": paper,
+                "ours": [experiment_row(params, n, measured.get(n), paper["fid"]) for n in ours],
+            }
+        )
     return rows
 
 
 def render_tables(params: dict, metrics_files: list[Path], out_dir: Path) -> list[Path]:
     """Render results.md and results.tex into out_dir."""
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("uvit", "templates"), undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+        loader=jinja2.PackageLoader("uvit", "templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     env.filters["latex"] = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
     rows = table_rows(params, metrics_files)

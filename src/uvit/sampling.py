@@ -76,7 +76,14 @@ def sample_experiment(
         indices = todo[begin : begin + cfg["batch_size"]]
         labels = torch.tensor([i % classes for i in indices]) if conditional else None
         eps_fn = guided_noise_predictor(model, VPSchedule(), labels, null_class, cfg["guidance_scale"])
-        x = sample(eps_fn, VPSchedule(), SeededNoise(cfg["seed"], indices, data_shape), cfg["sampler"], cfg["steps"], cfg["order"])
+        x = sample(
+            eps_fn,
+            VPSchedule(),
+            SeededNoise(cfg["seed"], indices, data_shape),
+            cfg["sampler"],
+            cfg["steps"],
+            cfg["order"],
+        )
         if decoder is not None:
             x = decoder.decode(x / scale).sample
         for index, image in zip(indices, to_uint8(x), strict=True):
@@ -94,7 +101,10 @@ def sample_grid(sample_dir: Path, out_path: Path, rows: int = 8, cols: int = 8) 
     grid = np.full((rows * (height + 2) + 2, cols * (width + 2) + 2, 3), 255, dtype=np.uint8)
     for k, image in enumerate(images):
         r, c = divmod(k, cols)
-        grid[2 + r * (height + 2) : 2 + r * (height + 2) + height, 2 + c * (width + 2) : 2 + c * (width + 2) + width] = image
+        grid[
+            2 + r * (height + 2) : 2 + r * (height + 2) + height,
+            2 + c * (width + 2) : 2 + c * (width + 2) + width,
+        ] = image
     out_path.parent.mkdir(parents=True, exist_ok=True)
     scale = max(1, 256 // (cols * width))
     Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(out_path)

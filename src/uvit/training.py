@@ -76,7 +76,11 @@ class LatentData:
         return (channels, *self.moments.shape[3:])
 
     def batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        version = (torch.rand(len(index), generator=generator) < 0.5).long() if self.hflip else torch.zeros_like(index)
+        version = (
+            (torch.rand(len(index), generator=generator) < 0.5).long()
+            if self.hflip
+            else torch.zeros_like(index)
+        )
         mean, logvar = self.moments[index, version].chunk(2, dim=1)
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
         z = mean + std * torch.randn(mean.shape, generator=generator)
@@ -121,7 +125,10 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, rate: float) -> Non
 def trajectory_hash(exp: dict) -> str:
     """Hash of everything that shapes the training trajectory (not its length or bookkeeping)."""
     training = {k: v for k, v in exp["training"].items() if k not in BOOKKEEPING_KEYS}
-    return settings_hash({k: exp[k] for k in ("dataset", "space", "autoencoder", "condition", "model", "diffusion")} | {"training": training})
+    return settings_hash(
+        {k: exp[k] for k in ("dataset", "space", "autoencoder", "condition", "model", "diffusion")}
+        | {"training": training}
+    )
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -159,12 +166,18 @@ def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
 def train(exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None = None, log=print) -> dict:
     """Train (or resume) the experiment; write nnet.pth / nnet_ema.pth (authors' layout) and the loss log."""
     cfg = exp["training"]
-    data = LatentData(latent_dir, cfg["hflip"]) if exp["space"] == "latent" else PixelData(data_dir, cfg["hflip"])
+    data = (
+        LatentData(latent_dir, cfg["hflip"])
+        if exp["space"] == "latent"
+        else PixelData(data_dir, cfg["hflip"])
+    )
     classes = num_classes(data_dir / "train")
     torch.manual_seed(cfg["seed"])
     model = model_for(exp, data.shape, classes)
     ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"]
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(cfg["warmup_steps"]))
     schedule = VPSchedule()
     null_class = classes if cfg["cond_drop_prob"] > 0 else None
@@ -186,7 +199,13 @@ def train(exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None = No
 
     model.train()
     started, images_seen = time.perf_counter(), 0
-    progress = tqdm(range(start_step, cfg["steps"]), initial=start_step, total=cfg["steps"], desc=exp["name"], mininterval=5)
+    progress = tqdm(
+        range(start_step, cfg["steps"]),
+        initial=start_step,
+        total=cfg["steps"],
+        desc=exp["name"],
+        mininterval=5,
+    )
     for step in progress:
         generator = torch.Generator().manual_seed(_mix(cfg["seed"], step + 1))
         x0, labels = data.batch(batch_indices(step, cfg["batch_size"], len(data), cfg["seed"]), generator)

@@ -6,7 +6,6 @@ import sys
 
 from uvit.config import ConfigError, load_params, resolve_experiment, stage_settings
 
-
 try:
     PARAMS = load_params("params.yaml")
 except ConfigError as err:
@@ -17,20 +16,12 @@ DATASETS = sorted(PARAMS["datasets"])
 AUTOENCODERS = sorted(PARAMS["autoencoders"])
 
 
-wildcard_constraints:
-    experiment="|".join(EXPERIMENTS),
-    dataset="|".join(DATASETS),
-    autoencoder="|".join(AUTOENCODERS),
-    split="train|test",
-    n=r"\d+",
-
-
 def experiment(wildcards):
     return resolve_experiment(PARAMS, wildcards.experiment)
 
 
 def settings_json(stage):
-    """The settings a stage reads, as a rule param: Snakemake re-runs the stage when they change."""
+    """The settings a stage reads, passed as params so that Snakemake re-runs the stage when they change."""
 
     def params(wildcards):
         return json.dumps(stage_settings(experiment(wildcards), stage), sort_keys=True)
@@ -85,7 +76,9 @@ def fid_floor(wildcards):
     exp = experiment(wildcards)
     ev = exp["evaluation"]
     ref = f"{ev['reference_split']}{ev['reference_images']}"
-    return f"metrics/fid_floors/{exp['dataset']}-{ref}-{ev['floor_split']}{exp['sampling']['num_samples']}.json"
+    return (
+        f"metrics/fid_floors/{exp['dataset']}-{ref}-{ev['floor_split']}{exp['sampling']['num_samples']}.json"
+    )
 
 
 def all_targets(experiments=None):
@@ -106,6 +99,8 @@ def sync_dvc_lock():
     if os.environ.get("UVIT_SKIP_DVC_COMMIT") or not os.path.isdir(".dvc"):
         return
     lock_time = os.path.getmtime("dvc.lock") if os.path.exists("dvc.lock") else 0.0
-    newest = max((os.path.getmtime(p) for p in target_metrics(None) + all_targets() if os.path.exists(p)), default=0.0)
+    newest = max(
+        (os.path.getmtime(p) for p in target_metrics(None) + all_targets() if os.path.exists(p)), default=0.0
+    )
     if newest > lock_time:
-        subprocess.run(["dvc", "commit", "--force", "--quiet"], check=False)
+        subprocess.run(["dvc", "commit", "--force", "--quiet", "--no-relink"], check=False)

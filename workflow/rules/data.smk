@@ -4,14 +4,14 @@
 rule prepare_data:
     output:
         directory("data/prepared/{dataset}"),
-    params:
-        settings=dataset_json,
     log:
         "logs/prepare_data/{dataset}.log",
     benchmark:
         "logs/prepare_data/{dataset}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
+    params:
+        settings=dataset_json,
     shell:
         "uvit prepare-data --dataset {wildcards.dataset} --out {output} 2> {log}"
 
@@ -22,15 +22,15 @@ rule train_autoencoder:
     output:
         model=directory("results/autoencoders/{autoencoder}"),
         metrics="metrics/autoencoders/{autoencoder}.json",
-    params:
-        settings=autoencoder_json,
-    threads: workflow.cores
     log:
         "logs/train_autoencoder/{autoencoder}.log",
     benchmark:
         "logs/train_autoencoder/{autoencoder}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
+    threads: workflow.cores
+    params:
+        settings=autoencoder_json,
     shell:
         "uvit --threads {threads} train-autoencoder --autoencoder {wildcards.autoencoder} --data {input.data}"
         " --out {output.model} --metrics {output.metrics} 2> {log}"
@@ -42,13 +42,13 @@ rule encode_latents:
         data=autoencoder_dataset,
     output:
         directory("data/latents/{autoencoder}"),
-    threads: workflow.cores
     log:
         "logs/encode_latents/{autoencoder}.log",
     benchmark:
         "logs/encode_latents/{autoencoder}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
+    threads: workflow.cores
     shell:
         "uvit --threads {threads} encode-latents --autoencoder-dir {input.autoencoder} --data {input.data}"
         " --out {output} 2> {log}"

@@ -6,13 +6,13 @@ rule reference_stats:
         data="data/prepared/{dataset}",
     output:
         "results/fid_refs/{dataset}-{split}{n}.npz",
-    threads: workflow.cores
     log:
         "logs/reference_stats/{dataset}-{split}{n}.log",
     benchmark:
         "logs/reference_stats/{dataset}-{split}{n}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
+    threads: workflow.cores
     shell:
         "uvit --threads {threads} reference-stats --data {input.data} --split {wildcards.split}"
         " --count {wildcards.n} --out {output} 2> {log}"
@@ -24,11 +24,11 @@ rule fid_floor:
         reference="results/fid_refs/{dataset}-{ref}.npz",
     output:
         "metrics/fid_floors/{dataset}-{ref}-{split}{n}.json",
-    threads: workflow.cores
     log:
         "logs/fid_floor/{dataset}-{ref}-{split}{n}.log",
     conda:
         "../envs/uvit.yaml"
+    threads: workflow.cores
     shell:
         "uvit --threads {threads} fid-floor --data {input.data} --split {wildcards.split} --count {wildcards.n}"
         " --reference {input.reference} --out {output} 2> {log}"
@@ -43,15 +43,15 @@ rule fid:
         floor=fid_floor,
     output:
         "metrics/{experiment}/fid.json",
-    params:
-        settings=settings_json("fid"),
-    threads: workflow.cores
     log:
         "logs/fid/{experiment}.log",
     benchmark:
         "logs/fid/{experiment}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
+    threads: workflow.cores
+    params:
+        settings=settings_json("fid"),
     shell:
         "uvit --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples}"
         " --reference {input.reference} --floor {input.floor} --data {input.data} --checkpoint {input.model}"

@@ -5,7 +5,11 @@ rule sample_grid:
     input:
         "results/{experiment}/samples",
     output:
-        report("paper_tables/figures/{experiment}_samples.png", caption="../report/samples.rst", category="Samples"),
+        report(
+            "paper_tables/figures/{experiment}_samples.png",
+            caption="../report/samples.rst",
+            category="Samples",
+        ),
     log:
         "logs/sample_grid/{experiment}.log",
     conda:

@@ -10,17 +10,17 @@ rule train:
         model="results/{experiment}/nnet.pth",
         loss="results/{experiment}/loss.jsonl",
         metrics="metrics/{experiment}/train.json",
-    params:
-        settings=settings_json("train"),
-        latents=latent_args,
-        run_dir="results/{experiment}",
-    threads: workflow.cores
     log:
         "logs/train/{experiment}.log",
     benchmark:
         "logs/train/{experiment}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
+    threads: workflow.cores
+    params:
+        settings=settings_json("train"),
+        latents=latent_args,
+        run_dir="results/{experiment}",
     shell:
         "uvit --threads {threads} train --experiment {wildcards.experiment} --data {input.data} {params.latents}"
         " --out {params.run_dir} --metrics {output.metrics} 2> {log}"
@@ -33,16 +33,16 @@ rule sample:
         data=prepared,
     output:
         directory("results/{experiment}/samples"),
-    params:
-        settings=settings_json("sample"),
-        latents=latent_args,
-    threads: workflow.cores
     log:
         "logs/sample/{experiment}.log",
     benchmark:
         "logs/sample/{experiment}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
+    threads: workflow.cores
+    params:
+        settings=settings_json("sample"),
+        latents=latent_args,
     shell:
         "uvit --threads {threads} sample --experiment {wildcards.experiment} --model {input.model}"
         " --data {input.data} {params.latents} --out {output} 2> {log}"

@@ -46,8 +46,13 @@ def snakemake_jobs() -> list:
     from snakemake.api import DAGSettings, OutputSettings, ResourceSettings, SnakemakeApi
     from snakemake.settings.enums import Quietness
 
-    with contextlib.redirect_stdout(io.StringIO()), SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
-        workflow_api = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=ROOT / "Snakefile", workdir=ROOT)
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api,
+    ):
+        workflow_api = api.workflow(
+            resource_settings=ResourceSettings(cores=1), snakefile=ROOT / "Snakefile", workdir=ROOT
+        )
         workflow = workflow_api.dag(DAGSettings(forceall=True)).workflow_api._workflow
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()
@@ -74,7 +79,9 @@ def dvc_command(shellcmd: str) -> tuple[str, str]:
     command = re.sub(r"\s*2>\s*\S+\s*$", "", shellcmd.strip())
     command = re.sub(r" --threads \d+", "", command)
     command = re.sub(r"\s+", " ", command)
-    subcommand = next(word for word in command.split()[1:] if not word.startswith("-") and word in ENTRY_MODULES)
+    subcommand = next(
+        word for word in command.split()[1:] if not word.startswith("-") and word in ENTRY_MODULES
+    )
     return command, subcommand
 
 
@@ -137,13 +144,18 @@ def render() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs from the Snakemake DAG")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if dvc.yaml differs from the Snakemake DAG"
+    )
     args = parser.parse_args()
     text = render()
     path = ROOT / "dvc.yaml"
     if args.check:
         if not path.exists() or path.read_text() != text:
-            print("dvc.yaml differs from the Snakemake DAG: run python workflow/scripts/export_dvc.py", file=sys.stderr)
+            print(
+                "dvc.yaml differs from the Snakemake DAG: run python workflow/scripts/export_dvc.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     path.write_text(text)
