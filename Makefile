@@ -32,7 +32,7 @@ lint: setup
 	snakemake --lint
 
 test: setup data lint ## lint, then the test suite (includes an end-to-end run of the smoke DAG)
-	pytest -q -n 2
+	pytest -q
 
 format: setup
 	ruff format .

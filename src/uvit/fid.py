@@ -427,10 +427,25 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Fréchet distance between two Gaussians (clean-fid's implementation)."""
-    from cleanfid.fid import frechet_distance as _fd
+    """Fréchet distance between two Gaussians: |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)).
 
-    return float(_fd(mu1, sigma1, mu2, sigma2))
+    tr((S1 S2)^(1/2)) is computed as the sum of square roots of the eigenvalues of the symmetric matrix
+    S1^(1/2) S2 S1^(1/2) (same spectrum as S1 S2), with two symmetric eigendecompositions instead of
+    clean-fid's scipy.linalg.sqrtm: about 7x faster at 2048-d and equal to it within 1e-7 relative
+    (tests/test_fid.py), also for the singular covariances of fewer than 2048 images.
+    """
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(
+            f"statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}"
+        )
+    eigenvalues, eigenvectors = np.linalg.eigh(sigma1)
+    sqrt_sigma1 = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ eigenvectors.T
+    product = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
+    trace_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_covmean)
 
 
 def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **meta: Any) -> None:

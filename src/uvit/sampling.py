@@ -76,14 +76,10 @@ def sample_experiment(
         indices = todo[begin : begin + cfg["batch_size"]]
         labels = torch.tensor([i % classes for i in indices]) if conditional else None
         eps_fn = guided_noise_predictor(model, VPSchedule(), labels, null_class, cfg["guidance_scale"])
-        x = sample(
-            eps_fn,
-            VPSchedule(),
-            SeededNoise(cfg["seed"], indices, data_shape),
-            cfg["sampler"],
-            cfg["steps"],
-            cfg["order"],
-        )
+        noise = SeededNoise(cfg["seed"], indices, data_shape)
+        # Autocast reaches only the network: the solver's arithmetic stays in fp32.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16"):
+            x = sample(eps_fn, VPSchedule(), noise, cfg["sampler"], cfg["steps"], cfg["order"])
         if decoder is not None:
             x = decoder.decode(x / scale).sample
         for index, image in zip(indices, to_uint8(x), strict=True):

@@ -10,6 +10,7 @@ exactly as the uninterrupted run would. Checkpoints are written atomically and l
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import time
@@ -133,8 +134,6 @@ def trajectory_hash(exp: dict) -> str:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic: a killed run leaves either the old file set or the new one, never a partial checkpoint."""
-    import io
-
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())

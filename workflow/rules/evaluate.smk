@@ -26,6 +26,8 @@ rule fid_floor:
         "metrics/fid_floors/{dataset}-{ref}-{split}{n}.json",
     log:
         "logs/fid_floor/{dataset}-{ref}-{split}{n}.log",
+    benchmark:
+        "logs/fid_floor/{dataset}-{ref}-{split}{n}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
     threads: workflow.cores
