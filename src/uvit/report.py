@@ -39,6 +39,7 @@ def experiment_row(params: dict, name: str, metrics: dict | None, paper_fid: flo
         "fid_floor": metrics["fid_floor"],
         "difference": metrics["fid"] - paper_fid,
         "samples": metrics["num_samples"],
+        "reference": f"{metrics['reference_images']} {metrics['reference_split']}",
         "sampler": f"{metrics['sampler']} {metrics['sampler_steps']}",
         "guidance": metrics["guidance_scale"],
         "training_steps": metrics["training_steps"],
