@@ -8,8 +8,6 @@ draw a fresh posterior sample at every step; the latent scale factor is measured
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import math
 import time
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from uvit.data import atomic_write_bytes, load_split
+from uvit.data import load_split, read_manifest, read_shards, write_manifest, write_shards
 
 
 def build_autoencoder(cfg: dict, channels: int, resolution: int):
@@ -116,41 +114,19 @@ def encode_dataset(
     log(f"encode: {len(images)} images in {time.perf_counter() - start:.1f} s")
     moments = np.concatenate(moments)
     means = moments[:, :, : moments.shape[2] // 2]
-    shards = []
-    for index, begin in enumerate(range(0, len(moments), shard_size)):
-        for kind, array in (
-            ("moments", moments[begin : begin + shard_size]),
-            ("labels", labels[begin : begin + shard_size]),
-        ):
-            buffer = io.BytesIO()
-            np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-            name = f"{kind}-{index:05d}.npy"
-            atomic_write_bytes(out_dir / name, buffer.getvalue())
-            shards.append(
-                {"file": name, "count": len(array), "md5": hashlib.md5(buffer.getvalue()).hexdigest()}
-            )
+    shards = write_shards(out_dir, {"moments": moments, "labels": labels}, shard_size)
     manifest = {
         "count": len(moments),
         "moments_shape": list(moments.shape[1:]),
         "scale_factor": float(1.0 / means.std()),
         "shards": shards,
     }
-    atomic_write_bytes(
-        out_dir / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
-    )
+    write_manifest(out_dir, manifest)
     return manifest
 
 
 def load_latents(latent_dir: Path) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Moments (N x 2 x 2C x h x w), labels and the scale factor of an encoded dataset (md5-checked)."""
-    manifest = json.loads((latent_dir / "manifest.json").read_text())
-    arrays: dict[str, list[np.ndarray]] = {"moments": [], "labels": []}
-    for shard in manifest["shards"]:
-        blob = (latent_dir / shard["file"]).read_bytes()
-        if hashlib.md5(blob).hexdigest() != shard["md5"]:
-            raise RuntimeError(
-                f"{latent_dir / shard['file']}: checksum mismatch with its manifest; re-run encode_latents"
-            )
-        arrays[shard["file"].split("-")[0]].append(np.load(io.BytesIO(blob), allow_pickle=False))
-    moments = torch.from_numpy(np.concatenate(arrays["moments"]))
-    return moments, torch.from_numpy(np.concatenate(arrays["labels"])), manifest["scale_factor"]
+    manifest = read_manifest(latent_dir)
+    arrays = read_shards(latent_dir, manifest, "encode_latents")
+    return torch.from_numpy(arrays["moments"]), torch.from_numpy(arrays["labels"]), manifest["scale_factor"]

@@ -233,19 +233,54 @@ ADAPTERS: dict[str, Callable[[dict], dict[str, tuple[np.ndarray, np.ndarray]]]] 
 # --------------------------------------------------------------------------------------------------------
 
 
-def write_split(out_dir: Path, images: np.ndarray, labels: np.ndarray, shard_size: int, source: str) -> dict:
-    """Write one split as uint8 shards plus a manifest; byte-identical for identical input."""
+def write_shards(out_dir: Path, arrays: dict[str, np.ndarray], shard_size: int) -> list[dict]:
+    """Write row-aligned arrays as `<kind>-<index>.npy` shards; return their manifest entries (with md5)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = []
-    for index, start in enumerate(range(0, len(images), shard_size)):
-        for kind, array in (
-            ("images", images[start : start + shard_size]),
-            ("labels", labels[start : start + shard_size]),
-        ):
+    rows = len(next(iter(arrays.values())))
+    for index, start in enumerate(range(0, rows, shard_size)):
+        for kind, array in arrays.items():
             name = f"{kind}-{index:05d}.npy"
-            blob = _npy_bytes(np.ascontiguousarray(array))
+            blob = _npy_bytes(np.ascontiguousarray(array[start : start + shard_size]))
             atomic_write_bytes(out_dir / name, blob)
-            shards.append({"file": name, "count": len(array), "md5": hashlib.md5(blob).hexdigest()})
+            shards.append(
+                {
+                    "file": name,
+                    "count": len(array[start : start + shard_size]),
+                    "md5": hashlib.md5(blob).hexdigest(),
+                }
+            )
+    return shards
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    atomic_write_bytes(
+        out_dir / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    )
+
+
+def read_shards(
+    directory: Path, manifest: dict, stage: str, limit: int | None = None
+) -> dict[str, np.ndarray]:
+    """Concatenate the shards of each kind, md5-checked against the manifest; at least `limit` rows if given."""
+    arrays: dict[str, list[np.ndarray]] = {}
+    loaded: dict[str, int] = {}
+    for shard in manifest["shards"]:
+        kind = shard["file"].split("-")[0]
+        if limit is not None and loaded.get(kind, 0) >= limit:
+            continue
+        path = directory / shard["file"]
+        blob = path.read_bytes() if path.is_file() else b""
+        if hashlib.md5(blob).hexdigest() != shard["md5"]:
+            raise DataError(f"{path}: checksum mismatch with {directory}/manifest.json; re-run {stage}")
+        arrays.setdefault(kind, []).append(np.load(io.BytesIO(blob), allow_pickle=False))
+        loaded[kind] = loaded.get(kind, 0) + shard["count"]
+    return {kind: np.concatenate(parts) for kind, parts in arrays.items()}
+
+
+def write_split(out_dir: Path, images: np.ndarray, labels: np.ndarray, shard_size: int, source: str) -> dict:
+    """Write one split as uint8 shards plus a manifest; byte-identical for identical input."""
+    shards = write_shards(out_dir, {"images": images, "labels": labels}, shard_size)
     classes, counts = np.unique(labels, return_counts=True)
     manifest = {
         "source": source,
@@ -255,9 +290,7 @@ def write_split(out_dir: Path, images: np.ndarray, labels: np.ndarray, shard_siz
         "class_counts": {int(c): int(n) for c, n in zip(classes, counts, strict=True)},
         "shards": shards,
     }
-    atomic_write_bytes(
-        out_dir / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
-    )
+    write_manifest(out_dir, manifest)
     return manifest
 
 
@@ -271,20 +304,8 @@ def read_manifest(split_dir: Path) -> dict:
 def load_split(split_dir: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read a prepared split (images N x H x W x C uint8, labels), verifying every shard's md5."""
     split_dir = Path(split_dir)
-    manifest = read_manifest(split_dir)
-    arrays: dict[str, list[np.ndarray]] = {"images": [], "labels": []}
-    loaded = 0
-    for shard in manifest["shards"]:
-        kind = shard["file"].split("-")[0]
-        if limit is not None and kind == "images" and loaded >= limit:
-            continue
-        path = split_dir / shard["file"]
-        blob = path.read_bytes() if path.is_file() else b""
-        if hashlib.md5(blob).hexdigest() != shard["md5"]:
-            raise DataError(f"{path}: checksum mismatch with {split_dir}/manifest.json; re-run prepare_data")
-        arrays[kind].append(np.load(io.BytesIO(blob), allow_pickle=False))
-        loaded += shard["count"] if kind == "images" else 0
-    images, labels = np.concatenate(arrays["images"]), np.concatenate(arrays["labels"])
+    arrays = read_shards(split_dir, read_manifest(split_dir), "prepare_data", limit)
+    images, labels = arrays["images"], arrays["labels"]
     if limit is not None:
         if limit > len(images):
             raise DataError(f"{split_dir}: asked for {limit} images, the split has {len(images)}")

@@ -114,13 +114,13 @@ class SeededNoise:
 
     def __init__(self, seed: int, indices: list[int], shape: tuple[int, ...]):
         self.shape = shape
-        self.generators = [torch.Generator().manual_seed(_mix(seed, i)) for i in indices]
+        self.generators = [torch.Generator().manual_seed(mix_seed(seed, i)) for i in indices]
 
     def draw(self) -> torch.Tensor:
         return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
 
 
-def _mix(seed: int, index: int) -> int:
+def mix_seed(seed: int, index: int) -> int:
     """A 63-bit seed for sample `index` of run `seed` (distinct runs do not share sample streams)."""
     return (seed * 1_000_003 + index) % (2**63 - 1)
 

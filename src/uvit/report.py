@@ -59,8 +59,12 @@ def table_rows(params: dict, metrics_files: list[Path]) -> list[dict]:
         measured[metrics["experiment"]] = metrics
     rows = []
     for key, paper in paper_results().items():
-        ours = [n for n in params["experiments"] if params["experiments"][n]["paper_row"] == key]
-        ours = [n for n in ours if n in measured or not n.startswith("smoke")]
+        # Measured experiments, and paper-scale ones not run yet (with the command that runs them).
+        ours = [
+            n
+            for n, exp in params["experiments"].items()
+            if exp["paper_row"] == key and (n in measured or exp.get("scale") == "paper")
+        ]
         rows.append(
             {
                 "key": key,

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from uvit.autoencoder import load_latents, to_unit_range
 from uvit.config import settings_hash
 from uvit.data import atomic_write_bytes, load_split, num_classes
-from uvit.diffusion import VPSchedule, _mix, noise_prediction_loss
+from uvit.diffusion import VPSchedule, mix_seed, noise_prediction_loss
 from uvit.model import UViT, build_model
 
 # Settings that do not change the trajectory of training; a checkpoint made under other values resumes.
@@ -93,7 +93,7 @@ def batch_indices(step: int, batch_size: int, size: int, seed: int) -> torch.Ten
     first, last = step * batch_size, (step + 1) * batch_size
     indices = []
     for epoch in range(first // size, (last - 1) // size + 1):
-        perm = torch.randperm(size, generator=torch.Generator().manual_seed(_mix(seed, epoch)))
+        perm = torch.randperm(size, generator=torch.Generator().manual_seed(mix_seed(seed, epoch)))
         lo, hi = max(first - epoch * size, 0), min(last - epoch * size, size)
         indices.append(perm[lo:hi])
     return torch.cat(indices)
@@ -206,7 +206,7 @@ def train(exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None = No
         mininterval=5,
     )
     for step in progress:
-        generator = torch.Generator().manual_seed(_mix(cfg["seed"], step + 1))
+        generator = torch.Generator().manual_seed(mix_seed(cfg["seed"], step + 1))
         x0, labels = data.batch(batch_indices(step, cfg["batch_size"], len(data), cfg["seed"]), generator)
         kwargs = {}
         if exp["condition"] == "class":
