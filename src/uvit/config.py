@@ -97,12 +97,20 @@ def resolve_experiment(params: dict, name: str) -> dict:
         known = ", ".join(sorted(params["experiments"]))
         raise ConfigError(f"params.yaml: experiments.{name}: no such experiment (known: {known})")
     exp = deep_merge(params["defaults"], params["experiments"][name])
-    model_name = exp["model"]["name"]
-    if model_name is not None:
-        # A zoo name fixes the architecture; free settings given next to it would be silently ignored.
-        exp["model"] = {**exp["model"], **MODEL_ZOO[model_name]}
+    exp["model"] = model_settings(params, params["experiments"][name])
     exp["name"] = name
     return exp
+
+
+def model_settings(params: dict, raw_experiment: dict) -> dict:
+    """An experiment's model: the default settings, then its zoo entry if named, then the keys the experiment
+    itself sets (so `name: U-ViT-S/2, skip: none` is U-ViT-S/2 without long skips)."""
+    own = raw_experiment.get("model", {})
+    model = dict(params["defaults"]["model"])
+    name = own.get("name", model["name"])
+    if name is not None:
+        model.update(MODEL_ZOO[name])
+    return model | own
 
 
 def check_references(params: dict, source: str = "params.yaml") -> None:
@@ -128,13 +136,11 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
         raise ConfigError(
             f"{key}.dataset: unknown dataset {exp['dataset']!r} (known: {', '.join(params['datasets'])})"
         )
-    model = exp["model"]
-    if model["name"] is not None:
-        if model["name"] not in MODEL_ZOO:
-            raise ConfigError(
-                f"{key}.model.name: unknown model {model['name']!r} (known: {', '.join(MODEL_ZOO)})"
-            )
-        model = {**model, **MODEL_ZOO[model["name"]]}
+    if exp["model"]["name"] is not None and exp["model"]["name"] not in MODEL_ZOO:
+        raise ConfigError(
+            f"{key}.model.name: unknown model {exp['model']['name']!r} (known: {', '.join(MODEL_ZOO)})"
+        )
+    model = model_settings(params, raw)
     if exp["space"] == "latent":
         ae = exp["autoencoder"]
         if ae not in params["autoencoders"]:
@@ -159,6 +165,14 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
     if grid % model["patch_size"]:
         raise ConfigError(
             f"{key}.model.patch_size: {model['patch_size']} does not divide the input size {grid}"
+        )
+    if model["patch_embed"] == "conv_stack" and model["patch_size"] & (model["patch_size"] - 1):
+        raise ConfigError(
+            f"{key}.model.patch_embed: conv_stack needs a power-of-two patch_size, got {model['patch_size']}"
+        )
+    if model["pos_embed"] == "sinusoidal_2d" and model["embed_dim"] % 4:
+        raise ConfigError(
+            f"{key}.model.pos_embed: sinusoidal_2d needs embed_dim divisible by 4, got {model['embed_dim']}"
         )
     if exp["sampling"]["guidance_scale"] > 0 and (
         exp["condition"] == "none" or exp["training"]["cond_drop_prob"] == 0

@@ -213,7 +213,7 @@ def train(exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None = No
             if null_class is not None:
                 drop = torch.rand(len(labels), generator=generator) < cfg["cond_drop_prob"]
                 labels = torch.where(drop, torch.full_like(labels, null_class), labels)
-            kwargs["y"] = labels
+            kwargs["cond"] = labels
         with autocast:
             loss = noise_prediction_loss(model, schedule, x0, generator=generator, **kwargs)
         if not math.isfinite(loss.item()):

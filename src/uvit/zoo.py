@@ -1,19 +1,26 @@
-"""The paper's named models (Table 1 of the paper; authors' configs), as a name-to-settings table.
+"""The paper's named models (Table 1 and section 5 of the paper; authors' configs), as a name-to-settings table.
 
 Depth counts every block: depth // 2 "in" blocks, one "mid" block and depth // 2 "out" blocks (the authors'
-configs say 12/16/20/28 and add the mid block). Kept free of torch so that the DAG can validate names fast.
+configs say 12/16/20/28 and add the mid block). The text models read 77 CLIP ViT-L/14 tokens of width 768;
+an experiment with another text encoder sets context_dim (MiniLM: 384). Kept free of torch so that the DAG
+can validate names fast.
 """
 
 from __future__ import annotations
 
+_SMALL = dict(embed_dim=512, depth=13, num_heads=8)
+_TEXT = dict(context_dim=768, context_tokens=77)
+
 MODEL_ZOO: dict[str, dict] = {
-    "U-ViT-S/2": dict(embed_dim=512, depth=13, num_heads=8, patch_size=2, conv=True),
-    "U-ViT-S/4": dict(embed_dim=512, depth=13, num_heads=8, patch_size=4, conv=True),
-    "U-ViT-M/4": dict(embed_dim=768, depth=17, num_heads=12, patch_size=4, conv=True),
-    "U-ViT-L/2": dict(embed_dim=1024, depth=21, num_heads=16, patch_size=2, conv=True),
-    "U-ViT-L/4": dict(embed_dim=1024, depth=21, num_heads=16, patch_size=4, conv=True),
-    "U-ViT-H/2": dict(embed_dim=1152, depth=29, num_heads=16, patch_size=2, conv=False),
-    "U-ViT-H/4": dict(embed_dim=1152, depth=29, num_heads=16, patch_size=4, conv=False),
+    "U-ViT-S/2": dict(**_SMALL, patch_size=2, conv="after"),
+    "U-ViT-S/4": dict(**_SMALL, patch_size=4, conv="after"),
+    "U-ViT-M/4": dict(embed_dim=768, depth=17, num_heads=12, patch_size=4, conv="after"),
+    "U-ViT-L/2": dict(embed_dim=1024, depth=21, num_heads=16, patch_size=2, conv="after"),
+    "U-ViT-L/4": dict(embed_dim=1024, depth=21, num_heads=16, patch_size=4, conv="after"),
+    "U-ViT-H/2": dict(embed_dim=1152, depth=29, num_heads=16, patch_size=2, conv="none"),
+    "U-ViT-H/4": dict(embed_dim=1152, depth=29, num_heads=16, patch_size=4, conv="none"),
+    "U-ViT-S/2-text": dict(**_SMALL, patch_size=2, conv="after", **_TEXT),
+    "U-ViT-S/2-Deep-text": dict(embed_dim=512, depth=17, num_heads=8, patch_size=2, conv="after", **_TEXT),
 }
 
 # Parameter counts reported in the paper (millions), for the tests that check the zoo.
@@ -25,4 +32,26 @@ PAPER_PARAMS_M: dict[str, float] = {
     "U-ViT-L/4": 287,
     "U-ViT-H/2": 501,
     "U-ViT-H/4": 501,
+    "U-ViT-S/2-text": 45,
+    "U-ViT-S/2-Deep-text": 58,
 }
+
+# The design choices of the paper's section 3.1; the first value of each is the paper's (and the default).
+# workflow/schemas/params.schema.yaml lists the same values (a test keeps the two equal).
+ARCHITECTURE_CHOICES: dict[str, tuple[str, ...]] = {
+    "skip": ("concat_linear", "add", "add_linear_skip", "linear_of_sum", "none"),
+    "time_cond": ("token", "adaln"),
+    "conv": ("after", "before", "none"),
+    "patch_embed": ("linear", "conv_stack"),
+    "pos_embed": ("learned", "sinusoidal_2d", "none"),
+}
+
+
+def resolve_model_settings(model_cfg: dict) -> dict:
+    """A `model` section's settings: its zoo entry (if named), overridden by the keys given next to the name."""
+    name = model_cfg.get("name")
+    if name is None:
+        return dict(model_cfg)
+    if name not in MODEL_ZOO:
+        raise KeyError(f"model.name: unknown model {name!r} (known: {', '.join(MODEL_ZOO)})")
+    return {**MODEL_ZOO[name], **model_cfg}
