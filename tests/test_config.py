@@ -89,6 +89,24 @@ def test_committed_params_are_valid(params):
             lambda p: p["experiments"]["fmnist_pixel"].setdefault("model", {}).__setitem__("depth", 8),
             "experiments.fmnist_pixel.model.depth: must be odd",
         ),
+        (
+            lambda p: p["experiments"]["fmnist_pixel"].setdefault("model", {}).__setitem__("skip", "concat"),
+            "experiments.fmnist_pixel.model.skip: 'concat' is not one of 'concat_linear', 'add'",
+        ),
+        (
+            lambda p: p["experiments"]["fmnist_pixel"].__setitem__(
+                "model", {"pos_embed": "sinusoidal_2d", "embed_dim": 190, "num_heads": 2}
+            ),
+            "experiments.fmnist_pixel.model.pos_embed: sinusoidal_2d needs embed_dim divisible by 4",
+        ),
+        (
+            lambda p: p["experiments"]["fmnist_pixel"].__setitem__("sampling", {"sampler": "dpm_solver_pp"}),
+            "experiments.fmnist_pixel.sampling.sampler: dpm_solver_pp does not run on diffusion.schedule 'vp_linear'",
+        ),
+        (
+            lambda p: p["experiments"]["fmnist_pixel"].__setitem__("diffusion", {"schedule": "cosine"}),
+            "experiments.fmnist_pixel.diffusion.schedule: 'cosine' is not one of",
+        ),
     ],
 )
 def test_bad_values_name_the_key(edit, expected):

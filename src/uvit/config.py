@@ -19,6 +19,14 @@ import yaml
 
 from uvit.zoo import MODEL_ZOO
 
+# Which schedules each sampler (uvit.diffusion) runs on; here, torch-free, so the DAG validates it fast.
+SAMPLER_SCHEDULES: dict[str, tuple[str, ...]] = {
+    "euler_maruyama": ("vp_linear",),
+    "dpm_solver": ("vp_linear",),
+    "dpm_solver_pp": ("stable", "ddpm_linear"),
+    "dpm_solver_pp_2m": ("stable", "ddpm_linear"),
+}
+
 SCHEMA_PATH = Path("workflow/schemas/params.schema.yaml")
 
 # Which parts of a resolved experiment each stage reads. Snakemake re-runs a stage when these change
@@ -173,6 +181,12 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
     if model["pos_embed"] == "sinusoidal_2d" and model["embed_dim"] % 4:
         raise ConfigError(
             f"{key}.model.pos_embed: sinusoidal_2d needs embed_dim divisible by 4, got {model['embed_dim']}"
+        )
+    schedule, sampler = exp["diffusion"]["schedule"], exp["sampling"]["sampler"]
+    if schedule not in SAMPLER_SCHEDULES[sampler]:
+        raise ConfigError(
+            f"{key}.sampling.sampler: {sampler} does not run on diffusion.schedule {schedule!r} "
+            f"(it runs on: {', '.join(SAMPLER_SCHEDULES[sampler])})"
         )
     if exp["sampling"]["guidance_scale"] > 0 and (
         exp["condition"] == "none" or exp["training"]["cond_drop_prob"] == 0

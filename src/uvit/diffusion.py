@@ -1,12 +1,28 @@
-"""Diffusion: the continuous VP SDE, the noise-prediction loss, guidance and samplers.
+"""Diffusion: the paper's noise schedules, the noise-prediction loss, guidance and samplers.
 
-Schedule: the VP SDE of Song et al. (2021) with beta(t) linear from 0.1 to 20, t in (0, 1], as the authors use
-for the pixel and L latent models: alpha_bar(t) = exp(-(0.1 t + 9.95 t^2)), x_t = alpha_t x_0 + sigma_t eps.
-The network sees t * 999. Samplers (our own implementations; diffusers has no continuous-time VP solver):
-- Euler-Maruyama on the reverse SDE with the authors' grid [0] + linspace(1e-3, 1, N), no noise on the last
-  step (paper's CIFAR-10 and CelebA rows);
-- DPM-Solver (Lu et al., NeurIPS 2022), singlestep, orders 1-3, the "fast" step pattern (orders 3,...,3,2,1)
-  on uniform log-SNR from t=1 to t=1e-4 (Algorithms 1 and 2 and Appendix D.1 of that paper).
+Schedules (`diffusion.schedule` in params.yaml):
+- `vp_linear`: the continuous VP SDE of Song et al. (2021), beta(t) linear from 0.1 to 20, t in (0, 1], as the
+  authors use for the pixel and L latent models: alpha_bar(t) = exp(-(0.1 t + 9.95 t^2)), x_t = alpha_t x_0 +
+  sigma_t eps, t ~ U(0, 1) in training; the network sees t * 999.
+- `stable` (the authors' H latent and text models: betas = linspace(sqrt(0.00085), sqrt(0.012), 1000)^2) and
+  `ddpm_linear` (Ho et al. 2020: betas = linspace(1e-4, 0.02, 1000)): discrete time, x_n = sqrt(alpha_bar_n) x_0
+  + sqrt(1 - alpha_bar_n) eps with alpha_bar_n = prod_{i<=n} (1 - beta_i), n ~ U{1..1000} in training; the
+  network sees the integer step n.
+
+Samplers (`sampling.sampler`):
+- `euler_maruyama` (continuous; our own: no library has the authors' grid): the reverse SDE on the grid
+  [0] + linspace(1e-3, 1, N), no noise on the last step (the paper's CIFAR-10 and CelebA rows);
+- `dpm_solver` (continuous; our own, since diffusers has no continuous-time VP solver): DPM-Solver (Lu et al.,
+  NeurIPS 2022), singlestep, orders 1-3, the "fast" step pattern (orders 3,...,3,2,1) on uniform log-SNR from
+  t=1 to t=1e-4 (Algorithms 1 and 2 and Appendix D.1 of that paper);
+- `dpm_solver_pp` and `dpm_solver_pp_2m` (discrete): DPM-Solver++ (Lu et al. 2022, data prediction), singlestep
+  (order `sampling.order`) and 2M multistep, run by diffusers' DPMSolverSinglestepScheduler and
+  DPMSolverMultistepScheduler. Their grid is the authors' one on integer steps: from n = 1000 to n = 1 (t = 1 to
+  t = 1/N in the authors' continuous-time view), uniform in time, with no final denoising step; diffusers counts
+  steps from 0, so its timestep k is the authors' step n = k + 1. One difference remains for the singlestep
+  solver: diffusers places a third-order step's two inner evaluations on the next two grid points, the authors'
+  copy of DPM-Solver at 1/3 and 2/3 of the step in log-SNR (same order, slightly different error constant).
+
 Every random draw of sample i comes from a generator seeded with (seed, i), so a sample does not depend on
 the batch it was drawn in.
 """
@@ -17,6 +33,8 @@ import math
 from collections.abc import Callable
 
 import torch
+
+from uvit.config import SAMPLER_SCHEDULES
 
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> eps
 
@@ -56,6 +74,75 @@ class VPSchedule:
         """The time value the network is fed: t * 999, as in the authors' continuous-time models."""
         return t * 999.0
 
+    @staticmethod
+    def sample_time(batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """Training times t ~ U(0, 1), as the authors draw them."""
+        return torch.rand(batch, generator=generator).to(device)
+
+
+class DiscreteSchedule:
+    """Discrete-time DDPM schedule: x_n = sqrt(alpha_bar_n) x_0 + sqrt(1 - alpha_bar_n) eps, n = 1..N.
+
+    Time values are step numbers n (float tensors holding integers); alpha, sigma and log-SNR are read off
+    alpha_bar_n = prod_{i<=n} (1 - beta_i).
+    """
+
+    def __init__(self, betas: torch.Tensor):
+        self.betas = betas.double()
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        self.num_steps = len(betas)
+
+    @classmethod
+    def stable(cls, num_steps: int = 1000) -> DiscreteSchedule:
+        """Stable Diffusion's "scaled linear" betas, used by the authors' H latent and text models."""
+        return cls(torch.linspace(0.00085**0.5, 0.012**0.5, num_steps, dtype=torch.float64) ** 2)
+
+    @classmethod
+    def ddpm_linear(cls, num_steps: int = 1000) -> DiscreteSchedule:
+        """Ho et al. (2020): betas linear from 1e-4 to 0.02."""
+        return cls(torch.linspace(1e-4, 0.02, num_steps, dtype=torch.float64))
+
+    def alpha_bar(self, n: torch.Tensor) -> torch.Tensor:
+        index = n.long() - 1
+        if (index < 0).any() or (index >= self.num_steps).any():
+            raise ValueError(f"discrete steps run from 1 to {self.num_steps}, got {n.min()}..{n.max()}")
+        return self.alphas_cumprod.to(n.device)[index].to(n.dtype if n.is_floating_point() else torch.float32)
+
+    def alpha(self, n: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(self.alpha_bar(n))
+
+    def sigma(self, n: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(1.0 - self.alpha_bar(n))
+
+    def log_snr(self, n: torch.Tensor) -> torch.Tensor:
+        """lambda_n = log(alpha_n / sigma_n)."""
+        alpha_bar = self.alpha_bar(n)
+        return 0.5 * (torch.log(alpha_bar) - torch.log1p(-alpha_bar))
+
+    @staticmethod
+    def model_time(n: torch.Tensor) -> torch.Tensor:
+        """The network is fed the step number n itself."""
+        return n
+
+    def sample_time(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """Training steps n ~ U{1, ..., N}, as the authors draw them."""
+        return torch.randint(1, self.num_steps + 1, (batch,), generator=generator).float().to(device)
+
+
+Schedule = VPSchedule | DiscreteSchedule
+SCHEDULES = {
+    "vp_linear": VPSchedule,
+    "stable": DiscreteSchedule.stable,
+    "ddpm_linear": DiscreteSchedule.ddpm_linear,
+}
+
+
+def make_schedule(name: str) -> Schedule:
+    """The schedule named by params.yaml `diffusion.schedule`."""
+    if name not in SCHEDULES:
+        raise ValueError(f"diffusion.schedule: unknown schedule {name!r} (known: {', '.join(SCHEDULES)})")
+    return SCHEDULES[name]()
+
 
 # --------------------------------------------------------------------------------------------------------
 # Training objective
@@ -64,23 +151,32 @@ class VPSchedule:
 
 def noise_prediction_loss(
     model: Callable[..., torch.Tensor],
-    schedule: VPSchedule,
+    schedule: Schedule,
     x0: torch.Tensor,
     generator: torch.Generator | None = None,
     **model_kwargs,
 ) -> torch.Tensor:
-    """Plain MSE between the true and predicted noise at t ~ U(0, 1) (the authors' L_simple)."""
-    t = torch.rand(x0.shape[0], generator=generator, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+    """Plain MSE between the true and predicted noise at the schedule's training times (the authors' L_simple,
+    Ho et al. 2020, eq. 14)."""
+    t = schedule.sample_time(x0.shape[0], generator, x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     shape = (-1,) + (1,) * (x0.ndim - 1)
     xt = schedule.alpha(t).view(shape) * x0 + schedule.sigma(t).view(shape) * noise
     prediction = model(xt, schedule.model_time(t), **model_kwargs)
     return (prediction.float() - noise).pow(2).mean()
 
 
+def drop_condition(
+    labels: torch.Tensor, null_label: int, prob: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Classifier-free guidance training: replace each label by the null label with probability `prob`."""
+    drop = torch.rand(len(labels), generator=generator) < prob
+    return torch.where(drop.to(labels.device), torch.full_like(labels, null_label), labels)
+
+
 def guided_noise_predictor(
     model: Callable[..., torch.Tensor],
-    schedule: VPSchedule,
+    schedule: Schedule,
     labels: torch.Tensor | None = None,
     null_label: int | None = None,
     guidance_scale: float = 0.0,
@@ -229,20 +325,56 @@ def dpm_solver_step(
     return ddim(x, eps_s, 1.0) - sigma_t / r2 * phi * (eps_2 - eps_s)
 
 
-SAMPLERS = {"dpm_solver": dpm_solver, "euler_maruyama": euler_maruyama}
+def dpm_solver_pp(
+    eps_fn: NoisePredictor,
+    schedule: DiscreteSchedule,
+    noise: SeededNoise,
+    steps: int,
+    order: int = 3,
+    multistep: bool = False,
+) -> torch.Tensor:
+    """DPM-Solver++ (data prediction) for a discrete schedule through diffusers' schedulers: singlestep of
+    `order` (the fast pattern's orders: 1, 2, 3, 1, 2, 3, ..., lower order at the end) or 2M multistep."""
+    from diffusers import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler
+
+    scheduler_class = DPMSolverMultistepScheduler if multistep else DPMSolverSinglestepScheduler
+    scheduler = scheduler_class(
+        num_train_timesteps=schedule.num_steps,
+        trained_betas=schedule.betas.numpy(),
+        algorithm_type="dpmsolver++",
+        solver_order=2 if multistep else order,
+        prediction_type="epsilon",
+        lower_order_final=True,
+        # 2M: a first-order last step. Its second-order extrapolation from the short previous step across
+        # the long final one (n = 21 -> 1 at 50 steps) overshoots: 2.4x the error on Gaussian data.
+        **({"euler_at_final": True} if multistep else {}),
+        final_sigmas_type="sigma_min",  # stop at n = 1 like the authors, without a final denoising jump
+    )
+    scheduler.set_timesteps(steps)
+    x = noise.draw()
+    for k in scheduler.timesteps:
+        eps = eps_fn(x, torch.tensor([k.item() + 1], dtype=torch.float32))
+        x = scheduler.step(eps.to(x.dtype), k, x).prev_sample
+    return x
 
 
 def sample(
     eps_fn: NoisePredictor,
-    schedule: VPSchedule,
+    schedule: Schedule,
     noise: SeededNoise,
     sampler: str,
     steps: int,
     order: int = 3,
 ) -> torch.Tensor:
     """Draw samples with the named sampler (params.yaml `sampling.sampler`)."""
+    if sampler not in SAMPLER_SCHEDULES:
+        raise ValueError(
+            f"sampling.sampler: unknown sampler {sampler!r} (known: {', '.join(SAMPLER_SCHEDULES)})"
+        )
+    if isinstance(schedule, VPSchedule) != ("vp_linear" in SAMPLER_SCHEDULES[sampler]):
+        raise ValueError(f"sampling.sampler: {sampler} runs on the schedules {SAMPLER_SCHEDULES[sampler]}")
     if sampler == "dpm_solver":
         return dpm_solver(eps_fn, schedule, noise, steps, order)
     if sampler == "euler_maruyama":
         return euler_maruyama(eps_fn, schedule, noise, steps)
-    raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
+    return dpm_solver_pp(eps_fn, schedule, noise, steps, order, multistep=sampler == "dpm_solver_pp_2m")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from uvit.autoencoder import load_autoencoder, to_uint8
 from uvit.data import atomic_write_bytes, num_classes, read_manifest
-from uvit.diffusion import SeededNoise, VPSchedule, guided_noise_predictor, sample
+from uvit.diffusion import SeededNoise, guided_noise_predictor, make_schedule, sample
 from uvit.training import model_for
 
 
@@ -66,6 +66,7 @@ def sample_experiment(
     model = load_ema_model(exp, model_path, data_shape, classes)
     conditional = exp["condition"] == "class"
     null_class = classes if exp["training"]["cond_drop_prob"] > 0 else None
+    schedule = make_schedule(exp["diffusion"]["schedule"])
 
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(cfg["num_samples"]) if not (out_dir / sample_name(i)).exists()]
@@ -75,11 +76,11 @@ def sample_experiment(
     for begin in tqdm(range(0, len(todo), cfg["batch_size"]), desc=f"sample {exp['name']}", mininterval=5):
         indices = todo[begin : begin + cfg["batch_size"]]
         labels = torch.tensor([i % classes for i in indices]) if conditional else None
-        eps_fn = guided_noise_predictor(model, VPSchedule(), labels, null_class, cfg["guidance_scale"])
+        eps_fn = guided_noise_predictor(model, schedule, labels, null_class, cfg["guidance_scale"])
         noise = SeededNoise(cfg["seed"], indices, data_shape)
         # Autocast reaches only the network: the solver's arithmetic stays in fp32.
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16"):
-            x = sample(eps_fn, VPSchedule(), noise, cfg["sampler"], cfg["steps"], cfg["order"])
+            x = sample(eps_fn, schedule, noise, cfg["sampler"], cfg["steps"], cfg["order"])
         if decoder is not None:
             x = decoder.decode(x / scale).sample
         for index, image in zip(indices, to_uint8(x), strict=True):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from uvit.autoencoder import load_latents, to_unit_range
 from uvit.config import settings_hash
 from uvit.data import atomic_write_bytes, load_split, num_classes
-from uvit.diffusion import VPSchedule, mix_seed, noise_prediction_loss
+from uvit.diffusion import drop_condition, make_schedule, mix_seed, noise_prediction_loss
 from uvit.model import UViT, build_model
 
 # Settings that do not change the trajectory of training; a checkpoint made under other values resumes.
@@ -178,7 +178,7 @@ def train(exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None = No
         model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"]
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(cfg["warmup_steps"]))
-    schedule = VPSchedule()
+    schedule = make_schedule(exp["diffusion"]["schedule"])
     null_class = classes if cfg["cond_drop_prob"] > 0 else None
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16")
 
@@ -211,8 +211,7 @@ def train(exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None = No
         kwargs = {}
         if exp["condition"] == "class":
             if null_class is not None:
-                drop = torch.rand(len(labels), generator=generator) < cfg["cond_drop_prob"]
-                labels = torch.where(drop, torch.full_like(labels, null_class), labels)
+                labels = drop_condition(labels, null_class, cfg["cond_drop_prob"], generator)
             kwargs["cond"] = labels
         with autocast:
             loss = noise_prediction_loss(model, schedule, x0, generator=generator, **kwargs)
