@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import pickle
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from uvit.data import (
     DataError,
+    SplitData,
+    adm_center_crop,
+    celeba_crop,
+    coco_center_crop,
+    load_captions,
     load_cifar10,
     load_digits,
     load_fashion_mnist,
@@ -20,6 +28,7 @@ from uvit.data import (
     pad_to,
     prepare_dataset,
     read_idx,
+    read_manifest,
     write_split,
 )
 
@@ -143,7 +152,174 @@ def test_pad_and_manifest(tmp_path):
     images = np.ones((3, 28, 28, 1), dtype=np.uint8)
     padded = pad_to(images, 32)
     assert padded.shape == (3, 32, 32, 1) and padded.sum() == 3 * 28 * 28
-    manifest = write_split(tmp_path, padded, np.array([0, 1, 1]), 2, "test")
+    manifest = write_split(tmp_path, SplitData([(padded, np.array([0, 1, 1]))]), 2, "test")
     assert manifest["class_counts"] == {0: 1, 1: 2} and manifest["count"] == 3
     with pytest.raises(DataError, match="cannot pad"):
         pad_to(images, 27)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Image-folder datasets (CelebA, ImageNet, MS-COCO), on small files written in their real layouts
+# --------------------------------------------------------------------------------------------------------
+
+
+def photo(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    gradient = np.linspace(0, 255, width)[None, :, None] * np.ones((height, 1, 3))
+    return Image.fromarray(np.clip(gradient + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8))
+
+
+def write_celeba(root: Path, zipped: bool = False) -> None:
+    root.mkdir(parents=True)
+    names = [f"{i:06d}.jpg" for i in range(1, 6)]
+    (root / "list_eval_partition.txt").write_text(
+        "".join(f"{n} {p}\n" for n, p in zip(names, [0, 0, 0, 1, 2], strict=True))
+    )
+    if zipped:
+        with zipfile.ZipFile(root / "img_align_celeba.zip", "w") as zf:
+            for i, name in enumerate(names):
+                buffer = io.BytesIO()
+                photo(178, 218, i).save(buffer, "JPEG")
+                zf.writestr(f"img_align_celeba/{name}", buffer.getvalue())
+    else:
+        (root / "img_align_celeba").mkdir()
+        for i, name in enumerate(names):
+            photo(178, 218, i).save(root / "img_align_celeba" / name, "JPEG")
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_celeba_adapter_crops_like_the_authors(tmp_path, zipped):
+    write_celeba(tmp_path / "celeba", zipped)
+    cfg = {"source": "celeba", "root": str(tmp_path / "celeba"), "resolution": 64, "shard_size": 2}
+    manifests = prepare_dataset(cfg, tmp_path / "out")
+    assert {k: m["count"] for k, m in manifests.items()} == {"train": 3, "val": 1, "test": 1}
+    images, labels = load_split(tmp_path / "out" / "train")
+    assert images.shape == (3, 64, 64, 3) and set(labels) == {0}
+    if not zipped:
+        decoded = Image.open(tmp_path / "celeba" / "img_align_celeba" / "000002.jpg").convert("RGB")
+        expected = np.asarray(decoded)[57 : 57 + 128, 25 : 25 + 128]  # rows 57.., columns 25..
+        expected = np.asarray(Image.fromarray(expected).resize((64, 64), Image.BILINEAR))
+        np.testing.assert_array_equal(images[1], expected)
+        np.testing.assert_array_equal(celeba_crop(decoded), expected)
+
+
+def test_celeba_without_partition_file_names_the_layout(tmp_path):
+    (tmp_path / "celeba").mkdir()
+    with pytest.raises(DataError, match=r"list_eval_partition.txt not found.*img_align_celeba"):
+        prepare_dataset(
+            {"source": "celeba", "root": str(tmp_path / "celeba"), "resolution": 64, "shard_size": 2},
+            tmp_path / "o",
+        )
+
+
+def write_imagenet(root: Path) -> None:
+    sizes = {"n02000002": [(300, 200), (120, 150)], "n01000001": [(500, 375)]}
+    for synset, dims in sizes.items():
+        (root / "train" / synset).mkdir(parents=True)
+        for i, (w, h) in enumerate(dims):
+            photo(w, h, i).save(root / "train" / synset / f"{synset}_{i}.JPEG", "JPEG")
+
+
+def test_imagenet_adapter_labels_sorted_synsets_and_crops_like_adm(tmp_path):
+    write_imagenet(tmp_path / "imagenet")
+    cfg = {"source": "imagenet", "root": str(tmp_path / "imagenet"), "resolution": 64, "shard_size": 10}
+    manifest = prepare_dataset(cfg, tmp_path / "out")["train"]
+    assert manifest["count"] == 3 and manifest["class_counts"] == {0: 1, 1: 2}
+    images, labels = load_split(tmp_path / "out" / "train")
+    assert images.shape == (3, 64, 64, 3) and list(labels) == [0, 1, 1]  # n01000001 sorts first
+
+
+def test_adm_center_crop_halves_with_a_box_filter_then_crops_the_center():
+    """A 256 x 128 image at size 64: one box halving (2x2 means) to 128 x 64, no resize, center columns 32..96."""
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, (128, 256, 3), dtype=np.uint8)
+    halved = array.reshape(64, 2, 128, 2, 3).astype(np.float64).mean(axis=(1, 3))
+    out = adm_center_crop(Image.fromarray(array), 64)
+    assert out.shape == (64, 64, 3)
+    assert np.abs(out.astype(np.float64) - halved[:, 32:96]).max() <= 1  # PIL rounds the box means
+
+
+def write_coco(root: Path) -> None:
+    for split, ids in (("train2014", [42, 7]), ("val2014", [3])):
+        (root / split).mkdir(parents=True)
+        images, annotations = [], []
+        for i, image_id in enumerate(ids):
+            name = f"COCO_{split}_{image_id:012d}.jpg"
+            photo(320 + 40 * i, 240, image_id).save(root / split / name, "JPEG")
+            images.append({"id": image_id, "file_name": name, "width": 320 + 40 * i, "height": 240})
+            for k in range(2 + i):
+                annotations.append(
+                    {
+                        "id": 100 * image_id + k,
+                        "image_id": image_id,
+                        "caption": f" image {image_id} caption {k}\n",
+                    }
+                )
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"captions_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": annotations})
+        )
+
+
+def test_mscoco_adapter_keeps_every_caption_in_image_id_order(tmp_path):
+    write_coco(tmp_path / "coco")
+    cfg = {"source": "mscoco", "root": str(tmp_path / "coco"), "resolution": 64, "shard_size": 10}
+    manifests = prepare_dataset(cfg, tmp_path / "out")
+    assert manifests["train"]["count"] == 2 and manifests["val"]["count"] == 1
+    captions = load_captions(tmp_path / "out" / "train")
+    assert captions == [
+        [f"image 7 caption {k}" for k in range(3)],
+        [f"image 42 caption {k}" for k in range(2)],
+    ]
+    images, _ = load_split(tmp_path / "out" / "train")
+    decoded = Image.open(tmp_path / "coco" / "train2014" / "COCO_train2014_000000000007.jpg").convert("RGB")
+    np.testing.assert_array_equal(images[0], coco_center_crop(decoded, 64))
+    square = np.asarray(decoded)[:, (360 - 240) // 2 : (360 - 240) // 2 + 240]
+    np.testing.assert_array_equal(
+        images[0], np.asarray(Image.fromarray(square).resize((64, 64), Image.LANCZOS))
+    )
+
+
+def test_corrupt_image_is_named_or_skipped_and_recorded(tmp_path):
+    write_coco(tmp_path / "coco")
+    bad = tmp_path / "coco" / "train2014" / "COCO_train2014_000000000007.jpg"
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])  # truncated JPEG
+    cfg = {"source": "mscoco", "root": str(tmp_path / "coco"), "resolution": 64, "shard_size": 10}
+    with pytest.raises(DataError, match=r"COCO_train2014_000000000007.jpg: unreadable image.*skip_corrupt"):
+        prepare_dataset(cfg, tmp_path / "out")
+    manifest = prepare_dataset(cfg | {"skip_corrupt": True}, tmp_path / "out")["train"]
+    assert manifest["count"] == 1 and manifest["skipped"] == {"count": 1, "files": [str(bad)]}
+    assert load_captions(tmp_path / "out" / "train") == [[f"image 42 caption {k}" for k in range(2)]]
+
+
+def test_empty_and_missing_folders(tmp_path):
+    (tmp_path / "imagenet" / "train").mkdir(parents=True)
+    cfg = {"source": "imagenet", "root": str(tmp_path / "imagenet"), "resolution": 64, "shard_size": 10}
+    with pytest.raises(DataError, match=r"ImageNet: no images under .*train.*one folder per synset"):
+        prepare_dataset(cfg, tmp_path / "out")
+    with pytest.raises(DataError, match=r"ImageNet: .*nowhere not found. Expected the ILSVRC-2012"):
+        prepare_dataset(cfg | {"root": str(tmp_path / "nowhere")}, tmp_path / "out")
+    with pytest.raises(DataError, match=r"MS-COCO: .*captions_train2014.json not found"):
+        prepare_dataset(
+            {"source": "mscoco", "root": str(tmp_path), "resolution": 64, "shard_size": 1}, tmp_path / "o"
+        )
+
+
+def test_image_folder_preparation_is_byte_identical(tmp_path):
+    write_imagenet(tmp_path / "imagenet")
+    cfg = {"source": "imagenet", "root": str(tmp_path / "imagenet"), "resolution": 32, "shard_size": 2}
+    for out in ("a", "b"):
+        prepare_dataset(cfg, tmp_path / out)
+    files = sorted(p.name for p in (tmp_path / "a" / "train").iterdir())
+    assert files == [
+        "images-00000.npy",
+        "images-00001.npy",
+        "labels-00000.npy",
+        "labels-00001.npy",
+        "manifest.json",
+    ]
+    for name in files:
+        assert (tmp_path / "a" / "train" / name).read_bytes() == (
+            tmp_path / "b" / "train" / name
+        ).read_bytes()
+    assert read_manifest(tmp_path / "a" / "train")["shape"] == [32, 32, 3]

@@ -2,7 +2,11 @@
 encoding of a prepared dataset into posterior moments, as the authors store them for latent U-ViTs.
 
 The demo trains a small AutoencoderKL in the pipeline (no pretrained image autoencoder installs offline).
-Encoding keeps the moments (mean and log-variance) of each image and of its horizontal flip, so training can
+The paper's latent models use Stable Diffusion's KL-f8 autoencoder, which `load_autoencoder` reads from a
+local path in any of its three published forms: a diffusers folder (config.json + weights), an original
+Stable Diffusion checkpoint (.ckpt / .safetensors, keys under `first_stage_model.`), or the authors' converted
+`autoencoder_kl.pth` (the same LDM key names without the prefix). The last two are mapped to diffusers' names
+by diffusers' own converter. Encoding keeps the moments (mean and log-variance) of each image and of its horizontal flip, so training can
 draw a fresh posterior sample at every step; the latent scale factor is measured as 1 / std of the means.
 """
 
@@ -79,21 +83,97 @@ def train_autoencoder(cfg: dict, data_dir: Path, out_dir: Path, log=print) -> di
 
 
 @torch.no_grad()
-def reconstruction_metrics(model, split_dir: Path, count: int) -> dict:
-    """PSNR (dB, on uint8 images) of reconstructions of held-out images, from the posterior mean."""
+def reconstruction_metrics(model, split_dir: Path, count: int, batch_size: int = 250) -> dict:
+    """Quality of reconstructions (from the posterior mean) of held-out images: PSNR (dB, on uint8 images)
+    and reconstruction FID (rFID: reconstructions against the originals, Inception features as for FID).
+    At a few hundred images rFID is biased upward; it compares autoencoders at the same count."""
+    from uvit.fid import InceptionFeatureExtractor, feature_statistics, frechet_distance
+
     images, _ = load_split(split_dir, limit=count)
     model.eval()
-    recon = to_uint8(model.decode(model.encode(to_unit_range(images)).latent_dist.mode()).sample)
+    recon = np.concatenate(
+        [
+            to_uint8(
+                model.decode(
+                    model.encode(to_unit_range(images[i : i + batch_size])).latent_dist.mode()
+                ).sample
+            )
+            for i in range(0, len(images), batch_size)
+        ]
+    )
     mse = np.mean((recon.astype(np.float64) - images.astype(np.float64)) ** 2, axis=(1, 2, 3))
     psnr = float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
-    return {"heldout_images": len(images), "psnr_db": round(psnr, 3)}
+    extractor = InceptionFeatureExtractor()
+    stats = [
+        feature_statistics(extractor.features(x, desc=name))
+        for x, name in ((images, "originals"), (recon, "reconstructions"))
+    ]
+    rfid = frechet_distance(*stats[0], *stats[1])
+    return {"heldout_images": len(images), "psnr_db": round(psnr, 3), "rfid": round(rfid, 4)}
+
+
+# Stable Diffusion's KL-f8 autoencoder (the LDM "kl-f8" first stage): 3 -> 4 x H/8 x W/8.
+SD_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=256,
+)
+SD_CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
+
+
+class AutoencoderError(RuntimeError):
+    """An autoencoder file that cannot be used; the message names it and what was expected."""
 
 
 def load_autoencoder(path: str | Path):
+    """An AutoencoderKL from a diffusers folder, an original SD checkpoint or the authors' autoencoder_kl.pth."""
     from diffusers import AutoencoderKL
 
-    model = AutoencoderKL.from_pretrained(str(path))
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise AutoencoderError(
+                f"{path}: a diffusers AutoencoderKL folder needs config.json and its weights"
+            )
+        model = AutoencoderKL.from_pretrained(str(path))
+    elif path.is_file() and path.suffix in SD_CHECKPOINT_SUFFIXES:
+        model = AutoencoderKL(**SD_VAE_CONFIG)
+        model.load_state_dict(ldm_vae_state_dict(path), strict=True)
+    else:
+        raise AutoencoderError(
+            f"{path}: not found or not an autoencoder. Expected a diffusers folder (config.json + "
+            f"diffusion_pytorch_model.safetensors) or a checkpoint file ({', '.join(SD_CHECKPOINT_SUFFIXES)})"
+        )
     return model.eval().requires_grad_(False)
+
+
+def ldm_vae_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The KL-f8 weights of an LDM-format file, renamed to diffusers' AutoencoderKL (loaded weights-only)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for refused pickles
+            raise AutoencoderError(
+                f"{path}: refused to unpickle ({str(err).splitlines()[0]}). Checkpoints that carry Python "
+                "objects are not loaded; use the .safetensors release of the same weights"
+            ) from None
+    state = state.get("state_dict", state)
+    converted = convert_ldm_vae_checkpoint(state, {"down_block_types": SD_VAE_CONFIG["down_block_types"]})
+    if "encoder.conv_in.weight" not in converted:
+        raise AutoencoderError(f"{path}: no KL-f8 autoencoder weights (encoder.conv_in.weight) found in it")
+    return converted
 
 
 @torch.no_grad()
@@ -111,7 +191,10 @@ def encode_dataset(
             [model.encode(x).latent_dist.parameters, model.encode(x.flip(3)).latent_dist.parameters], 1
         )
         moments.append(pair.numpy())
-    log(f"encode: {len(images)} images in {time.perf_counter() - start:.1f} s")
+    seconds = time.perf_counter() - start
+    log(
+        f"encode: {len(images)} images (and their flips) in {seconds:.1f} s, {len(images) / seconds:.1f} images/s"
+    )
     moments = np.concatenate(moments)
     means = moments[:, :, : moments.shape[2] // 2]
     shards = write_shards(out_dir, {"moments": moments, "labels": labels}, shard_size)

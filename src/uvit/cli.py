@@ -57,6 +57,16 @@ def cmd_encode_latents(args, params: dict) -> None:
     )
 
 
+def cmd_encode_text(args, params: dict) -> None:
+    from uvit.text import encode_caption_dataset, minilm_path
+
+    encoder = Path(args.encoder) if args.encoder != "minilm" else minilm_path()
+    manifest = encode_caption_dataset(Path(args.data), encoder, Path(args.out), log=log)
+    log(
+        f"encoded {manifest['captions']} captions of {manifest['images']} images: {manifest['context_shape']}"
+    )
+
+
 def cmd_train(args, params: dict) -> None:
     from uvit.provenance import record, write_json
     from uvit.training import train
@@ -171,6 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="DIR")
 
+    p = stage(
+        "encode-text", cmd_encode_text, "Encode the captions of a prepared text dataset (77 tokens each)."
+    )
+    p.add_argument("--data", required=True, metavar="DIR", help="a prepared split with captions.json")
+    p.add_argument(
+        "--encoder",
+        required=True,
+        metavar="DIR",
+        help="local transformers text encoder, or 'minilm' (offline)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR")
+
     p = stage("train", cmd_train, "Train (or resume) an experiment's U-ViT.")
     p.add_argument("--experiment", required=True)
     p.add_argument("--data", required=True, metavar="DIR")
@@ -198,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = stage(name, func, text)
         p.add_argument("--data", required=True, metavar="DIR")
-        p.add_argument("--split", required=True, choices=["train", "test"])
+        p.add_argument("--split", required=True, help="a prepared split: train, test (val for MS-COCO)")
         p.add_argument("--count", required=True, type=int, metavar="N")
         p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
         p.add_argument("--out", required=True, metavar="FILE")
@@ -235,7 +257,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     set_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args.func(args, params)
+    from uvit.autoencoder import AutoencoderError
+    from uvit.data import DataError
+
+    try:
+        args.func(args, params)
+    except (DataError, AutoencoderError, FileNotFoundError) as err:
+        log(f"error: {err}")
+        return 2
     return 0
 
 

@@ -2,8 +2,15 @@
 
 Prepared format (one per dataset and split, `<dir>/<split>/`): a few shards `images-00000.npy`
 (uint8, N x H x W x C) and `labels-00000.npy` (int64, N), plus `manifest.json` with the count, shape,
-class counts, source and the md5 of every shard. A few hundred files at ImageNet scale keeps DVC fast;
-reading checks every shard against the manifest, so a changed or truncated shard stops the stage.
+class counts, source, skipped files and the md5 of every shard (and `captions.json` for text datasets).
+A few hundred files at ImageNet scale keeps DVC fast; reading checks every shard against the manifest, so a
+changed or truncated shard stops the stage. Image-folder datasets are decoded and written shard by shard,
+so preparing ImageNet needs memory for one shard, not for the dataset.
+
+Adapters reproduce the authors' preprocessing: Fashion-MNIST (zero-padded to 32), scikit-learn digits,
+CIFAR-10 (python batches, read without unpickling arbitrary objects), CelebA (128x128 crop at top 57, left 25,
+resized to 64), ImageNet (ADM's center crop: box-halving, bicubic, center crop; labels from sorted synsets),
+MS-COCO 2014 (center crop, Lanczos resize; every caption of each image).
 """
 
 from __future__ import annotations
@@ -16,11 +23,16 @@ import os
 import pickle
 import tarfile
 import urllib.request
-from collections.abc import Callable
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 # --------------------------------------------------------------------------------------------------------
 # Errors and small helpers
@@ -49,7 +61,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
@@ -221,10 +233,222 @@ def _cifar_splits(names: dict, members: dict, read: Callable[[str], bytes], root
     return splits
 
 
-ADAPTERS: dict[str, Callable[[dict], dict[str, tuple[np.ndarray, np.ndarray]]]] = {
-    "fashion_mnist": load_fashion_mnist,
-    "digits": load_digits,
-    "cifar10": load_cifar10,
+@dataclass
+class SplitData:
+    """One split from an adapter: chunks of (images N x H x W x C uint8, labels int64), lazy for image-folder
+    datasets; the captions of each kept image (text datasets); the files skipped as unreadable."""
+
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]]
+    captions: list[list[str]] | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+def in_memory(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, SplitData]:
+    return {split: SplitData([(images, labels)]) for split, (images, labels) in splits.items()}
+
+
+# A readable image: a path, or a member of an archive (zip file, member name).
+ImageRef = Path | tuple[zipfile.ZipFile, str]
+
+
+def _read_image(ref: ImageRef) -> Image.Image:
+    if isinstance(ref, tuple):
+        archive, name = ref
+        image = Image.open(io.BytesIO(archive.read(name)))
+    else:
+        image = Image.open(ref)
+    image.load()  # decodes now, so a truncated file fails here and is named
+    return image.convert("RGB")
+
+
+def _ref_name(ref: ImageRef) -> str:
+    return f"{ref[0].filename}:{ref[1]}" if isinstance(ref, tuple) else str(ref)
+
+
+def decode_images(
+    items: list[tuple[ImageRef, int, list[str] | None]],
+    transform: Callable[[Image.Image], np.ndarray],
+    split: SplitData,
+    cfg: dict,
+    desc: str,
+    chunk: int = 1024,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Decode and transform (image, label, captions) items in chunks, with a progress bar (images/s).
+
+    An unreadable image stops preparation naming the file, unless `skip_corrupt` is set: then it is
+    skipped and listed in the manifest.
+    """
+    images, labels = [], []
+    for ref, label, captions in tqdm(items, desc=desc, unit="img", mininterval=5):
+        try:
+            array = transform(_read_image(ref))
+        except (OSError, SyntaxError, ValueError, zipfile.BadZipFile) as err:
+            if not cfg.get("skip_corrupt", False):
+                raise DataError(
+                    f"{_ref_name(ref)}: unreadable image ({err}). Replace or delete it, or set "
+                    "skip_corrupt: true for this dataset in params.yaml to skip such files "
+                    "(the manifest records which)"
+                ) from None
+            split.skipped.append(_ref_name(ref))
+            continue
+        images.append(array)
+        labels.append(label)
+        if split.captions is not None:
+            split.captions.append(captions)
+        if len(images) == chunk:
+            yield np.stack(images), np.asarray(labels, dtype=np.int64)
+            images, labels = [], []
+    if images:
+        yield np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def _require(path: Path, dataset: str, layout: str) -> Path:
+    if not path.exists():
+        raise DataError(f"{dataset}: {path} not found. Expected {layout}")
+    return path
+
+
+# ---- CelebA -------------------------------------------------------------------------------------------
+
+CELEBA_LAYOUT = (
+    "the aligned CelebA images (img_align_celeba/ with 000001.jpg ... or img_align_celeba.zip) and "
+    "list_eval_partition.txt (or .csv) in datasets.<name>.root; download them from "
+    "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
+)
+
+
+def celeba_crop(image: Image.Image, resolution: int = 64) -> np.ndarray:
+    """The authors' CelebA crop: 128x128 at top 57, left 25 (centred on (121, 89)), resized bilinearly."""
+    return np.asarray(image.crop((25, 57, 25 + 128, 57 + 128)).resize((resolution,) * 2, Image.BILINEAR))
+
+
+def _celeba_partitions(root: Path) -> dict[str, int]:
+    for name in ("list_eval_partition.txt", "list_eval_partition.csv"):
+        path = root / name
+        if path.is_file():
+            rows = [line.replace(",", " ").split() for line in path.read_text().splitlines()]
+            return {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[1].isdigit()}
+    raise DataError(f"CelebA: {root}/list_eval_partition.txt not found. Expected {CELEBA_LAYOUT}")
+
+
+def load_celeba(cfg: dict) -> dict[str, SplitData]:
+    """CelebA train (162,770), val and test splits from list_eval_partition; unlabeled (label 0)."""
+    root = _require(Path(cfg.get("root", "data/raw/celeba")), "CelebA", CELEBA_LAYOUT)
+    partitions = _celeba_partitions(root)
+    folder, archive = root / "img_align_celeba", root / "img_align_celeba.zip"
+    if folder.is_dir():
+        refs = {name: folder / name for name in partitions}
+    elif archive.is_file():
+        zf = zipfile.ZipFile(archive)
+        members = {Path(m).name: m for m in zf.namelist() if not m.endswith("/")}
+        refs = {name: (zf, members[name]) for name in partitions if name in members}
+    else:
+        raise DataError(f"CelebA: neither {folder} nor {archive} exists. Expected {CELEBA_LAYOUT}")
+    splits = {}
+    for split, code in (("train", 0), ("val", 1), ("test", 2)):
+        names = sorted(n for n, c in partitions.items() if c == code)
+        missing = [n for n in names if n not in refs or (isinstance(refs[n], Path) and not refs[n].is_file())]
+        if missing:
+            raise DataError(
+                f"CelebA: {len(missing)} images of list_eval_partition missing, e.g. {missing[0]}"
+            )
+        data = SplitData([])
+        items = [(refs[n], 0, None) for n in names]
+        transform = lambda im: celeba_crop(im, cfg["resolution"])  # noqa: E731
+        data.chunks = decode_images(items, transform, data, cfg, f"CelebA {split}")
+        splits[split] = data
+    return splits
+
+
+# ---- ImageNet -----------------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif")
+IMAGENET_LAYOUT = (
+    "the ILSVRC-2012 training set as one folder per synset (train/n01440764/n01440764_10026.JPEG, ...) in "
+    "datasets.<name>.root (the ILSVRC/Data/CLS-LOC folder of the Kaggle or image-net.org download)"
+)
+
+
+def adm_center_crop(image: Image.Image, size: int) -> np.ndarray:
+    """ADM's center crop (Dhariwal & Nichol 2021), used by the authors: halve with a box filter while the short
+    side is at least 2 * size, resize bicubically so the short side is `size`, then crop the center."""
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.BICUBIC)
+    array = np.asarray(image)
+    top, left = (array.shape[0] - size) // 2, (array.shape[1] - size) // 2
+    return array[top : top + size, left : left + size]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under folder, recursively, in sorted order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def load_imagenet(cfg: dict) -> dict[str, SplitData]:
+    """ImageNet train: labels index the sorted synsets (the file-name prefix, as the authors read them)."""
+    root = _require(Path(cfg.get("root", "data/raw/imagenet")), "ImageNet", IMAGENET_LAYOUT)
+    train = root / "train" if (root / "train").is_dir() else root
+    files = list_images(train)
+    if not files:
+        raise DataError(f"ImageNet: no images under {train}. Expected {IMAGENET_LAYOUT}")
+    synsets = [f.name.split("_")[0] for f in files]
+    index = {name: i for i, name in enumerate(sorted(set(synsets)))}
+    data = SplitData([])
+    items = [(f, index[s], None) for f, s in zip(files, synsets, strict=True)]
+    transform = lambda im: adm_center_crop(im, cfg["resolution"])  # noqa: E731
+    data.chunks = decode_images(items, transform, data, cfg, "ImageNet train")
+    return {"train": data}
+
+
+# ---- MS-COCO 2014 -------------------------------------------------------------------------------------
+
+COCO_LAYOUT = (
+    "MS-COCO 2014 in datasets.<name>.root: train2014/ and val2014/ image folders and "
+    "annotations/captions_train2014.json, annotations/captions_val2014.json (https://cocodataset.org)"
+)
+
+
+def coco_center_crop(image: Image.Image, size: int = 256) -> np.ndarray:
+    """The authors' COCO preprocessing: crop the central square, Lanczos-resize it to size x size."""
+    array = np.asarray(image)
+    side = min(array.shape[:2])
+    top, left = (array.shape[0] - side) // 2, (array.shape[1] - side) // 2
+    square = Image.fromarray(array[top : top + side, left : left + side])
+    return np.asarray(square.resize((size, size), Image.LANCZOS))
+
+
+def load_mscoco(cfg: dict) -> dict[str, SplitData]:
+    """COCO 2014 train (82,783) and val (40,504) images in image-id order, each with all its captions."""
+    root = _require(Path(cfg.get("root", "data/raw/coco")), "MS-COCO", COCO_LAYOUT)
+    splits = {}
+    for split, year_split in (("train", "train2014"), ("val", "val2014")):
+        ann_path = _require(root / "annotations" / f"captions_{year_split}.json", "MS-COCO", COCO_LAYOUT)
+        try:
+            annotations = json.loads(ann_path.read_text())
+            files = {img["id"]: img["file_name"] for img in annotations["images"]}
+            captions: dict[int, list[str]] = {}
+            for ann in annotations["annotations"]:
+                captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"{ann_path}: not a COCO captions file ({err})") from None
+        folder = _require(root / year_split, "MS-COCO", COCO_LAYOUT)
+        data = SplitData([], captions=[])
+        items = [(folder / files[key], 0, captions.get(key, [])) for key in sorted(files)]
+        transform = lambda im: coco_center_crop(im, cfg["resolution"])  # noqa: E731
+        data.chunks = decode_images(items, transform, data, cfg, f"MS-COCO {split}")
+        splits[split] = data
+    return splits
+
+
+ADAPTERS: dict[str, Callable[[dict], dict[str, SplitData]]] = {
+    "fashion_mnist": lambda cfg: in_memory(load_fashion_mnist(cfg)),
+    "digits": lambda cfg: in_memory(load_digits(cfg)),
+    "cifar10": lambda cfg: in_memory(load_cifar10(cfg)),
+    "celeba": load_celeba,
+    "imagenet": load_imagenet,
+    "mscoco": load_mscoco,
 }
 
 
@@ -233,15 +457,17 @@ ADAPTERS: dict[str, Callable[[dict], dict[str, tuple[np.ndarray, np.ndarray]]]] 
 # --------------------------------------------------------------------------------------------------------
 
 
-def write_shards(out_dir: Path, arrays: dict[str, np.ndarray], shard_size: int) -> list[dict]:
+def write_shards(
+    out_dir: Path, arrays: dict[str, np.ndarray], shard_size: int, first_index: int = 0
+) -> list[dict]:
     """Write row-aligned arrays as `<kind>-<index>.npy` shards; return their manifest entries (with md5)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = []
     rows = len(next(iter(arrays.values())))
-    for index, start in enumerate(range(0, rows, shard_size)):
+    for index, start in enumerate(range(0, rows, shard_size), start=first_index):
         for kind, array in arrays.items():
             name = f"{kind}-{index:05d}.npy"
-            blob = _npy_bytes(np.ascontiguousarray(array[start : start + shard_size]))
+            blob = npy_bytes(np.ascontiguousarray(array[start : start + shard_size]))
             atomic_write_bytes(out_dir / name, blob)
             shards.append(
                 {
@@ -278,18 +504,47 @@ def read_shards(
     return {kind: np.concatenate(parts) for kind, parts in arrays.items()}
 
 
-def write_split(out_dir: Path, images: np.ndarray, labels: np.ndarray, shard_size: int, source: str) -> dict:
-    """Write one split as uint8 shards plus a manifest; byte-identical for identical input."""
-    shards = write_shards(out_dir, {"images": images, "labels": labels}, shard_size)
-    classes, counts = np.unique(labels, return_counts=True)
+def rechunk(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]], size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Regroup (images, labels) chunks of any length into blocks of exactly `size` rows (the last shorter)."""
+    images, labels, held = [], [], 0
+    for x, y in chunks:
+        images.append(x)
+        labels.append(y)
+        held += len(x)
+        while held >= size:
+            x_all, y_all = np.concatenate(images), np.concatenate(labels)
+            yield x_all[:size], y_all[:size]
+            images, labels, held = [x_all[size:]], [y_all[size:]], held - size
+    if held:
+        yield np.concatenate(images), np.concatenate(labels)
+
+
+def write_split(out_dir: Path, split: SplitData, shard_size: int, source: str) -> dict:
+    """Write one split as uint8 shards plus a manifest, shard by shard; byte-identical for identical input."""
+    shards, class_counts, count, shape = [], Counter(), 0, None
+    for index, (images, labels) in enumerate(rechunk(split.chunks, shard_size)):
+        shards += write_shards(out_dir, {"images": images, "labels": labels}, shard_size, first_index=index)
+        class_counts.update(labels.tolist())
+        count, shape = count + len(images), list(images.shape[1:])
+    if count == 0:
+        raise DataError(
+            f"{source}: no readable images for {out_dir}; check the dataset's root in params.yaml"
+        )
     manifest = {
         "source": source,
-        "count": len(images),
-        "shape": list(images.shape[1:]),
+        "count": count,
+        "shape": shape,
         "dtype": "uint8",
-        "class_counts": {int(c): int(n) for c, n in zip(classes, counts, strict=True)},
+        "class_counts": {int(c): int(n) for c, n in sorted(class_counts.items())},
+        "skipped": {"count": len(split.skipped), "files": split.skipped},
         "shards": shards,
     }
+    if split.captions is not None:
+        blob = (json.dumps(split.captions, ensure_ascii=False) + "\n").encode()
+        atomic_write_bytes(out_dir / "captions.json", blob)
+        manifest["captions"] = {"file": "captions.json", "md5": hashlib.md5(blob).hexdigest()}
     write_manifest(out_dir, manifest)
     return manifest
 
@@ -317,9 +572,23 @@ def prepare_dataset(cfg: dict, out_dir: str | Path) -> dict[str, dict]:
     """Run the dataset's adapter and write every split in the prepared format."""
     splits = ADAPTERS[cfg["source"]](cfg)
     return {
-        split: write_split(Path(out_dir) / split, images, labels, cfg["shard_size"], cfg["source"])
-        for split, (images, labels) in splits.items()
+        name: write_split(Path(out_dir) / name, split, cfg["shard_size"], cfg["source"])
+        for name, split in splits.items()
     }
+
+
+def load_captions(split_dir: str | Path) -> list[list[str]]:
+    """The captions of a prepared text dataset, one list per image, md5-checked against the manifest."""
+    split_dir = Path(split_dir)
+    entry = read_manifest(split_dir).get("captions")
+    if entry is None:
+        raise DataError(f"{split_dir}: this dataset has no captions (text models need source: mscoco)")
+    blob = (split_dir / entry["file"]).read_bytes()
+    if hashlib.md5(blob).hexdigest() != entry["md5"]:
+        raise DataError(
+            f"{split_dir}/{entry['file']}: checksum mismatch with manifest.json; re-run prepare_data"
+        )
+    return json.loads(blob)
 
 
 def num_classes(split_dir: str | Path) -> int:

@@ -1,0 +1,104 @@
+"""Stable Diffusion's KL-f8 autoencoder in its three published forms, on a randomly initialised model."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from uvit.autoencoder import SD_VAE_CONFIG, AutoencoderError, load_autoencoder
+
+
+def to_ldm_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers AutoencoderKL names -> the original LDM / Stable Diffusion names, written from the LDM layout
+    (independently of diffusers' converter, which the loader uses in the other direction)."""
+    levels = len(SD_VAE_CONFIG["block_out_channels"])
+    rules = [
+        (r"^(encoder|decoder)\.conv_norm_out\.", r"\1.norm_out."),
+        (r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2."),
+        (r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.", r"encoder.down.\1.downsample.conv."),
+        (r"^(encoder|decoder)\.mid_block\.resnets\.(\d+)\.", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}."),
+        (r"^(encoder|decoder)\.mid_block\.attentions\.0\.group_norm\.", r"\1.mid.attn_1.norm."),
+        (r"^(encoder|decoder)\.mid_block\.attentions\.0\.to_(q|k|v)\.", r"\1.mid.attn_1.\2."),
+        (r"^(encoder|decoder)\.mid_block\.attentions\.0\.to_out\.0\.", r"\1.mid.attn_1.proj_out."),
+        (
+            r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
+            lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}.",
+        ),
+        (
+            r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.",
+            lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample.conv.",
+        ),
+    ]
+    out = {}
+    for name, tensor in state.items():
+        for pattern, replacement in rules:
+            name = re.sub(pattern, replacement, name)
+        name = name.replace("conv_shortcut", "nin_shortcut")
+        if ".mid.attn_1." in name and name.endswith("weight") and tensor.ndim == 2:
+            tensor = tensor[:, :, None, None]  # LDM's attention projections are 1x1 convolutions
+        out[name] = tensor.clone()
+    return out
+
+
+@pytest.fixture(scope="module")
+def sd_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(**SD_VAE_CONFIG).eval()
+
+
+def test_inverse_mapping_covers_the_ldm_layout(sd_vae):
+    names = set(to_ldm_names(sd_vae.state_dict()))
+    assert "encoder.down.0.block.0.conv1.weight" in names and "decoder.up.3.block.2.norm2.bias" in names
+    assert "encoder.mid.attn_1.q.weight" in names and "decoder.up.1.upsample.conv.weight" in names
+    assert not any("down_blocks" in n or "up_blocks" in n or "mid_block" in n for n in names)
+
+
+@pytest.mark.parametrize("form", ["diffusers", "sd_checkpoint", "sd_safetensors", "authors_pth"])
+def test_sd_autoencoder_loads_from_every_published_form(sd_vae, tmp_path, form):
+    from safetensors.torch import save_file
+
+    ldm = to_ldm_names(sd_vae.state_dict())
+    if form == "diffusers":
+        sd_vae.save_pretrained(tmp_path / "vae")
+        path = tmp_path / "vae"
+    elif form == "sd_checkpoint":  # a whole Stable Diffusion checkpoint: the VAE under first_stage_model.
+        other = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(3)}
+        path = tmp_path / "sd.ckpt"
+        torch.save({"state_dict": {f"first_stage_model.{k}": v for k, v in ldm.items()} | other}, path)
+    elif form == "sd_safetensors":
+        path = tmp_path / "sd.safetensors"
+        save_file({f"first_stage_model.{k}": v.contiguous() for k, v in ldm.items()}, str(path))
+    else:  # the authors' assets/stable-diffusion/autoencoder_kl.pth: LDM names, no prefix
+        path = tmp_path / "autoencoder_kl.pth"
+        torch.save(ldm, path)
+    loaded = load_autoencoder(path)
+    for name, tensor in sd_vae.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        expected = sd_vae.encode(x).latent_dist.mean
+        torch.testing.assert_close(loaded.encode(x).latent_dist.mean, expected)
+        assert expected.shape == (1, 4, 8, 8)
+
+
+def test_bad_autoencoder_paths_are_named(tmp_path):
+    with pytest.raises(AutoencoderError, match=r"missing.ckpt: not found or not an autoencoder"):
+        load_autoencoder(tmp_path / "missing.ckpt")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(AutoencoderError, match=r"folder: a diffusers AutoencoderKL folder needs config.json"):
+        load_autoencoder(tmp_path / "folder")
+    torch.save({"state_dict": {"model.weight": torch.zeros(2)}}, tmp_path / "unet.ckpt")
+    with pytest.raises(AutoencoderError, match=r"unet.ckpt: no KL-f8 autoencoder weights"):
+        load_autoencoder(tmp_path / "unet.ckpt")
+
+
+def test_checkpoints_carrying_python_objects_are_refused(tmp_path):
+    import collections
+
+    torch.save({"state_dict": {}, "callbacks": collections.Counter(a=1)}, tmp_path / "lightning.ckpt")
+    with pytest.raises(AutoencoderError, match=r"lightning.ckpt: refused to unpickle.*safetensors"):
+        load_autoencoder(tmp_path / "lightning.ckpt")
