@@ -96,9 +96,11 @@ def test_bad_autoencoder_paths_are_named(tmp_path):
         load_autoencoder(tmp_path / "unet.ckpt")
 
 
-def test_checkpoints_carrying_python_objects_are_refused(tmp_path):
-    import collections
+class TrainerCallback:
+    """Stands for the PyTorch Lightning objects pickled into original SD .ckpt files."""
 
-    torch.save({"state_dict": {}, "callbacks": collections.Counter(a=1)}, tmp_path / "lightning.ckpt")
+
+def test_checkpoints_carrying_python_objects_are_refused(tmp_path):
+    torch.save({"state_dict": {}, "callbacks": TrainerCallback()}, tmp_path / "lightning.ckpt")
     with pytest.raises(AutoencoderError, match=r"lightning.ckpt: refused to unpickle.*safetensors"):
         load_autoencoder(tmp_path / "lightning.ckpt")

@@ -170,7 +170,7 @@ def ldm_vae_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 "objects are not loaded; use the .safetensors release of the same weights"
             ) from None
     state = state.get("state_dict", state)
-    converted = convert_ldm_vae_checkpoint(state, {"down_block_types": SD_VAE_CONFIG["down_block_types"]})
+    converted = convert_ldm_vae_checkpoint(state, SD_VAE_CONFIG)
     if "encoder.conv_in.weight" not in converted:
         raise AutoencoderError(f"{path}: no KL-f8 autoencoder weights (encoder.conv_in.weight) found in it")
     return converted
