@@ -75,3 +75,15 @@ def run(command: list[str], cwd: Path, check: bool = True, timeout: int = 600) -
             f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
     return result
+
+
+def project_params(tmp_path: Path, sampling: dict | None = None, **training) -> Path:
+    """A params.yaml (with its schema beside it) whose smoke_pixel trains and samples with these settings."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["experiments"]["smoke_pixel"]["training"].update(training)
+    params["experiments"]["smoke_pixel"]["sampling"].update(sampling or {})
+    (tmp_path / "workflow" / "schemas").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "workflow/schemas/params.schema.yaml", tmp_path / "workflow/schemas/")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import project_params
 
 from uvit.config import load_params, resolve_experiment
 from uvit.data import prepare_dataset
@@ -70,3 +73,126 @@ def test_a_checkpoint_carrying_a_pickled_object_is_refused(digits, tmp_path):
 def test_non_finite_loss_names_step_and_checkpoint(digits, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 1; last good checkpoint: none"):
         train(smoke_experiment(3, lr=float("inf")), digits, tmp_path, log=lambda m: None)
+
+
+def test_gradient_accumulation_takes_the_same_step(digits, tmp_path):
+    train(smoke_experiment(3, precision="fp32"), digits, tmp_path / "one", log=lambda m: None)
+    train(
+        smoke_experiment(3, precision="fp32", grad_accumulation=4),
+        digits,
+        tmp_path / "four",
+        log=lambda m: None,
+    )
+    one = torch.load(tmp_path / "one" / "nnet.pth", weights_only=True)
+    four = torch.load(tmp_path / "four" / "nnet.pth", weights_only=True)
+    for name in one:
+        torch.testing.assert_close(four[name], one[name], atol=2e-6, rtol=1e-5, msg=name)
+
+
+def test_gradient_clipping_bounds_the_gradient_norm(digits, tmp_path):
+    """After one step Adam's second moment is (1 - beta2) g^2, so its sum is (1 - beta2) |g|^2: clipping at
+    1e-6 must bound it by (1 - beta2) 1e-12; unclipped it is far larger."""
+    beta2 = 0.999
+
+    def second_moment(run: str) -> float:
+        state = torch.load(tmp_path / run / "checkpoints" / "ckpt-0000001.pt", weights_only=True)["optimizer"]
+        return sum(s["exp_avg_sq"].sum().item() for s in state["state"].values())
+
+    train(smoke_experiment(1, precision="fp32"), digits, tmp_path / "free", log=lambda m: None)
+    train(
+        smoke_experiment(1, precision="fp32", grad_clip=1e-6), digits, tmp_path / "clip", log=lambda m: None
+    )
+    assert second_moment("clip") <= (1 - beta2) * 1e-12 * 1.001
+    assert second_moment("free") > 1e6 * second_moment("clip")
+
+
+def test_fp16_with_gradient_scaler_trains(digits, tmp_path):
+    metrics = train(smoke_experiment(4, precision="fp16"), digits, tmp_path, log=lambda m: None)
+    assert math.isfinite(metrics["final_loss"])
+    state = torch.load(tmp_path / "checkpoints" / "ckpt-0000004.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 0
+
+
+def test_keep_steps_survive_pruning(digits, tmp_path):
+    train(smoke_experiment(20, keep_steps=[5]), digits, tmp_path, log=lambda m: None)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["ckpt-0000005.pt", "ckpt-0000015.pt", "ckpt-0000020.pt"]
+
+
+def test_out_of_memory_names_the_settings_to_lower(digits, tmp_path, monkeypatch):
+    import uvit.training as training
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(training, "noise_prediction_loss", exhausted)
+    with pytest.raises(
+        training.TrainingOutOfMemory,
+        match=r"out of memory at 32 images per forward pass.*grad_accumulation.*use_checkpoint",
+    ):
+        train(smoke_experiment(2), digits, tmp_path, log=lambda m: None)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Real processes: SIGKILL and resume, two processes with gloo
+# --------------------------------------------------------------------------------------------------------
+
+
+def train_command(params: Path, data: Path, out: Path) -> list[str]:
+    return [
+        "-m", "uvit.cli", "--params", str(params), "--threads", "1", "train", "--experiment", "smoke_pixel",
+        "--data", str(data), "--out", str(out), "--metrics", str(out / "train.json"),
+    ]  # fmt: skip
+
+
+def test_sigkill_at_random_points_then_resume_is_bitwise_identical(digits, tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    params = project_params(tmp_path, steps=60, checkpoint_every=3, log_every=3, precision="fp32")
+    subprocess.run(
+        [sys.executable, *train_command(params, digits, tmp_path / "straight")],
+        check=True,
+        capture_output=True,
+    )
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(3):
+        process = subprocess.Popen(
+            [sys.executable, *train_command(params, digits, tmp_path / "killed")], stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(4.0, 9.0))  # torch import takes ~3 s; then steps and checkpoint writes
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+    assert kills >= 2
+    subprocess.run(
+        [sys.executable, *train_command(params, digits, tmp_path / "killed")], check=True, capture_output=True
+    )
+    for name in ("nnet.pth", "nnet_ema.pth", "loss.jsonl"):
+        assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes(), name
+    assert not list((tmp_path / "killed" / "checkpoints").glob(".*.tmp"))
+
+
+def test_two_gloo_processes_take_the_step_of_one_process_on_the_whole_batch(digits, tmp_path):
+    import subprocess
+    import sys
+
+    params = project_params(tmp_path, steps=4, checkpoint_every=4, log_every=1, precision="fp32")
+    subprocess.run(
+        [sys.executable, *train_command(params, digits, tmp_path / "one")], check=True, capture_output=True
+    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*torchrun, *train_command(params, digits, tmp_path / "two")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = torch.load(tmp_path / "one" / "nnet.pth", weights_only=True)
+    two = torch.load(tmp_path / "two" / "nnet.pth", weights_only=True)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert json.loads((tmp_path / "two" / "train.json").read_text())["processes"] == 2

@@ -67,6 +67,14 @@ def cmd_encode_text(args, params: dict) -> None:
     )
 
 
+def cmd_samples_npz(args, params: dict) -> None:
+    from uvit.sampling import export_npz
+
+    log(
+        f"wrote {export_npz(Path(args.samples), Path(args.out))} samples to {args.out} (arr_0: N x H x W x 3 uint8)"
+    )
+
+
 def cmd_train(args, params: dict) -> None:
     from uvit.provenance import record, write_json
     from uvit.training import train
@@ -237,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", required=True, metavar="FILE", help="EMA weights (recorded for provenance)"
     )
     p.add_argument("--metrics", required=True, metavar="FILE")
+
+    p = stage(
+        "samples-npz", cmd_samples_npz, "Pack a sample folder into an .npz for the ADM evaluation suite."
+    )
+    p.add_argument("--samples", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="FILE")
 
     p = stage("figures", cmd_figures, "A grid of the first samples.")
     p.add_argument("--samples", required=True, metavar="DIR")

@@ -154,12 +154,16 @@ def noise_prediction_loss(
     schedule: Schedule,
     x0: torch.Tensor,
     generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
     **model_kwargs,
 ) -> torch.Tensor:
     """Plain MSE between the true and predicted noise at the schedule's training times (the authors' L_simple,
-    Ho et al. 2020, eq. 14)."""
-    t = schedule.sample_time(x0.shape[0], generator, x0.device)
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    Ho et al. 2020, eq. 14). Times and noise are drawn from `generator` unless given."""
+    if t is None:
+        t = schedule.sample_time(x0.shape[0], generator, x0.device)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     shape = (-1,) + (1,) * (x0.ndim - 1)
     xt = schedule.alpha(t).view(shape) * x0 + schedule.sigma(t).view(shape) * noise
     prediction = model(xt, schedule.model_time(t), **model_kwargs)
@@ -184,15 +188,14 @@ def guided_noise_predictor(
     """eps(x_t, t) with classifier-free guidance eps = eps_c + s (eps_c - eps_u), cond and uncond in one batch."""
 
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t_in = schedule.model_time(t.expand(x.shape[0]))
+        t_in = schedule.model_time(t.to(x.device).expand(x.shape[0]))
         if labels is None:
             return model(x, t_in).float()
+        cond = labels.to(x.device)
         if guidance_scale == 0:
-            return model(x, t_in, labels).float()
+            return model(x, t_in, cond).float()
         both = model(
-            torch.cat([x, x]),
-            torch.cat([t_in, t_in]),
-            torch.cat([labels, torch.full_like(labels, null_label)]),
+            torch.cat([x, x]), torch.cat([t_in, t_in]), torch.cat([cond, torch.full_like(cond, null_label)])
         )
         eps_cond, eps_uncond = both.float().chunk(2)
         return eps_cond + guidance_scale * (eps_cond - eps_uncond)
@@ -208,12 +211,15 @@ def guided_noise_predictor(
 class SeededNoise:
     """One torch.Generator per sample, seeded from (seed, sample index): results do not depend on batching."""
 
-    def __init__(self, seed: int, indices: list[int], shape: tuple[int, ...]):
-        self.shape = shape
+    def __init__(
+        self, seed: int, indices: list[int], shape: tuple[int, ...], device: torch.device | str = "cpu"
+    ):
+        self.shape, self.device = shape, torch.device(device)
         self.generators = [torch.Generator().manual_seed(mix_seed(seed, i)) for i in indices]
 
     def draw(self) -> torch.Tensor:
-        return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
+        """Drawn on the CPU (the same numbers on every device), then moved to the sampling device."""
+        return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators]).to(self.device)
 
 
 def mix_seed(seed: int, index: int) -> int:

@@ -1,13 +1,17 @@
 """Sampling stage: a folder of PNG samples from the EMA weights, one file per seed index.
 
-Sample i is drawn from generators seeded with (sampling.seed, i), so it does not depend on the batch size;
-files are written atomically and existing ones are skipped, so a killed run resumes without gaps or
-duplicates. Class-conditional experiments draw class i mod num_classes for sample i (balanced classes).
+Sample i is drawn from generators seeded with (sampling.seed, i), so it does not depend on the batch size or
+the number of processes; files are written atomically and existing ones are skipped, so a killed run resumes
+without gaps or duplicates. Under torchrun, process r of N draws the missing samples r, r + N, ... (on GPU r
+when there are GPUs). Class-conditional experiments draw class i mod num_classes for sample i (balanced
+classes). `export_npz` packs a folder into the .npz layout of the ADM evaluation suite.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,27 +67,33 @@ def sample_experiment(
     else:
         height, width, channels = manifest["shape"]
         data_shape = (channels, height, width)
-    model = load_ema_model(exp, model_path, data_shape, classes)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    model = load_ema_model(exp, model_path, data_shape, classes).to(device)
+    if decoder is not None:
+        decoder = decoder.to(device)
     conditional = exp["condition"] == "class"
     null_class = classes if exp["training"]["cond_drop_prob"] > 0 else None
     schedule = make_schedule(exp["diffusion"]["schedule"])
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in range(cfg["num_samples"]) if not (out_dir / sample_name(i)).exists()]
-    if len(todo) < cfg["num_samples"]:
-        log(f"resuming: {cfg['num_samples'] - len(todo)} samples already in {out_dir}")
+    missing = [i for i in range(cfg["num_samples"]) if not (out_dir / sample_name(i)).exists()]
+    if len(missing) < cfg["num_samples"]:
+        log(f"resuming: {cfg['num_samples'] - len(missing)} samples already in {out_dir}")
+    todo = missing[rank::world]
     start = time.perf_counter()
     for begin in tqdm(range(0, len(todo), cfg["batch_size"]), desc=f"sample {exp['name']}", mininterval=5):
         indices = todo[begin : begin + cfg["batch_size"]]
         labels = torch.tensor([i % classes for i in indices]) if conditional else None
         eps_fn = guided_noise_predictor(model, schedule, labels, null_class, cfg["guidance_scale"])
-        noise = SeededNoise(cfg["seed"], indices, data_shape)
+        noise = SeededNoise(cfg["seed"], indices, data_shape, device)
         # Autocast reaches only the network: the solver's arithmetic stays in fp32.
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16"):
             x = sample(eps_fn, schedule, noise, cfg["sampler"], cfg["steps"], cfg["order"])
         if decoder is not None:
             x = decoder.decode(x / scale).sample
-        for index, image in zip(indices, to_uint8(x), strict=True):
+        for index, image in zip(indices, to_uint8(x.cpu()), strict=True):
             write_png(out_dir / sample_name(index), image)
     if todo:
         seconds = time.perf_counter() - start
@@ -105,3 +115,17 @@ def sample_grid(sample_dir: Path, out_path: Path, rows: int = 8, cols: int = 8) 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     scale = max(1, 256 // (cols * width))
     Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(out_path)
+
+
+def export_npz(sample_dir: Path, out_path: Path) -> int:
+    """All samples of a folder, in index order, as `arr_0` (N x H x W x 3 uint8): the ADM evaluator's layout."""
+    files = sorted(Path(sample_dir).glob("*.png"))
+    if not files:
+        raise FileNotFoundError(f"{sample_dir}: no PNG samples to export")
+    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, arr_0=images)
+    os.replace(tmp, out_path)
+    return len(images)

@@ -1,22 +1,30 @@
-"""One training loop for every experiment: pixel or latent, unconditional or class-conditional.
+"""One training loop for every experiment: pixel or latent, unconditional or class-conditional, 1..N processes.
 
 Recipe (authors' configs): noise-prediction MSE, AdamW, linear warm-up then constant learning rate, EMA of
 the weights updated every step, condition dropped to the null class at `cond_drop_prob` for classifier-free
-guidance. Every random draw of step k (batch order, flips, posterior samples, times, noise, condition drop)
-comes from generators seeded by (seed, k) or (seed, epoch), so a run resumed from a checkpoint continues
-exactly as the uninterrupted run would. Checkpoints are written atomically and loaded weights-only.
+guidance; optional gradient clipping and accumulation; bf16 autocast, or fp16 with a gradient scaler.
+
+Every random draw of step k (batch order, flips, posterior samples, times, noise, condition drop) comes from
+generators seeded by (seed, k) or (seed, epoch) and is drawn for the whole global batch; each process then
+takes its share. So the data position and RNG state are functions of the step alone: a run resumed from a
+checkpoint continues exactly as the uninterrupted run would, and N processes (torchrun; gloo on CPU, NCCL on
+GPU) take the same optimizer step as one process on the combined batch. Checkpoints are written atomically by
+rank 0 and loaded weights-only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from uvit.autoencoder import load_latents, to_unit_range
@@ -26,11 +34,64 @@ from uvit.diffusion import drop_condition, make_schedule, mix_seed, noise_predic
 from uvit.model import UViT, build_model
 
 # Settings that do not change the trajectory of training; a checkpoint made under other values resumes.
-BOOKKEEPING_KEYS = ("steps", "checkpoint_every", "keep_checkpoints", "log_every")
+# (grad_accumulation only regroups the same global batch: same trajectory up to float rounding.)
+BOOKKEEPING_KEYS = (
+    "steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "keep_steps",
+    "log_every",
+    "grad_accumulation",
+)
 
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class TrainingOutOfMemory(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------------------
+# Processes: one, or several under torchrun
+# --------------------------------------------------------------------------------------------------------
+
+
+class Processes:
+    """This process's place among the torchrun workers (a single process when not launched by torchrun)."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        if self.world > 1 and not dist.is_initialized():
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, batch_size: int) -> slice:
+        """This rank's rows of the global batch."""
+        if batch_size % self.world:
+            raise ValueError(f"training.batch_size {batch_size} is not divisible by {self.world} processes")
+        per_rank = batch_size // self.world
+        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= self.world
+        return value
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -152,9 +213,38 @@ def latest_checkpoint(ckpt_dir: Path, expected_hash: str, max_step: int, log) ->
     return None
 
 
-def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
+def prune_checkpoints(ckpt_dir: Path, keep: int, keep_steps: tuple[int, ...] = ()) -> None:
+    """Delete all but the newest `keep` checkpoints and those of `keep_steps` (e.g. for FID over training)."""
     for path in sorted(ckpt_dir.glob("ckpt-*.pt"))[:-keep]:
-        path.unlink()
+        if int(path.stem.split("-")[1]) not in keep_steps:
+            path.unlink()
+
+
+def micro_batches(share: slice, accumulation: int) -> list[slice]:
+    """Split this rank's share of the global batch into `accumulation` equal micro-batches."""
+    size = share.stop - share.start
+    if size % accumulation:
+        raise ValueError(
+            f"training.grad_accumulation {accumulation} does not divide the per-process batch {size}"
+        )
+    step = size // accumulation
+    return [slice(share.start + i * step, share.start + (i + 1) * step) for i in range(accumulation)]
+
+
+def precision_context(precision: str, device: torch.device):
+    """Autocast for bf16 / fp16 (the network only; the loss is computed in fp32)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def out_of_memory_message(exp: dict, processes: Processes) -> str:
+    cfg = exp["training"]
+    per_micro = cfg["batch_size"] // processes.world // cfg.get("grad_accumulation", 1)
+    return (
+        f"{exp['name']}: out of memory at {per_micro} images per forward pass on {processes.device}. Raise "
+        "training.grad_accumulation (same global batch, smaller passes), set model.use_checkpoint: true, "
+        "or lower training.batch_size"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -164,7 +254,22 @@ def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
 
 def train(exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None = None, log=print) -> dict:
     """Train (or resume) the experiment; write nnet.pth / nnet_ema.pth (authors' layout) and the loss log."""
+    processes = Processes()
+    try:
+        return _train(
+            exp, data_dir, out_dir, latent_dir, log if processes.main else lambda _: None, processes
+        )
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err):
+            raise TrainingOutOfMemory(out_of_memory_message(exp, processes)) from None
+        raise
+
+
+def _train(
+    exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None, log, processes: Processes
+) -> dict:
     cfg = exp["training"]
+    device = processes.device
     data = (
         LatentData(latent_dir, cfg["hflip"])
         if exp["space"] == "latent"
@@ -172,15 +277,17 @@ def train(exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None = No
     )
     classes = num_classes(data_dir / "train")
     torch.manual_seed(cfg["seed"])
-    model = model_for(exp, data.shape, classes)
+    model = model_for(exp, data.shape, classes).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"]
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(cfg["warmup_steps"]))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"] == "fp16")
     schedule = make_schedule(exp["diffusion"]["schedule"])
     null_class = classes if cfg["cond_drop_prob"] > 0 else None
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16")
+    share = processes.share(cfg["batch_size"])
+    micros = micro_batches(share, cfg.get("grad_accumulation", 1))
 
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -193,8 +300,15 @@ def train(exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None = No
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         history, start_step = json.loads(state["history"]), state["step"]
     last_good = None if state is None else f"step {start_step}"
+    net = model
+    if processes.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     model.train()
     started, images_seen = time.perf_counter(), 0
@@ -204,59 +318,84 @@ def train(exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None = No
         total=cfg["steps"],
         desc=exp["name"],
         mininterval=5,
+        disable=not processes.main,
     )
     for step in progress:
+        # The whole global batch's randomness, drawn the same way on every rank; each rank takes its share.
         generator = torch.Generator().manual_seed(mix_seed(cfg["seed"], step + 1))
         x0, labels = data.batch(batch_indices(step, cfg["batch_size"], len(data), cfg["seed"]), generator)
-        kwargs = {}
-        if exp["condition"] == "class":
-            if null_class is not None:
-                labels = drop_condition(labels, null_class, cfg["cond_drop_prob"], generator)
-            kwargs["cond"] = labels
-        with autocast:
-            loss = noise_prediction_loss(model, schedule, x0, generator=generator, **kwargs)
-        if not math.isfinite(loss.item()):
+        if exp["condition"] == "class" and null_class is not None:
+            labels = drop_condition(labels, null_class, cfg["cond_drop_prob"], generator)
+        t = schedule.sample_time(len(x0), generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=device)
+        for i, micro in enumerate(micros):
+            cond = {"cond": labels[micro].to(device)} if exp["condition"] == "class" else {}
+            sync = contextlib.nullcontext() if i == len(micros) - 1 or processes.world == 1 else net.no_sync()
+            with sync:
+                with precision_context(cfg["precision"], device):
+                    loss = noise_prediction_loss(
+                        net,
+                        schedule,
+                        x0[micro].to(device),
+                        t=t[micro].to(device),
+                        noise=noise[micro].to(device),
+                        **cond,
+                    )
+                scaler.scale(loss / len(micros)).backward()
+            loss_sum += loss.detach() / len(micros)
+        loss_value = processes.mean(loss_sum).item()
+        if not math.isfinite(loss_value):
             raise NonFiniteLossError(
-                f"{exp['name']}: loss is {loss.item()} at step {step}; last good checkpoint: {last_good or 'none'} "
+                f"{exp['name']}: loss is {loss_value} at step {step}; last good checkpoint: {last_good or 'none'} "
                 f"in {ckpt_dir}. Lower training.lr or use training.precision: fp32"
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if cfg.get("grad_clip"):
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         update_ema(ema, model, cfg["ema_rate"])
         images_seen += len(x0)
         done = step + 1
         if done % cfg["log_every"] == 0 or done == cfg["steps"]:
-            history.append({"step": done, "loss": round(loss.item(), 6), "lr": scheduler.get_last_lr()[0]})
+            history.append({"step": done, "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0]})
             rate = images_seen / (time.perf_counter() - started)
-            progress.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}")
-        if done % cfg["checkpoint_every"] == 0 or done == cfg["steps"]:
-            save_checkpoint(
-                ckpt_dir / f"ckpt-{done:07d}.pt",
-                {
-                    "step": done,
-                    "trajectory_hash": expected,
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "history": json.dumps(history),
-                },
-            )
-            prune_checkpoints(ckpt_dir, cfg["keep_checkpoints"])
+            progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
+        if done % cfg["checkpoint_every"] == 0 or done == cfg["steps"] or done in cfg.get("keep_steps", ()):
+            if processes.main:
+                save_checkpoint(
+                    ckpt_dir / f"ckpt-{done:07d}.pt",
+                    {
+                        "step": done,
+                        "trajectory_hash": expected,
+                        "model": model.state_dict(),
+                        "ema": ema.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "history": json.dumps(history),
+                    },
+                )
+                prune_checkpoints(ckpt_dir, cfg["keep_checkpoints"], tuple(cfg.get("keep_steps", ())))
+            processes.barrier()
             last_good = f"step {done}"
     seconds = time.perf_counter() - started
     if images_seen:
         log(f"{exp['name']}: {images_seen} images in {seconds:.1f} s ({images_seen / seconds:.1f} images/s)")
 
-    save_checkpoint(out_dir / "nnet.pth", model.state_dict())
-    save_checkpoint(out_dir / "nnet_ema.pth", ema.state_dict())
-    lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in history)
-    atomic_write_bytes(out_dir / "loss.jsonl", lines.encode())
+    if processes.main:
+        save_checkpoint(out_dir / "nnet.pth", model.state_dict())
+        save_checkpoint(out_dir / "nnet_ema.pth", ema.state_dict())
+        lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in history)
+        atomic_write_bytes(out_dir / "loss.jsonl", lines.encode())
+    processes.barrier()
     return {
         "steps": cfg["steps"],
         "batch_size": cfg["batch_size"],
+        "processes": processes.world,
         "final_loss": history[-1]["loss"] if history else None,
         "parameters": sum(p.numel() for p in model.parameters()),
         "num_classes": model.label_emb.num_embeddings if hasattr(model, "label_emb") else 0,
