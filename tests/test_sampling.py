@@ -55,7 +55,7 @@ def test_processes_split_the_samples_without_changing_them(trained, tmp_path, mo
 
 def test_sigkill_during_sampling_then_resume_gives_the_same_files(trained, tmp_path):
     data, model = trained
-    params = project_params(tmp_path, sampling={"num_samples": 120, "batch_size": 8, "steps": 12})
+    params = project_params(tmp_path, sampling={"num_samples": 400, "batch_size": 8, "steps": 12})
 
     def command(out: Path) -> list[str]:
         return [
@@ -63,11 +63,13 @@ def test_sigkill_during_sampling_then_resume_gives_the_same_files(trained, tmp_p
             "--experiment", "smoke_pixel", "--model", str(model), "--data", str(data), "--out", str(out),
         ]  # fmt: skip
 
+    started = time.perf_counter()
     subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True)
+    duration = time.perf_counter() - started
     rng, kills = random.Random(1), 0
     for _ in range(2):
         process = subprocess.Popen(command(tmp_path / "killed"), stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(4.0, 7.0))
+        time.sleep(rng.uniform(0.3, 0.6) * duration)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1

@@ -86,7 +86,8 @@ def cmd_train(args, params: dict) -> None:
     inputs = {"dataset": args.data, **({"latents": args.latents} if latents else {})}
     provenance = record(settings, inputs, settings_hash(settings))
     provenance["outputs"] = {"checkpoint": str(Path(args.out) / "nnet_ema.pth")}
-    write_json(args.metrics, {"experiment": args.experiment, **metrics, "provenance": provenance})
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes the metrics
+        write_json(args.metrics, {"experiment": args.experiment, **metrics, "provenance": provenance})
 
 
 def cmd_sample(args, params: dict) -> None:

@@ -2,7 +2,7 @@
 
 Sample i is drawn from generators seeded with (sampling.seed, i), so it does not depend on the batch size or
 the number of processes; files are written atomically and existing ones are skipped, so a killed run resumes
-without gaps or duplicates. Under torchrun, process r of N draws the missing samples r, r + N, ... (on GPU r
+without gaps or duplicates. Under torchrun, process r of N draws the missing samples whose index is r mod N (on GPU r
 when there are GPUs). Class-conditional experiments draw class i mod num_classes for sample i (balanced
 classes). `export_npz` packs a folder into the .npz layout of the ADM evaluation suite.
 """
@@ -81,7 +81,7 @@ def sample_experiment(
     missing = [i for i in range(cfg["num_samples"]) if not (out_dir / sample_name(i)).exists()]
     if len(missing) < cfg["num_samples"]:
         log(f"resuming: {cfg['num_samples'] - len(missing)} samples already in {out_dir}")
-    todo = missing[rank::world]
+    todo = [i for i in missing if i % world == rank]  # by index: ranks agree whenever each one starts
     start = time.perf_counter()
     for begin in tqdm(range(0, len(todo), cfg["batch_size"]), desc=f"sample {exp['name']}", mininterval=5):
         indices = todo[begin : begin + cfg["batch_size"]]
