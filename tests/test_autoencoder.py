@@ -104,3 +104,23 @@ def test_checkpoints_carrying_python_objects_are_refused(tmp_path):
     torch.save({"state_dict": {}, "callbacks": TrainerCallback()}, tmp_path / "lightning.ckpt")
     with pytest.raises(AutoencoderError, match=r"lightning.ckpt: refused to unpickle.*safetensors"):
         load_autoencoder(tmp_path / "lightning.ckpt")
+
+
+def test_latent_scale_factor_is_measured_or_taken_from_the_config(tmp_path):
+    from uvit.autoencoder import build_autoencoder, encode_dataset, load_latents
+    from uvit.data import prepare_dataset
+
+    prepare_dataset({"source": "digits", "resolution": 16, "shard_size": 1000}, tmp_path / "data")
+    torch.manual_seed(0)
+    cfg = {"block_channels": [8, 16], "layers_per_block": 1, "latent_channels": 4}
+    build_autoencoder(cfg, 1, 16).save_pretrained(tmp_path / "ae")
+    measured = encode_dataset(tmp_path / "ae", tmp_path / "data", tmp_path / "z1", log=lambda m: None)
+    moments, labels, scale = load_latents(tmp_path / "z1")
+    assert moments.shape == (1500, 2, 8, 8, 8) and len(labels) == 1500  # image and its flip, mean and logvar
+    assert scale == pytest.approx(1 / moments[:, :, :4].std().item(), rel=1e-4)
+    assert measured["scale_factor_source"].startswith("measured")
+    fixed = encode_dataset(
+        tmp_path / "ae", tmp_path / "data", tmp_path / "z2", scale_factor=0.18215, log=lambda m: None
+    )
+    assert fixed["scale_factor"] == 0.18215 and fixed["scale_factor_source"] == "config"
+    assert fixed["measured_scale_factor"] == pytest.approx(measured["scale_factor"])

@@ -51,7 +51,9 @@ def cmd_train_autoencoder(args, params: dict) -> None:
 def cmd_encode_latents(args, params: dict) -> None:
     from uvit.autoencoder import encode_dataset
 
-    manifest = encode_dataset(Path(args.autoencoder_dir), Path(args.data), Path(args.out), log=log)
+    manifest = encode_dataset(
+        Path(args.autoencoder_dir), Path(args.data), Path(args.out), scale_factor=args.scale_factor, log=log
+    )
     log(
         f"encoded {manifest['count']} images, moments {manifest['moments_shape']}, scale {manifest['scale_factor']:.5f}"
     )
@@ -186,7 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True, metavar="FILE")
 
     p = stage("encode-latents", cmd_encode_latents, "Encode a prepared dataset into posterior moments.")
-    p.add_argument("--autoencoder-dir", required=True, metavar="DIR")
+    p.add_argument(
+        "--autoencoder-dir",
+        required=True,
+        metavar="PATH",
+        help="trained folder, or an SD KL-f8 file or folder",
+    )
+    p.add_argument(
+        "--scale-factor", type=float, metavar="S", help="fixed latent scale (SD: 0.18215; COCO: 0.23010)"
+    )
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="DIR")
 

@@ -220,6 +220,12 @@ def prune_checkpoints(ckpt_dir: Path, keep: int, keep_steps: tuple[int, ...] = (
             path.unlink()
 
 
+def write_loss_log(out_dir: Path, history: list[dict]) -> None:
+    """loss.jsonl: one JSON line per logged step (step, loss, lr), rewritten atomically."""
+    lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in history)
+    atomic_write_bytes(out_dir / "loss.jsonl", lines.encode())
+
+
 def micro_batches(share: slice, accumulation: int) -> list[slice]:
     """Split this rank's share of the global batch into `accumulation` equal micro-batches."""
     size = share.stop - share.start
@@ -380,6 +386,7 @@ def _train(
                     },
                 )
                 prune_checkpoints(ckpt_dir, cfg["keep_checkpoints"], tuple(cfg.get("keep_steps", ())))
+                write_loss_log(out_dir, history)  # the live log always matches the newest checkpoint
             processes.barrier()
             last_good = f"step {done}"
     seconds = time.perf_counter() - started
@@ -389,8 +396,7 @@ def _train(
     if processes.main:
         save_checkpoint(out_dir / "nnet.pth", model.state_dict())
         save_checkpoint(out_dir / "nnet_ema.pth", ema.state_dict())
-        lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in history)
-        atomic_write_bytes(out_dir / "loss.jsonl", lines.encode())
+        write_loss_log(out_dir, history)
     processes.barrier()
     return {
         "steps": cfg["steps"],
