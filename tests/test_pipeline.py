@@ -40,6 +40,10 @@ def test_smoke_dag_end_to_end(tmp_path):
         assert metrics["provenance"]["inputs"]["checkpoint"]["md5"][:8] in row
         assert (project / "paper_tables" / "figures" / f"{name}_samples.png").stat().st_size > 0
     assert (project / "paper_tables" / "results.tex").read_text().count("smoke") == 2
+    loss_csv = (project / "metrics" / "smoke_pixel" / "loss.csv").read_text().splitlines()
+    assert loss_csv[0] == "step,loss,lr" and len(loss_csv) == 1 + 20 // 5  # steps 20, log_every 5
+    plots = run(["dvc", "plots", "show", "--json"], project).stdout
+    assert "metrics/smoke_pixel/loss.csv" in plots
 
     # Both engines agree that everything is up to date.
     assert planned_jobs(project) == set()

@@ -90,6 +90,20 @@ def cmd_train(args, params: dict) -> None:
     provenance["outputs"] = {"checkpoint": str(Path(args.out) / "nnet_ema.pth")}
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes the metrics
         write_json(args.metrics, {"experiment": args.experiment, **metrics, "provenance": provenance})
+        if args.loss_plot:
+            write_loss_csv(Path(args.out) / "loss.jsonl", Path(args.loss_plot))
+
+
+def write_loss_csv(loss_log: Path, out: Path) -> None:
+    """The loss log as CSV (step, loss, lr): DVC plots read it, and it is small enough for git."""
+    import json
+
+    from uvit.data import atomic_write_bytes
+
+    rows = [json.loads(line) for line in loss_log.read_text().splitlines() if line]
+    text = "step,loss,lr\n" + "".join(f"{r['step']},{r['loss']},{r['lr']}\n" for r in rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, text.encode())
 
 
 def cmd_sample(args, params: dict) -> None:
@@ -220,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, metavar="DIR", help="run directory: checkpoints/, nnet.pth, nnet_ema.pth"
     )
     p.add_argument("--metrics", required=True, metavar="FILE")
+    p.add_argument("--loss-plot", metavar="FILE", help="also write the loss curve as CSV (a DVC plot)")
 
     p = stage("sample", cmd_sample, "Draw an experiment's samples into a PNG folder (resumable).")
     p.add_argument("--experiment", required=True)

@@ -10,6 +10,7 @@ rule train:
         model="results/{experiment}/nnet.pth",
         loss="results/{experiment}/loss.jsonl",
         metrics="metrics/{experiment}/train.json",
+        loss_plot=report("metrics/{experiment}/loss.csv", caption="../report/loss.rst", category="Training"),
     log:
         "logs/train/{experiment}.log",
     benchmark:
@@ -23,7 +24,7 @@ rule train:
         run_dir="results/{experiment}",
     shell:
         "uvit --threads {threads} train --experiment {wildcards.experiment} --data {input.data} {params.latents}"
-        " --out {params.run_dir} --metrics {output.metrics} 2> {log}"
+        " --out {params.run_dir} --metrics {output.metrics} --loss-plot {output.loss_plot} 2> {log}"
 
 
 rule sample:

@@ -2,8 +2,9 @@
 
 Every job of the default target becomes a DVC stage with the same command (less Snakemake's thread flag and
 log redirection), its inputs and the uvit modules it imports as deps, the params.yaml keys it reads as
-params, and its outputs as outs: metrics/ files are DVC metrics and paper_tables/ files plain outs (both kept
-in git, cache: false), the rest cached outs; training checkpoints are persistent.
+params, and its outputs as outs: metrics/ JSON files are DVC metrics, metrics/ CSV files (loss curves) DVC
+plots and paper_tables/ files plain outs (all kept in git, cache: false), the rest cached outs; training
+checkpoints are persistent.
 
     python workflow/scripts/export_dvc.py            # rewrite dvc.yaml
     python workflow/scripts/export_dvc.py --check    # exit 1 if dvc.yaml differs from the DAG
@@ -115,9 +116,11 @@ def stage_for(job, params: dict) -> dict:
     keys = params_read(job, params)
     if keys:
         stage["params"] = keys
-    outs, metrics = [], []
+    outs, metrics, plots = [], [], []
     for path in sorted(map(str, job.output)):
-        if path.startswith("metrics/"):
+        if path.startswith("metrics/") and path.endswith(".csv"):
+            plots.append({path: {"cache": False, "x": "step", "y": "loss"}})
+        elif path.startswith("metrics/"):
             metrics.append({path: {"cache": False}})
         elif path.startswith("paper_tables/"):
             outs.append({path: {"cache": False}})
@@ -129,6 +132,8 @@ def stage_for(job, params: dict) -> dict:
         stage["outs"] = outs
     if metrics:
         stage["metrics"] = metrics
+    if plots:
+        stage["plots"] = plots
     return stage
 
 
