@@ -87,6 +87,7 @@ def all_targets(experiments=None):
         "paper_tables/results.md",
         "paper_tables/results.tex",
         *[f"paper_tables/figures/{name}_samples.png" for name in experiments],
+        *[f"metrics/{name}/loss.csv" for name in experiments],
     ]
 
 
