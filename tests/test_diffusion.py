@@ -7,6 +7,7 @@ ODE keeps (x_t - alpha_t m) / s_t constant, so an ODE solver's exact answer is k
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -31,19 +32,20 @@ from uvit.diffusion import (
 from uvit.model import UViT
 
 SCHEDULE = VPSchedule()
+STABLE = DiscreteSchedule.stable()
 MEAN, STD = 0.3, 0.5
 
 
-def gaussian_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def gaussian_eps(x: torch.Tensor, t: torch.Tensor, schedule=SCHEDULE) -> torch.Tensor:
     t = t.double()
-    alpha, sigma = SCHEDULE.alpha(t), SCHEDULE.sigma(t)
+    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
     return (sigma * (x.double() - alpha * MEAN) / (alpha**2 * STD**2 + sigma**2)).to(x.dtype)
 
 
-def exact_flow(x_start: torch.Tensor, t_start: float, t_end: float) -> torch.Tensor:
+def exact_flow(x_start: torch.Tensor, t_start: float, t_end: float, schedule=SCHEDULE) -> torch.Tensor:
     def scale(t):
-        t = torch.tensor(t, dtype=torch.float64)
-        return SCHEDULE.alpha(t), torch.sqrt(SCHEDULE.alpha(t) ** 2 * STD**2 + SCHEDULE.sigma(t) ** 2)
+        t = torch.tensor([float(t)], dtype=torch.float64)
+        return schedule.alpha(t), torch.sqrt(schedule.alpha(t) ** 2 * STD**2 + schedule.sigma(t) ** 2)
 
     (a0, s0), (a1, s1) = scale(t_start), scale(t_end)
     return a1 * MEAN + s1 * (x_start.double() - a0 * MEAN) / s0
@@ -152,8 +154,6 @@ def test_samples_do_not_depend_on_the_batch(sampler, schedule):
 # Discrete schedules, the objective, and DPM-Solver++ through diffusers
 # --------------------------------------------------------------------------------------------------------
 
-STABLE = DiscreteSchedule.stable()
-
 
 def test_discrete_schedules_follow_their_definitions():
     torch.testing.assert_close(STABLE.betas[[0, -1]], torch.tensor([0.00085, 0.012], dtype=torch.float64))
@@ -223,19 +223,8 @@ def test_condition_dropout_rate():
     assert torch.equal(dropped[kept], labels[kept])
 
 
-def discrete_gaussian_eps(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    n = n.double()
-    alpha, sigma = STABLE.alpha(n), STABLE.sigma(n)
-    return (sigma * (x.double() - alpha * MEAN) / (alpha**2 * STD**2 + sigma**2)).to(x.dtype)
-
-
-def discrete_exact_flow(x_start: torch.Tensor, n_start: int, n_end: int) -> torch.Tensor:
-    def scale(n):
-        n = torch.tensor([float(n)], dtype=torch.float64)
-        return STABLE.alpha(n), torch.sqrt(STABLE.alpha(n) ** 2 * STD**2 + STABLE.sigma(n) ** 2)
-
-    (a0, s0), (a1, s1) = scale(n_start), scale(n_end)
-    return a1 * MEAN + s1 * (x_start.double() - a0 * MEAN) / s0
+discrete_gaussian_eps = functools.partial(gaussian_eps, schedule=STABLE)
+discrete_exact_flow = functools.partial(exact_flow, schedule=STABLE)
 
 
 def dpm_pp_error(steps: int, order: int = 3, multistep: bool = False) -> float:

@@ -205,14 +205,14 @@ def encode_dataset(
         f"encode: {len(images)} images (and their flips) in {seconds:.1f} s, {len(images) / seconds:.1f} images/s"
     )
     moments = np.concatenate(moments)
-    means = moments[:, :, : moments.shape[2] // 2]
+    measured = float(1.0 / moments[:, :, : moments.shape[2] // 2].std())  # 1 / std of the posterior means
     shards = write_shards(out_dir, {"moments": moments, "labels": labels}, shard_size)
     manifest = {
         "count": len(moments),
         "moments_shape": list(moments.shape[1:]),
-        "scale_factor": float(scale_factor) if scale_factor else float(1.0 / means.std()),
+        "scale_factor": float(scale_factor) if scale_factor else measured,
         "scale_factor_source": "config" if scale_factor else "measured: 1 / std of the posterior means",
-        "measured_scale_factor": float(1.0 / means.std()),
+        "measured_scale_factor": measured,
         "shards": shards,
     }
     write_manifest(out_dir, manifest)

@@ -79,7 +79,7 @@ def cmd_samples_npz(args, params: dict) -> None:
 
 def cmd_train(args, params: dict) -> None:
     from uvit.provenance import record, write_json
-    from uvit.training import train
+    from uvit.training import placement, train
 
     exp = resolve_experiment(params, args.experiment)
     latents = Path(args.latents) if args.latents else None
@@ -88,7 +88,7 @@ def cmd_train(args, params: dict) -> None:
     inputs = {"dataset": args.data, **({"latents": args.latents} if latents else {})}
     provenance = record(settings, inputs, settings_hash(settings))
     provenance["outputs"] = {"checkpoint": str(Path(args.out) / "nnet_ema.pth")}
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes the metrics
+    if placement()[0] == 0:  # under torchrun, one process writes the metrics
         write_json(args.metrics, {"experiment": args.experiment, **metrics, "provenance": provenance})
         if args.loss_plot:
             write_loss_csv(Path(args.out) / "loss.jsonl", Path(args.loss_plot))

@@ -15,6 +15,8 @@ MS-COCO 2014 (center crop, Lanczos resize; every caption of each image).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gzip
 import hashlib
 import io
@@ -51,14 +53,32 @@ def md5_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a killed run never leaves a partial file."""
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[io.BufferedWriter]:
+    """A binary file that appears at `path` only when complete (temporary file, fsync, rename), so a killed
+    run never leaves a partial file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_writer(path) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def read_checked(path: Path, md5: str, manifest_dir: Path, stage: str) -> bytes:
+    """A file's bytes, verified against the md5 its manifest records."""
+    blob = path.read_bytes() if path.is_file() else b""
+    if hashlib.md5(blob).hexdigest() != md5:
+        raise DataError(f"{path}: checksum mismatch with {manifest_dir}/manifest.json; re-run {stage}")
+    return blob
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -302,6 +322,19 @@ def decode_images(
         yield np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
+def image_split(
+    items: list[tuple[ImageRef, int, list[str] | None]],
+    transform: Callable[[Image.Image], np.ndarray],
+    cfg: dict,
+    desc: str,
+    with_captions: bool = False,
+) -> SplitData:
+    """A split whose chunks are decoded lazily from image files (see decode_images)."""
+    split = SplitData([], captions=[] if with_captions else None)
+    split.chunks = decode_images(items, transform, split, cfg, desc)
+    return split
+
+
 def _require(path: Path, dataset: str, layout: str) -> Path:
     if not path.exists():
         raise DataError(f"{dataset}: {path} not found. Expected {layout}")
@@ -352,11 +385,9 @@ def load_celeba(cfg: dict) -> dict[str, SplitData]:
             raise DataError(
                 f"CelebA: {len(missing)} images of list_eval_partition missing, e.g. {missing[0]}"
             )
-        data = SplitData([])
         items = [(refs[n], 0, None) for n in names]
-        transform = lambda im: celeba_crop(im, cfg["resolution"])  # noqa: E731
-        data.chunks = decode_images(items, transform, data, cfg, f"CelebA {split}")
-        splits[split] = data
+        transform = functools.partial(celeba_crop, resolution=cfg["resolution"])
+        splits[split] = image_split(items, transform, cfg, f"CelebA {split}")
     return splits
 
 
@@ -395,11 +426,9 @@ def load_imagenet(cfg: dict) -> dict[str, SplitData]:
         raise DataError(f"ImageNet: no images under {train}. Expected {IMAGENET_LAYOUT}")
     synsets = [f.name.split("_")[0] for f in files]
     index = {name: i for i, name in enumerate(sorted(set(synsets)))}
-    data = SplitData([])
     items = [(f, index[s], None) for f, s in zip(files, synsets, strict=True)]
-    transform = lambda im: adm_center_crop(im, cfg["resolution"])  # noqa: E731
-    data.chunks = decode_images(items, transform, data, cfg, "ImageNet train")
-    return {"train": data}
+    transform = functools.partial(adm_center_crop, size=cfg["resolution"])
+    return {"train": image_split(items, transform, cfg, "ImageNet train")}
 
 
 # ---- MS-COCO 2014 -------------------------------------------------------------------------------------
@@ -434,11 +463,9 @@ def load_mscoco(cfg: dict) -> dict[str, SplitData]:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataError(f"{ann_path}: not a COCO captions file ({err})") from None
         folder = _require(root / year_split, "MS-COCO", COCO_LAYOUT)
-        data = SplitData([], captions=[])
         items = [(folder / files[key], 0, captions.get(key, [])) for key in sorted(files)]
-        transform = lambda im: coco_center_crop(im, cfg["resolution"])  # noqa: E731
-        data.chunks = decode_images(items, transform, data, cfg, f"MS-COCO {split}")
-        splits[split] = data
+        transform = functools.partial(coco_center_crop, size=cfg["resolution"])
+        splits[split] = image_split(items, transform, cfg, f"MS-COCO {split}", with_captions=True)
     return splits
 
 
@@ -495,10 +522,7 @@ def read_shards(
         kind = shard["file"].split("-")[0]
         if limit is not None and loaded.get(kind, 0) >= limit:
             continue
-        path = directory / shard["file"]
-        blob = path.read_bytes() if path.is_file() else b""
-        if hashlib.md5(blob).hexdigest() != shard["md5"]:
-            raise DataError(f"{path}: checksum mismatch with {directory}/manifest.json; re-run {stage}")
+        blob = read_checked(directory / shard["file"], shard["md5"], directory, stage)
         arrays.setdefault(kind, []).append(np.load(io.BytesIO(blob), allow_pickle=False))
         loaded[kind] = loaded.get(kind, 0) + shard["count"]
     return {kind: np.concatenate(parts) for kind, parts in arrays.items()}
@@ -583,12 +607,7 @@ def load_captions(split_dir: str | Path) -> list[list[str]]:
     entry = read_manifest(split_dir).get("captions")
     if entry is None:
         raise DataError(f"{split_dir}: this dataset has no captions (text models need source: mscoco)")
-    blob = (split_dir / entry["file"]).read_bytes()
-    if hashlib.md5(blob).hexdigest() != entry["md5"]:
-        raise DataError(
-            f"{split_dir}/{entry['file']}: checksum mismatch with manifest.json; re-run prepare_data"
-        )
-    return json.loads(blob)
+    return json.loads(read_checked(split_dir / entry["file"], entry["md5"], split_dir, "prepare_data"))
 
 
 def num_classes(split_dir: str | Path) -> int:

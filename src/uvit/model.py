@@ -214,15 +214,15 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         if self.skip is not None:
             x = self.join_skip(x, skip)
-        h1, h2 = self.norm1(x), None
+        h = self.norm1(x)
         if self.adaln_modulation is not None:
             shift1, scale1, shift2, scale2 = self.adaln_modulation(time_emb).chunk(4, dim=-1)
-            h1 = modulate(h1, shift1, scale1)
-        x = x + self.attn(h1)
-        h2 = self.norm2(x)
+            h = modulate(h, shift1, scale1)
+        x = x + self.attn(h)
+        h = self.norm2(x)
         if self.adaln_modulation is not None:
-            h2 = modulate(h2, shift2, scale2)
-        return x + self.mlp(h2)
+            h = modulate(h, shift2, scale2)
+        return x + self.mlp(h)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -276,7 +276,6 @@ class UViT(nn.Module):
         if context_dim > 0:
             self.context_embed = nn.Linear(context_dim, embed_dim)
         self.extras = (time_cond == "token") + (num_classes > 0) + (context_tokens if context_dim else 0)
-        self.pos_embed_kind = pos_embed
         if pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + grid * grid, embed_dim))
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -313,7 +312,7 @@ class UViT(nn.Module):
         if hasattr(self, "label_emb") and cond is not None:
             tokens.insert(0, self.label_emb(cond).unsqueeze(1))
         x = torch.cat(tokens, dim=1)
-        if self.pos_embed_kind != "none":
+        if hasattr(self, "pos_embed"):  # learned or fixed; absent for pos_embed "none"
             x = x + self.pos_embed.to(x.dtype)
         adaln_emb = time_emb if self.time_cond == "adaln" else None
         skips = []

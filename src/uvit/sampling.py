@@ -10,8 +10,6 @@ classes). `export_npz` packs a folder into the .npz layout of the ADM evaluation
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,9 +19,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from uvit.autoencoder import load_autoencoder, to_uint8
-from uvit.data import atomic_write_bytes, num_classes, read_manifest
+from uvit.data import atomic_write_bytes, atomic_writer, num_classes, read_manifest
 from uvit.diffusion import SeededNoise, guided_noise_predictor, make_schedule, sample
-from uvit.training import model_for
+from uvit.training import model_for, placement
 
 
 def sample_name(index: int) -> str:
@@ -67,9 +65,7 @@ def sample_experiment(
     else:
         height, width, channels = manifest["shape"]
         data_shape = (channels, height, width)
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    rank, world, device = placement()  # sampling needs no process group: ranks split samples by index
     model = load_ema_model(exp, model_path, data_shape, classes).to(device)
     if decoder is not None:
         decoder = decoder.to(device)
@@ -124,8 +120,6 @@ def export_npz(sample_dir: Path, out_path: Path) -> int:
         raise FileNotFoundError(f"{sample_dir}: no PNG samples to export")
     images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_writer(out_path) as f:
         np.savez(f, arr_0=images)
-    os.replace(tmp, out_path)
     return len(images)

@@ -58,14 +58,18 @@ class TrainingOutOfMemory(RuntimeError):
 # --------------------------------------------------------------------------------------------------------
 
 
+def placement() -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process: from torchrun's environment, or a single process."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), device
+
+
 class Processes:
-    """This process's place among the torchrun workers (a single process when not launched by torchrun)."""
+    """This process's place among the torchrun workers, with the process group training needs."""
 
     def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        self.rank, self.world, self.device = placement()
         if self.world > 1 and not dist.is_initialized():
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
