@@ -33,7 +33,8 @@ lint: setup
 	snakefmt --check Snakefile workflow/rules
 	snakemake --lint
 
-test: setup data lint ## lint, then the test suite (includes an end-to-end run of the smoke DAG)
+test: setup data lint ## lint, trace the committed tables (uvit verify), then the test suite (includes the smoke DAG)
+	uvit verify
 	pytest -q
 
 format: setup

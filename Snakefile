@@ -14,6 +14,8 @@ wildcard_constraints:
     autoencoder="|".join(AUTOENCODERS),
     split="train|test",
     n=r"\d+",
+    step=r"\d+",
+    nfe=r"\d+",
 
 
 include: "workflow/rules/data.smk"

@@ -107,6 +107,14 @@ def test_committed_params_are_valid(params):
             lambda p: p["experiments"]["fmnist_pixel"].__setitem__("diffusion", {"schedule": "cosine"}),
             "experiments.fmnist_pixel.diffusion.schedule: 'cosine' is not one of",
         ),
+        (
+            lambda p: p["experiments"]["fmnist_pixel"]["training"].__setitem__("keep_steps", [125, 500]),
+            "experiments.fmnist_pixel.training.keep_steps.1: 500 is not before the last step (500)",
+        ),
+        (
+            lambda p: p["experiments"]["fmnist_latent"]["evaluation"].__setitem__("sampler_steps", [5, 5]),
+            "experiments.fmnist_latent.evaluation.sampler_steps: [5, 5] has non-unique elements",
+        ),
     ],
 )
 def test_bad_values_name_the_key(edit, expected):
@@ -133,3 +141,17 @@ def test_snakemake_refuses_bad_params_before_any_work(tmp_path):
     assert result.returncode != 0
     assert "defaults.sampling.steps: 0 is less than the minimum of 1" in result.stdout + result.stderr
     assert not (project / "data").exists()
+
+
+def test_curve_points_list_kept_checkpoints_then_other_sampler_steps(params):
+    from uvit.config import curve_points, fid_metrics_paths, resolve_experiment
+
+    exp = resolve_experiment(params, "fmnist_pixel")
+    exp["training"]["keep_steps"] = [250, 125]
+    exp["evaluation"]["sampler_steps"] = [50, 10, 25]  # 25 is sampling.steps: the final FID already has it
+    assert curve_points(exp) == [(125, 25), (250, 25), (500, 10), (500, 50)]
+    assert fid_metrics_paths(params, "smoke_pixel") == [
+        "metrics/smoke_pixel/fid.json",
+        "metrics/smoke_pixel/curve/step10-nfe5.json",
+        "metrics/smoke_pixel/curve/step20-nfe3.json",
+    ]

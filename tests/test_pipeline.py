@@ -1,17 +1,25 @@
-"""End to end: the smoke experiments through the whole DAG with Snakemake, then DVC agrees with it.
+"""End to end: the smoke experiments through the whole DAG with Snakemake, then DVC agrees with it, the
+Snakemake report shows every figure, and `uvit verify` traces every table cell (and catches tampering).
 
-Runs in a temporary copy of the project (real digits data, real U-ViT training, real Inception FID).
+Runs once, in a temporary copy of the project (real digits data, real U-ViT training, real Inception FID);
+the tests below share that run. Tests that change a file restore it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from conftest import make_project_copy, run, set_params
 
+from uvit.config import fid_metrics_paths, load_params
+
 SMOKE = ["smoke_pixel", "smoke_latent"]
+pytestmark = pytest.mark.slow
 
 
 def planned_jobs(project) -> set[str]:
@@ -22,14 +30,21 @@ def planned_jobs(project) -> set[str]:
     return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+$", table, re.M)}
 
 
-@pytest.mark.slow
-def test_smoke_dag_end_to_end(tmp_path):
-    project = make_project_copy(tmp_path / "project", targets=SMOKE)
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    project = make_project_copy(tmp_path_factory.mktemp("smoke") / "project", targets=SMOKE)
     run(["python", "workflow/scripts/export_dvc.py"], project)
     run(["git", "add", "-A"], project)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke targets"], project)
+    run(["snakemake", "--cores", "2"], project, timeout=1200)
+    return project
 
-    run(["snakemake", "--cores", "2"], project, timeout=900)
+
+def verify(project, check=True):
+    return run(["uvit", "verify"], project, check=check)
+
+
+def test_smoke_dag_end_to_end(project):
     table = (project / "paper_tables" / "results.md").read_text()
     for name in SMOKE:
         metrics = json.loads((project / "metrics" / name / "fid.json").read_text())
@@ -38,22 +53,143 @@ def test_smoke_dag_end_to_end(tmp_path):
         row = next(line for line in table.splitlines() if f"`{name}`" in line)
         assert f"{metrics['fid']:.2f}" in row and "demo" in row
         assert metrics["provenance"]["inputs"]["checkpoint"]["md5"][:8] in row
-        assert (project / "paper_tables" / "figures" / f"{name}_samples.png").stat().st_size > 0
+        for ext in ("png", "pdf"):
+            assert (project / "paper_tables" / "figures" / f"{name}_samples.{ext}").stat().st_size > 0
     assert (project / "paper_tables" / "results.tex").read_text().count("smoke") == 2
     loss_csv = (project / "metrics" / "smoke_pixel" / "loss.csv").read_text().splitlines()
     assert loss_csv[0] == "step,loss,lr" and len(loss_csv) == 1 + 20 // 5  # steps 20, log_every 5
     plots = run(["dvc", "plots", "show", "--json"], project).stdout
     assert "metrics/smoke_pixel/loss.csv" in plots
+    # smoke_latent draws a sample grid every 10 training steps (through the autoencoder).
+    assert sorted(p.name for p in (project / "results" / "smoke_latent" / "progress").iterdir()) == [
+        "step-0000010.png",
+        "step-0000020.png",
+    ]
 
-    # Both engines agree that everything is up to date.
+
+def test_curves_over_training_and_sampler_steps(project):
+    """smoke_pixel keeps step 10 of 20 and evaluates 3 sampler steps besides its 5: both in tables."""
+    point = json.loads((project / "metrics/smoke_pixel/curve/step10-nfe5.json").read_text())
+    assert point["training_steps"] == 10 and point["sampler_steps"] == 5
+    assert point["provenance"]["inputs"]["checkpoint"]["path"].endswith("snapshots/nnet_ema-0000010.pth")
+    fewer = json.loads((project / "metrics/smoke_pixel/curve/step20-nfe3.json").read_text())
+    assert fewer["training_steps"] == 20 and fewer["sampler_steps"] == 3
+    final = json.loads((project / "metrics/smoke_pixel/fid.json").read_text())
+    assert len({point["fid"], fewer["fid"], final["fid"]}) == 3
+    training = (project / "paper_tables" / "training_steps.md").read_text()
+    assert f"{point['fid']:.2f}" in training and f"{final['fid']:.2f}" in training
+    sampler = (project / "paper_tables" / "sampler_steps.md").read_text()
+    row = next(line for line in sampler.splitlines() if line.startswith("| 3 |"))
+    assert f"{fewer['fid']:.2f}" in row
+    assert next(line for line in sampler.splitlines() if line.startswith("| 4 |")).count("15.44") == 1
+    for name in ("fid_over_training", "fid_over_sampler_steps", "loss_curves"):
+        for ext in ("png", "pdf"):
+            assert (project / "paper_tables" / "figures" / f"{name}.{ext}").stat().st_size > 1000
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.text: list[str] = []
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_snakemake_report_has_every_figure_and_table(project):
+    run(["snakemake", "--cores", "1", "--report", "report.html"], project, timeout=300)
+    html = (project / "report.html").read_text()
+    parser = _Collector()
+    parser.feed(html)  # parses: a broken document raises or loses the text below
+    for name in (
+        "fid_over_training.png",
+        "fid_over_sampler_steps.png",
+        "loss_curves.png",
+        "smoke_pixel_samples.png",
+        "smoke_latent_samples.png",
+        "results.md",
+        "training_steps.md",
+        "sampler_steps.md",
+    ):
+        assert name in html, name
+
+
+def test_verify_passes_on_the_pipeline_outputs(project):
+    assert "verified 3 tables" in verify(project).stderr
+
+
+def test_verify_names_a_tampered_table_cell(project):
+    path = project / "paper_tables" / "results.md"
+    original = path.read_text()
+    fid = json.loads((project / "metrics/smoke_latent/fid.json").read_text())["fid"]
+    try:
+        path.write_text(original.replace(f"| {fid:.2f} |", f"| {fid - 0.01:.2f} |", 1))
+        result = verify(project, check=False)
+        assert result.returncode == 1
+        assert "paper_tables/results.md: row" in result.stderr and "smoke_latent" in result.stderr
+        assert "column 'Our FID'" in result.stderr and "metrics/smoke_latent/fid.json" in result.stderr
+    finally:
+        path.write_text(original)
+
+
+def test_verify_names_the_cell_of_a_changed_checkpoint(project):
+    path = project / "results" / "smoke_pixel" / "nnet_ema.pth"
+    backup = path.with_suffix(".bak")
+    shutil.copy(path, backup)
+    try:
+        path.unlink()  # DVC may link the file into its cache: replace, never write through
+        path.write_bytes(backup.read_bytes() + b"\0")
+        result = verify(project, check=False)
+        assert result.returncode == 1
+        assert "smoke_pixel" in result.stderr and "column 'Checkpoint'" in result.stderr
+        assert "results/smoke_pixel/nnet_ema.pth in the workspace has md5" in result.stderr
+    finally:
+        path.unlink()
+        backup.rename(path)
+
+
+def test_verify_names_a_stale_metrics_file(project):
+    """A metrics file edited (or left from another run) and the tables re-rendered from it: the table
+    agrees with the metrics, but dvc.lock recorded another file."""
+    path = project / "metrics" / "smoke_pixel" / "fid.json"
+    original = path.read_text()
+    tables = {p: p.read_text() for p in (project / "paper_tables").glob("*.*")}
+    try:
+        metrics = json.loads(original)
+        path.unlink()
+        path.write_text(json.dumps(metrics | {"fid": metrics["fid"] + 1.0}, indent=2))
+        params = load_params(project / "params.yaml")
+        files = [f for name in SMOKE for f in fid_metrics_paths(params, name)]
+        run(["uvit", "tables", "--metrics", *files, "--out-dir", "paper_tables"], project)
+        result = verify(project, check=False)
+        assert result.returncode == 1
+        assert (
+            "metrics/smoke_pixel/fid.json is stale" in result.stderr and "column 'Our FID'" in result.stderr
+        )
+    finally:
+        path.unlink()
+        path.write_text(original)
+        for p, text in tables.items():
+            p.write_text(text)
+    assert verify(project).returncode == 0
+
+
+def test_both_engines_agree_and_reruns_are_minimal(project):
     assert planned_jobs(project) == set()
-    assert (
-        "up to date" in run(["dvc", "status"], project).stdout.lower()
-        or run(["dvc", "status"], project).stdout.strip() == ""
-    )
+    status = run(["dvc", "status"], project).stdout
+    assert "up to date" in status.lower() or status.strip() == ""
     repro = run(["dvc", "repro"], project).stdout
     assert "Running stage" not in repro, repro
 
     # A sampling setting reruns only sampling, FID, figures and tables.
     set_params(project, lambda p: p["experiments"]["smoke_pixel"]["sampling"].__setitem__("steps", 4))
-    assert planned_jobs(project) == {"sample", "fid", "sample_grid", "tables", "all"}
+    assert planned_jobs(project) == {
+        "sample",
+        "fid",
+        "sample_curve_point",
+        "fid_curve_point",
+        "sample_grid",
+        "figures",
+        "tables",
+        "all",
+    }

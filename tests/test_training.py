@@ -13,7 +13,7 @@ from conftest import project_params
 
 from uvit.config import load_params, resolve_experiment
 from uvit.data import prepare_dataset
-from uvit.training import NonFiniteLossError, batch_indices, train
+from uvit.training import NonFiniteLossError, batch_indices, effective_precision, snapshot_path, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,9 @@ def digits(tmp_path_factory) -> Path:
 def smoke_experiment(steps: int, **training) -> dict:
     exp = resolve_experiment(load_params(ROOT / "params.yaml"), "smoke_pixel")
     exp = copy.deepcopy(exp)
-    exp["training"].update(steps=steps, checkpoint_every=5, keep_checkpoints=2, log_every=5, **training)
+    exp["training"].update(
+        {"steps": steps, "checkpoint_every": 5, "keep_checkpoints": 2, "log_every": 5} | training
+    )
     return exp
 
 
@@ -113,10 +115,68 @@ def test_fp16_with_gradient_scaler_trains(digits, tmp_path):
     assert state["scaler"]["scale"] > 0
 
 
-def test_keep_steps_survive_pruning(digits, tmp_path):
-    train(smoke_experiment(20, keep_steps=[5]), digits, tmp_path, log=lambda m: None)
+def test_keep_steps_survive_pruning_and_leave_ema_snapshots(digits, tmp_path):
+    train(smoke_experiment(20, keep_steps=[5, 12]), digits, tmp_path, log=lambda m: None)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert names == ["ckpt-0000005.pt", "ckpt-0000015.pt", "ckpt-0000020.pt"]
+    assert names == ["ckpt-0000005.pt", "ckpt-0000012.pt", "ckpt-0000015.pt", "ckpt-0000020.pt"]
+    for step in (5, 12):
+        snapshot = torch.load(snapshot_path(tmp_path, step), weights_only=True)
+        ckpt = torch.load(tmp_path / "checkpoints" / f"ckpt-{step:07d}.pt", weights_only=True)
+        assert snapshot.keys() == ckpt["ema"].keys()
+        assert all(torch.equal(snapshot[k], ckpt["ema"][k]) for k in snapshot)
+    assert not torch.equal(
+        torch.load(snapshot_path(tmp_path, 5), weights_only=True)["pos_embed"],
+        torch.load(tmp_path / "nnet_ema.pth", weights_only=True)["pos_embed"],
+    )
+
+
+def test_a_keep_step_whose_checkpoint_was_pruned_is_named(digits, tmp_path):
+    train(smoke_experiment(20), digits, tmp_path, log=lambda m: None)
+    with pytest.raises(FileNotFoundError, match=r"keep_steps: no checkpoint of step 5 .* delete"):
+        train(smoke_experiment(20, keep_steps=[5]), digits, tmp_path, log=lambda m: None)
+
+
+def test_loss_log_is_written_at_every_logged_step_and_truncated_on_resume(digits, tmp_path, monkeypatch):
+    import uvit.training as training
+
+    snapshots = []
+    real = training.write_loss_log
+    monkeypatch.setattr(
+        training,
+        "write_loss_log",
+        lambda out, history: (snapshots.append([h["step"] for h in history]), real(out, history)),
+    )
+    train(smoke_experiment(12, checkpoint_every=10, log_every=2), digits, tmp_path, log=lambda m: None)
+    assert [s[-1] for s in snapshots[:6]] == [2, 4, 6, 8, 10, 12]
+    # A run killed after logging step 12 but before checkpointing it: the resumed log restarts at step 10.
+    (tmp_path / "loss.jsonl").write_text((tmp_path / "loss.jsonl").read_text() + '{"step": 99}\n')
+    (tmp_path / "checkpoints" / "ckpt-0000012.pt").unlink()
+    snapshots.clear()
+    train(smoke_experiment(12, checkpoint_every=10, log_every=2), digits, tmp_path, log=lambda m: None)
+    assert snapshots[0][-1] == 10
+    steps = [json.loads(line)["step"] for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6, 8, 10, 12]
+
+
+def test_sample_grid_preview_runs_every_n_steps_on_the_ema(digits, tmp_path):
+    calls = []
+    train(
+        smoke_experiment(10, sample_every=4),
+        digits,
+        tmp_path,
+        log=lambda m: None,
+        preview=lambda step, ema: calls.append((step, type(ema).__name__, ema.pos_embed.requires_grad)),
+    )
+    assert calls == [(4, "UViT", False), (8, "UViT", False)]
+
+
+@pytest.mark.parametrize(
+    ("device", "supported", "expected"),
+    [("cuda", False, "fp16"), ("cuda", True, "bf16"), ("cpu", False, "bf16")],
+)
+def test_bf16_falls_back_to_fp16_on_gpus_without_bf16(device, supported, expected):
+    assert effective_precision("bf16", torch.device(device), bf16_supported=supported) == expected
+    assert effective_precision("fp32", torch.device(device), bf16_supported=supported) == "fp32"
 
 
 def test_out_of_memory_names_the_settings_to_lower(digits, tmp_path, monkeypatch):

@@ -35,3 +35,23 @@ def test_paper_scale_dry_run_needs_no_data():
     for rule in ("prepare_data", "train", "sample", "reference_stats", "fid_floor", "fid"):
         assert re.search(rf"^{rule}\s+1$", out, re.M), rule
     assert "--count 50000" in out or "train50000" in out
+
+
+def test_a_given_reference_npz_replaces_the_computed_statistics(tmp_path):
+    """`evaluation.reference_npz` (e.g. ADM's reference batch): FID and floor use it; nothing is computed."""
+    from conftest import make_project_copy, set_params
+
+    project = make_project_copy(tmp_path / "project", targets=["fmnist_pixel"])
+    (project / "refs").mkdir()
+    (project / "refs" / "VIRTUAL_fmnist.npz").write_bytes(b"")
+    set_params(
+        project,
+        lambda p: p["experiments"]["fmnist_pixel"].__setitem__(
+            "evaluation", {"reference_npz": "refs/VIRTUAL_fmnist.npz"}
+        ),
+    )
+    out = run(["snakemake", "-n", "-p", "--cores", "1", "metrics/fmnist_pixel/fid.json"], project).stdout
+    assert not re.search(r"^reference_stats\s+\d+$", out, re.M)
+    assert "metrics/fid_floors/fashion_mnist-VIRTUAL_fmnist-test1000.json" in out
+    assert "--reference refs/VIRTUAL_fmnist.npz --out metrics/fid_floors" in out
+    assert "fid --experiment fmnist_pixel" in out and "--reference refs/VIRTUAL_fmnist.npz --floor" in out

@@ -83,7 +83,8 @@ def cmd_train(args, params: dict) -> None:
 
     exp = resolve_experiment(params, args.experiment)
     latents = Path(args.latents) if args.latents else None
-    metrics = train(exp, Path(args.data), Path(args.out), latent_dir=latents, log=log)
+    preview = training_preview(exp, args) if exp["training"]["sample_every"] else None
+    metrics = train(exp, Path(args.data), Path(args.out), latent_dir=latents, log=log, preview=preview)
     settings = stage_settings(exp, "train")
     inputs = {"dataset": args.data, **({"latents": args.latents} if latents else {})}
     provenance = record(settings, inputs, settings_hash(settings))
@@ -92,6 +93,33 @@ def cmd_train(args, params: dict) -> None:
         write_json(args.metrics, {"experiment": args.experiment, **metrics, "provenance": provenance})
         if args.loss_plot:
             write_loss_csv(Path(args.out) / "loss.jsonl", Path(args.loss_plot))
+
+
+def training_preview(exp: dict, args):
+    """A grid of 64 samples (seeds 0..63, the experiment's sampler) every training.sample_every steps."""
+    from uvit.figures import grid_pixels
+    from uvit.sampling import ImageSampler, write_png
+    from uvit.training import placement
+
+    if exp["space"] == "latent" and not args.autoencoder_dir:
+        raise SystemExit("error: training.sample_every needs --autoencoder-dir for a latent experiment")
+    sampler = ImageSampler(
+        exp,
+        Path(args.data),
+        ae_dir=Path(args.autoencoder_dir) if args.autoencoder_dir else None,
+        latent_dir=Path(args.latents) if args.latents else None,
+        device=placement()[2],
+    )
+    progress_dir = Path(args.out) / "progress"
+    progress_dir.mkdir(parents=True, exist_ok=True)
+
+    def preview(step, ema):
+        images = sampler.images(ema, list(range(64)))
+        if images.shape[-1] == 1:
+            images = images.repeat(3, axis=-1)
+        write_png(progress_dir / f"step-{step:07d}.png", grid_pixels(list(images), rows=8, cols=8))
+
+    return preview
 
 
 def write_loss_csv(loss_log: Path, out: Path) -> None:
@@ -117,6 +145,7 @@ def cmd_sample(args, params: dict) -> None:
         Path(args.out),
         ae_dir=Path(args.autoencoder_dir) if args.autoencoder_dir else None,
         latent_dir=Path(args.latents) if args.latents else None,
+        steps=args.sampler_steps,
         log=log,
     )
 
@@ -144,22 +173,46 @@ def cmd_fid_floor(args, params: dict) -> None:
 
 
 def cmd_fid(args, params: dict) -> None:
-    from uvit.evaluation import fid_of_samples
+    from uvit.evaluation import evaluation_point, fid_of_samples
 
-    exp = resolve_experiment(params, args.experiment)
+    exp = evaluation_point(
+        resolve_experiment(params, args.experiment), args.training_step, args.sampler_steps
+    )
     inputs = {
         "dataset": args.data,
         "checkpoint": args.checkpoint,
         "samples": args.samples,
         "reference": args.reference,
     }
+    if args.weights_output and Path(args.weights_output) != Path(args.checkpoint):
+        inputs["weights_output"] = args.weights_output  # the DVC output the checkpoint file lies in
     fid_of_samples(exp, inputs, Path(args.floor), Path(args.metrics), log=log)
 
 
-def cmd_figures(args, params: dict) -> None:
-    from uvit.sampling import sample_grid
+def cmd_sample_grid(args, params: dict) -> None:
+    from uvit.figures import sample_grid
 
-    sample_grid(Path(args.samples), Path(args.out))
+    log("wrote " + ", ".join(map(str, sample_grid(Path(args.samples), Path(args.out)))))
+
+
+def cmd_figures(args, params: dict) -> None:
+    """FID over training steps, FID over sampler steps and loss curves of the experiments given."""
+    from uvit import figures
+    from uvit.report import curve_rows, paper_data, read_metrics
+
+    metrics = read_metrics(args.metrics)
+    out_dir = Path(args.out_dir)
+    paper = {name: m["fid"] for name, m in paper_data()["sampler_steps"]["models"].items()}
+    written = figures.loss_curves({Path(p).parent.name: Path(p) for p in args.loss}, out_dir / "loss_curves")
+    for over, name in (("training_steps", "fid_over_training"), ("sampler_steps", "fid_over_sampler_steps")):
+        curves: dict[str, list[dict]] = {}
+        for _, m in curve_rows(params, metrics, over):
+            curves.setdefault(m["experiment"], []).append(m)
+        if over == "training_steps":
+            written += figures.fid_over_training(curves, out_dir / name)
+        else:
+            written += figures.fid_over_sampler_steps(curves, paper, out_dir / name)
+    log("wrote " + ", ".join(map(str, written)))
 
 
 def cmd_tables(args, params: dict) -> None:
@@ -167,6 +220,16 @@ def cmd_tables(args, params: dict) -> None:
 
     written = render_tables(params, [Path(p) for p in args.metrics], Path(args.out_dir))
     log("wrote " + ", ".join(map(str, written)))
+
+
+def cmd_verify(args, params: dict) -> None:
+    from uvit.verify import TraceError, verify
+
+    try:
+        log(verify(params, Path(args.root)))
+    except TraceError as err:
+        log(f"verify failed: {err}")
+        raise SystemExit(1) from None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -231,7 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--latents", metavar="DIR", help="encoded latents (latent experiments)")
     p.add_argument(
-        "--out", required=True, metavar="DIR", help="run directory: checkpoints/, nnet.pth, nnet_ema.pth"
+        "--autoencoder-dir", metavar="DIR", help="decoder for the sample grids of latent experiments"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="run directory: checkpoints/, snapshots/, progress/, nnet.pth, nnet_ema.pth, loss.jsonl",
     )
     p.add_argument("--metrics", required=True, metavar="FILE")
     p.add_argument("--loss-plot", metavar="FILE", help="also write the loss curve as CSV (a DVC plot)")
@@ -242,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--autoencoder-dir", metavar="DIR")
     p.add_argument("--latents", metavar="DIR")
+    p.add_argument("--sampler-steps", type=int, metavar="N", help="instead of sampling.steps")
     p.add_argument("--out", required=True, metavar="DIR")
 
     for name, func, text in (
@@ -270,6 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint", required=True, metavar="FILE", help="EMA weights (recorded for provenance)"
     )
+    p.add_argument(
+        "--weights-output",
+        metavar="PATH",
+        help="the pipeline output holding --checkpoint, if another (e.g. snapshots/; recorded for provenance)",
+    )
+    p.add_argument("--sampler-steps", type=int, metavar="N", help="the samples' steps, if not sampling.steps")
+    p.add_argument(
+        "--training-step", type=int, metavar="N", help="the checkpoint's step, if not training.steps"
+    )
     p.add_argument("--metrics", required=True, metavar="FILE")
 
     p = stage(
@@ -278,13 +357,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="FILE")
 
-    p = stage("figures", cmd_figures, "A grid of the first samples.")
+    p = stage("sample-grid", cmd_sample_grid, "A grid of the first samples (PNG and PDF).")
     p.add_argument("--samples", required=True, metavar="DIR")
-    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--out", required=True, metavar="STEM", help="output path without .png / .pdf")
+
+    p = stage("figures", cmd_figures, "FID curves and loss curves (PNG and PDF).")
+    p.add_argument("--metrics", nargs="+", required=True, metavar="FILE", help="FID metrics files")
+    p.add_argument("--loss", nargs="+", required=True, metavar="CSV", help="metrics/<experiment>/loss.csv")
+    p.add_argument("--out-dir", required=True, metavar="DIR")
 
     p = stage("tables", cmd_tables, "Render paper_tables/ (Markdown and LaTeX) from the metrics files.")
     p.add_argument("--metrics", nargs="+", required=True, metavar="FILE")
     p.add_argument("--out-dir", required=True, metavar="DIR")
+
+    p = stage(
+        "verify",
+        cmd_verify,
+        "Check that every number in paper_tables/ traces to its metrics file, dvc.lock and the artifacts.",
+    )
+    p.add_argument("--root", default=".", metavar="DIR", help="project root (default: %(default)s)")
     return parser
 
 

@@ -182,6 +182,12 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
         raise ConfigError(
             f"{key}.model.pos_embed: sinusoidal_2d needs embed_dim divisible by 4, got {model['embed_dim']}"
         )
+    for i, step in enumerate(exp["training"]["keep_steps"]):
+        if step >= exp["training"]["steps"]:
+            raise ConfigError(
+                f"{key}.training.keep_steps.{i}: {step} is not before the last step ({exp['training']['steps']}); "
+                "the final weights are always evaluated"
+            )
     schedule, sampler = exp["diffusion"]["schedule"], exp["sampling"]["sampler"]
     if schedule not in SAMPLER_SCHEDULES[sampler]:
         raise ConfigError(
@@ -207,6 +213,23 @@ def token_grid_size(params: dict, exp: dict) -> int:
     if exp["space"] == "latent":
         return resolution // autoencoder_downsampling(params["autoencoders"][exp["autoencoder"]])
     return resolution
+
+
+def curve_points(exp: dict) -> list[tuple[int, int]]:
+    """(checkpoint step, sampler steps) pairs an experiment evaluates besides its final one: each kept
+    checkpoint with the experiment's sampler (FID over training steps), and the final weights with each
+    extra step count (FID over sampler steps)."""
+    final, steps = exp["training"]["steps"], exp["sampling"]["steps"]
+    over_training = [(step, steps) for step in sorted(exp["training"]["keep_steps"])]
+    over_sampler = [(final, n) for n in sorted(exp["evaluation"]["sampler_steps"]) if n != steps]
+    return over_training + over_sampler
+
+
+def fid_metrics_paths(params: dict, name: str) -> list[str]:
+    """An experiment's FID metrics files (the DAG's outputs, the tables' inputs): final, then curve points."""
+    exp = resolve_experiment(params, name)
+    curve = [f"metrics/{name}/curve/step{s}-nfe{n}.json" for s, n in curve_points(exp)]
+    return [f"metrics/{name}/fid.json", *curve]
 
 
 def stage_settings(exp: dict, stage: str) -> dict:

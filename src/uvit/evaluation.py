@@ -7,6 +7,7 @@ same number of held-out real images against the same reference statistics.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,23 @@ def fid_floor(
     log(f"FID floor ({count} {split} images): {fid:.3f}")
 
 
+def reference_label(ev: dict) -> str:
+    """The reference statistics as the tables name them."""
+    if ev["reference_npz"]:
+        return f"{Path(ev['reference_npz']).name} (given; its resize protocol may differ from clean-fid's)"
+    return f"{ev['reference_images']} {ev['reference_split']}"
+
+
+def evaluation_point(exp: dict, training_step: int | None = None, sampler_steps: int | None = None) -> dict:
+    """The experiment as evaluated at an earlier checkpoint or another sampler step count (curve points)."""
+    exp = copy.deepcopy(exp)
+    if training_step is not None:
+        exp["training"]["steps"] = training_step
+    if sampler_steps is not None:
+        exp["sampling"]["steps"] = sampler_steps
+    return exp
+
+
 def fid_of_samples(
     exp: dict, inputs: dict[str, str], floor_path: Path, metrics_path: Path, log=print
 ) -> dict:
@@ -87,6 +105,7 @@ def fid_of_samples(
         "num_samples": expected,
         "reference_images": exp["evaluation"]["reference_images"],
         "reference_split": exp["evaluation"]["reference_split"],
+        "reference": reference_label(exp["evaluation"]),
         "feature_network": FEATURE_NETWORK,
         "feature_precision": exp["evaluation"]["feature_precision"],
         "resolution": int(images.shape[1]),

@@ -4,15 +4,15 @@
   neighbour) to at least 256 px wide. Stands in for the paper's sample figures (Figure 1 and appendix).
 - `fid_over_training`: FID against training steps, one line per experiment, with each experiment's floor
   (FID of real held-out images against the reference set) dashed. Stands in for the ablation plots of
-  FID vs training iterations (section 3.1, Figure 2).
+  FID vs training iterations (section 3.1).
 - `fid_over_sampler_steps`: FID against sampler steps; the paper's ImageNet 256 curves (approximate values
   read off the paper, U-ViT vs LDM with DPM-Solver) on the left, ours on the right. Stands in for the
-  sampling-steps comparison of the ImageNet 256 latent experiments (section 5.2).
+  paper's comparison of sampler steps on ImageNet 256.
 - `loss_curves`: training loss against step from each experiment's `loss.csv` (header `step,loss,lr`).
   No paper counterpart; a sanity check for the demo runs.
 - `ablation_comparison`: one panel per ablation axis (skip, time condition, conv, patch embedding, position
   embedding), FID against training steps per value, the paper's choice drawn thicker. Stands in for
-  Figure 2 (a)-(e).
+  the ablation figures of section 3.1.
 
 A "FID point" is the dict of a metrics/<experiment>/fid.json file: at least `fid`, `fid_floor`,
 `training_steps` and `sampler_steps`. Figures use `matplotlib.figure.Figure` with the Agg canvas (no pyplot,

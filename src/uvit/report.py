@@ -1,94 +1,321 @@
 """Tables: the paper's numbers beside ours, rendered with jinja2 to Markdown and LaTeX in paper_tables/.
 
-Each paper row (src/uvit/paper_results.yaml) is followed by the experiments that reproduce it or stand in
-for it at demo scale. Demo rows say so, and carry what differs from the paper's protocol (sample count,
-sampler, training steps, resolution) and their provenance: short hashes of checkpoint and samples, commit.
+Each table is first built as data (`Table`: columns and rows of cell strings, each row naming the metrics
+file its numbers come from), then rendered by one Markdown and one LaTeX template. `uvit verify` rebuilds
+the same data from the metrics files and compares it with the committed files cell by cell.
+
+- results: each paper row (src/uvit/paper_results.yaml) followed by the experiments that reproduce it or
+  stand in for it at demo scale (paper section 4, Tables 1-4; the authors' README table).
+- training_steps: FID of each kept checkpoint (the paper shows these only as ablation curves, section 3.1).
+- sampler_steps: FID over sampler steps, beside the paper's U-ViT-H/2 and LDM at the same step counts.
+
+Demo rows say so and carry what differs from the paper's protocol (sample count, sampler, training steps,
+resolution, reference statistics) and their provenance: short hashes of checkpoint and samples, commit.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import jinja2
 import yaml
 
-from uvit.config import resolve_experiment
+from uvit.config import fid_metrics_paths, resolve_experiment
+
+DEMO_NOTE = (
+    "**Demo-scale rows are not reproductions of the paper's numbers**: they run the same pipeline on small data "
+    "on a CPU (tiny models, minutes of training, far fewer samples than the paper's 50,000, and reference "
+    "statistics of a subset of the training set: see the Samples and Reference columns). Their FID is biased "
+    "upward by the small sample count; the *floor* column is the FID of as many held-out real images against "
+    "the same reference, the best a model can score under that protocol."
+)
 
 
-def paper_results() -> dict:
-    return yaml.safe_load(resources.files("uvit").joinpath("paper_results.yaml").read_text())["rows"]
+@dataclass
+class Row:
+    cells: list[str]
+    source: str | None = None  # the metrics file behind this row's numbers (None: paper data or "not run")
+
+
+@dataclass
+class Table:
+    name: str  # file stem in paper_tables/
+    title: str
+    notes: list[str]
+    columns: list[str]
+    numeric: list[str]  # right-aligned columns
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def alignment(self) -> str:
+        return "".join("r" if column in self.numeric else "l" for column in self.columns)
+
+    def label(self, row: Row) -> str:
+        """How a row is named in messages: its first non-empty cells."""
+        return " / ".join(c for c in row.cells[:6] if c and c != "↳")[:80]
+
+
+def paper_data() -> dict:
+    return yaml.safe_load(resources.files("uvit").joinpath("paper_results.yaml").read_text())
 
 
 def short(md5: str | None) -> str:
-    return md5[:8] if md5 else "-"
+    return f"`{md5[:8]}`" if md5 else "-"
 
 
-def experiment_row(params: dict, name: str, metrics: dict | None, paper_fid: float) -> dict:
-    """One of our rows: measured numbers from a metrics file, or 'not run' with the command that runs it."""
-    exp = resolve_experiment(params, name)
-    row = {"experiment": name, "scale": exp["scale"], "description": exp["description"]}
-    if metrics is None:
-        return row | {"run": False, "command": f"snakemake --cores all metrics/{name}/fid.json"}
-    inputs = metrics["provenance"]["inputs"]
-    commit = metrics["provenance"]["commit"]
-    return row | {
-        "run": True,
-        "fid": metrics["fid"],
-        "fid_floor": metrics["fid_floor"],
-        "difference": metrics["fid"] - paper_fid,
-        "samples": metrics["num_samples"],
-        "reference": f"{metrics['reference_images']} {metrics['reference_split']}",
-        "sampler": f"{metrics['sampler']} {metrics['sampler_steps']}",
-        "guidance": metrics["guidance_scale"],
-        "training_steps": metrics["training_steps"],
-        "resolution": metrics["resolution"],
-        "model": metrics["model"],
-        "checkpoint": short(inputs["checkpoint"]["md5"]),
-        "samples_hash": short(inputs["samples"]["md5"]),
-        "commit": (commit[:8] if commit else "-") + ("+dirty" if metrics["provenance"]["dirty"] else ""),
-    }
+def fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
 
 
-def table_rows(params: dict, metrics_files: list[Path]) -> list[dict]:
-    """Paper rows in paper order, each with the experiments that stand for it."""
-    measured = {}
-    for path in metrics_files:
-        metrics = json.loads(Path(path).read_text())
-        measured[metrics["experiment"]] = metrics
-    rows = []
-    for key, paper in paper_results().items():
-        # Measured experiments, and paper-scale ones not run yet (with the command that runs them).
-        ours = [
-            n
-            for n, exp in params["experiments"].items()
-            if exp["paper_row"] == key and (n in measured or exp.get("scale") == "paper")
-        ]
-        rows.append(
-            {
-                "key": key,
-                "paper": paper,
-                "ours": [experiment_row(params, n, measured.get(n), paper["fid"]) for n in ours],
-            }
+def provenance_cells(metrics: dict) -> list[str]:
+    """Checkpoint hash, samples hash, commit (+dirty when the tree had uncommitted changes)."""
+    prov = metrics["provenance"]
+    commit = (prov["commit"] or "-")[:8] + ("+dirty" if prov["dirty"] else "")
+    return [
+        short(prov["inputs"]["checkpoint"]["md5"]),
+        short(prov["inputs"]["samples"]["md5"]),
+        f"`{commit}`",
+    ]
+
+
+def protocol_cells(metrics: dict) -> list[str]:
+    return [
+        str(metrics["num_samples"]),
+        metrics["reference"],
+        f"{metrics['sampler']} {metrics['sampler_steps']}",
+        str(metrics["guidance_scale"]),
+        str(metrics["training_steps"]),
+    ]
+
+
+def scale_cell(metrics: dict) -> str:
+    return f"**{metrics['scale']}** ({metrics['resolution']}x{metrics['resolution']})"
+
+
+def read_metrics(paths: list[Path | str]) -> dict[str, dict]:
+    """Metrics files by path (as given, relative to the project root)."""
+    return {str(p): json.loads(Path(p).read_text()) for p in paths}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Table builders
+# --------------------------------------------------------------------------------------------------------
+
+RESULTS_COLUMNS = [
+    "Paper row", "Model", "Paper FID", "Protocol (paper)", "Ours: experiment", "Scale", "Our FID", "FID floor",
+    "Difference", "Samples", "Reference", "Sampler, steps", "Guidance", "Training steps", "Checkpoint",
+    "Samples hash", "Commit",
+]  # fmt: skip
+
+
+def results_table(params: dict, metrics: dict[str, dict]) -> Table:
+    """Each paper row, then our experiments standing for it (measured, or 'not run' with the command)."""
+    table = Table(
+        "results",
+        "U-ViT: the paper's FID beside ours",
+        [
+            "FID: lower is better. " + DEMO_NOTE,
+            '"Difference" is ours minus the paper\'s and is only meaningful for paper-scale rows.',
+        ],
+        RESULTS_COLUMNS,
+        ["Paper FID", "Our FID", "FID floor", "Difference", "Samples", "Guidance", "Training steps"],
+    )
+    finals = {m["experiment"]: (path, m) for path, m in metrics.items() if path.endswith("/fid.json")}
+    for key, paper in paper_data()["rows"].items():
+        guidance = f", guidance {paper['guidance_scale']}" if paper["guidance_scale"] is not None else ""
+        protocol = (
+            f"{paper['samples']} samples, {paper['sampler']} {paper['sampler_steps']}{guidance}, "
+            f"{paper['training_steps']} steps"
         )
-    return rows
+        approx = " (approx.)" if paper["approximate"] else ""
+        table.rows.append(
+            Row([paper["setting"], paper["model"], f"{paper['fid']:.2f}{approx}", protocol] + [""] * 13)
+        )
+        for name, exp in params["experiments"].items():
+            if exp["paper_row"] != key:
+                continue
+            if name in finals:
+                path, m = finals[name]
+                diff = f"{m['fid'] - paper['fid']:+.2f}" if m["scale"] == "paper" else "n/a (demo)"
+                table.rows.append(
+                    Row(
+                        [
+                            *["↳", m["model"], "", "", f"`{name}`", scale_cell(m)],
+                            *[
+                                fmt(m["fid"]),
+                                fmt(m["fid_floor"]),
+                                diff,
+                                *protocol_cells(m),
+                                *provenance_cells(m),
+                            ],
+                        ],
+                        source=path,
+                    )
+                )
+            elif resolve_experiment(params, name)["scale"] == "paper":
+                command = f"`snakemake --cores all metrics/{name}/fid.json`"
+                table.rows.append(
+                    Row(["↳", "", "", "", f"`{name}`", "paper", "not run"] + [""] * 9 + [command])
+                )
+    return table
 
 
-def render_tables(params: dict, metrics_files: list[Path], out_dir: Path) -> list[Path]:
-    """Render results.md and results.tex into out_dir."""
+def curve_rows(params: dict, metrics: dict[str, dict], over: str) -> list[tuple[str, dict]]:
+    """(path, metrics) of the points of each experiment's curve over `over` (training_steps or
+    sampler_steps), the final point included, sorted by experiment then x."""
+    points = []
+    for name in params["targets"]:
+        exp = resolve_experiment(params, name)
+        varied = (
+            exp["training"]["keep_steps"] if over == "training_steps" else exp["evaluation"]["sampler_steps"]
+        )
+        if not varied:
+            continue
+        for path in fid_metrics_paths(params, name):
+            m = metrics.get(path)
+            if m is None:
+                continue
+            on_curve = (
+                m["sampler_steps"] == exp["sampling"]["steps"]
+                if over == "training_steps"
+                else m["training_steps"] == exp["training"]["steps"]
+            )
+            if on_curve:
+                points.append((path, m))
+    return sorted(points, key=lambda p: (p[1]["experiment"], p[1][over]))
+
+
+CURVE_COLUMNS = [
+    "Experiment", "Stands in for", "Scale", "Training steps", "Sampler, steps", "Our FID", "FID floor", "Samples",
+    "Reference", "Guidance", "Checkpoint", "Samples hash", "Commit",
+]  # fmt: skip
+
+
+def curve_cells(m: dict) -> list[str]:
+    return [
+        f"`{m['experiment']}`",
+        m["paper_row"],
+        scale_cell(m),
+        str(m["training_steps"]),
+        f"{m['sampler']} {m['sampler_steps']}",
+        fmt(m["fid"]),
+        fmt(m["fid_floor"]),
+        str(m["num_samples"]),
+        m["reference"],
+        str(m["guidance_scale"]),
+        *provenance_cells(m),
+    ]
+
+
+def training_steps_table(params: dict, metrics: dict[str, dict]) -> Table:
+    table = Table(
+        "training_steps",
+        "FID over training steps",
+        [
+            "The paper shows FID over training iterations only as curves (the ablations of section 3.1), so "
+            "this table has no paper column: it lists the FID of each checkpoint an experiment keeps "
+            "(`training.keep_steps`), sampled with the experiment's sampler. " + DEMO_NOTE
+        ],
+        CURVE_COLUMNS,
+        ["Training steps", "Our FID", "FID floor", "Samples", "Guidance"],
+    )
+    table.rows = [
+        Row(curve_cells(m), source=path) for path, m in curve_rows(params, metrics, "training_steps")
+    ]
+    return table
+
+
+def sampler_steps_table(params: dict, metrics: dict[str, dict]) -> Table:
+    """Our FID at each sampler step count, beside the paper's at the same count (where it reports one)."""
+    paper = paper_data()["sampler_steps"]
+    models = list(paper["models"])
+    approx = " (approx.)" if paper["approximate"] else ""
+    table = Table(
+        "sampler_steps",
+        "FID over sampler steps",
+        [
+            f"Paper: {paper['setting']}; {paper['source']}{approx}. Ours: the final EMA weights of each "
+            "experiment that lists `evaluation.sampler_steps`, sampled with its sampler at each step count. "
+            + DEMO_NOTE
+        ],
+        ["Sampler steps", *[f"Paper FID, {m}" for m in models], *CURVE_COLUMNS],
+        ["Sampler steps", *[f"Paper FID, {m}" for m in models], "Training steps", "Our FID", "FID floor",
+         "Samples", "Guidance"],
+    )  # fmt: skip
+    ours = curve_rows(params, metrics, "sampler_steps")
+    steps = sorted(
+        {s for m in models for s in paper["models"][m]["fid"]} | {m["sampler_steps"] for _, m in ours}
+    )
+    for n in steps:
+        paper_cells = [fmt(paper["models"][m]["fid"].get(n)) for m in models]
+        matches = [(path, m) for path, m in ours if m["sampler_steps"] == n]
+        if not matches:
+            table.rows.append(Row([str(n), *paper_cells] + [""] * len(CURVE_COLUMNS)))
+        for path, m in matches:
+            table.rows.append(Row([str(n), *paper_cells, *curve_cells(m)], source=path))
+    return table
+
+
+TABLE_BUILDERS = (results_table, training_steps_table, sampler_steps_table)
+
+
+def build_tables(params: dict, metrics: dict[str, dict]) -> list[Table]:
+    """Every table, from metrics keyed by their path relative to the project root (as the DAG names them)."""
+    return [build(params, metrics) for build in TABLE_BUILDERS]
+
+
+def table_metrics_files(params: dict) -> list[str]:
+    """The metrics files the tables are built from: every FID file of the target experiments."""
+    return [path for name in params["targets"] for path in fid_metrics_paths(params, name)]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------------------
+
+
+def latex(text: str) -> str:
+    """Markdown-inline cell text -> LaTeX: `code` -> \\texttt, **bold** -> \\textbf, specials escaped."""
+    out, parts = [], str(text).split("`")
+    for i, part in enumerate(parts):
+        part = part.replace("\\", r"\textbackslash{}")
+        for char in "_%&#$":
+            part = part.replace(char, "\\" + char)
+        part = part.replace("↳", r"$\hookrightarrow$")
+        bold = part.split("**")
+        part = "".join(r"\textbf{" + b + "}" if j % 2 else b for j, b in enumerate(bold))
+        out.append(r"\texttt{" + part + "}" if i % 2 else part)
+    return "".join(out)
+
+
+def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("uvit", "templates"),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        keep_trailing_newline=True,
     )
-    env.filters["latex"] = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
-    rows = table_rows(params, metrics_files)
+    env.filters["latex"] = latex
+    return env
+
+
+def render(table: Table) -> dict[str, str]:
+    """{"md": text, "tex": text} of one table."""
+    env = environment()
+    return {ext: env.get_template(f"table.{ext}.j2").render(table=table) for ext in ("md", "tex")}
+
+
+def render_tables(params: dict, metrics_files: list[Path | str], out_dir: Path) -> list[Path]:
+    """Write <table>.md and <table>.tex for every table into out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for template, name in (("results.md.j2", "results.md"), ("results.tex.j2", "results.tex")):
-        path = out_dir / name
-        path.write_text(env.get_template(template).render(rows=rows))
-        written.append(path)
+    for table in build_tables(params, read_metrics(metrics_files)):
+        for ext, text in render(table).items():
+            path = out_dir / f"{table.name}.{ext}"
+            path.write_text(text)
+            written.append(path)
     return written

@@ -42,6 +42,54 @@ def load_ema_model(exp: dict, model_path: Path, data_shape: tuple[int, ...], cla
     return model.eval().requires_grad_(False)
 
 
+class ImageSampler:
+    """The experiment's sampler, guidance and decoder around a U-ViT: seed indices in, uint8 images out.
+
+    Sample i starts from the noise of seed (sampling.seed, i) and, for class models, has class i mod classes.
+    """
+
+    def __init__(
+        self,
+        exp: dict,
+        data_dir: Path,
+        ae_dir: Path | None = None,
+        latent_dir: Path | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        self.exp, self.cfg, self.device = exp, exp["sampling"], torch.device(device)
+        self.classes = num_classes(data_dir / "train")
+        self.decoder, self.scale = None, 1.0
+        if exp["space"] == "latent":
+            self.decoder = load_autoencoder(ae_dir).to(self.device)
+            latent = read_manifest(latent_dir)
+            self.scale = latent["scale_factor"]
+            self.data_shape = (latent["moments_shape"][1] // 2, *latent["moments_shape"][2:])
+        else:
+            height, width, channels = read_manifest(data_dir / "train")["shape"]
+            self.data_shape = (channels, height, width)
+        self.null_class = self.classes if exp["training"]["cond_drop_prob"] > 0 else None
+        self.schedule = make_schedule(exp["diffusion"]["schedule"])
+
+    def load(self, model_path: Path) -> torch.nn.Module:
+        return load_ema_model(self.exp, model_path, self.data_shape, self.classes).to(self.device)
+
+    @torch.no_grad()
+    def images(self, model: torch.nn.Module, indices: list[int], steps: int | None = None) -> np.ndarray:
+        """uint8 N x H x W x C samples of these seed indices (`steps` overrides sampling.steps)."""
+        cfg = self.cfg
+        labels = (
+            torch.tensor([i % self.classes for i in indices]) if self.exp["condition"] == "class" else None
+        )
+        eps_fn = guided_noise_predictor(model, self.schedule, labels, self.null_class, cfg["guidance_scale"])
+        noise = SeededNoise(cfg["seed"], indices, self.data_shape, self.device)
+        # Autocast reaches only the network: the solver's arithmetic stays in fp32.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16"):
+            x = sample(eps_fn, self.schedule, noise, cfg["sampler"], steps or cfg["steps"], cfg["order"])
+        if self.decoder is not None:
+            x = self.decoder.decode(x / self.scale).sample
+        return to_uint8(x.cpu())
+
+
 @torch.no_grad()
 def sample_experiment(
     exp: dict,
@@ -50,29 +98,15 @@ def sample_experiment(
     out_dir: Path,
     ae_dir: Path | None = None,
     latent_dir: Path | None = None,
+    steps: int | None = None,
     log=print,
 ) -> None:
-    """Draw `sampling.num_samples` images into out_dir (resumes a partial folder)."""
+    """Draw `sampling.num_samples` images into out_dir (resumes a partial folder); `steps` overrides
+    sampling.steps (FID over sampler steps)."""
     cfg = exp["sampling"]
-    classes = num_classes(data_dir / "train")
-    manifest = read_manifest(data_dir / "train")
-    decoder, scale = None, 1.0
-    if exp["space"] == "latent":
-        decoder = load_autoencoder(ae_dir)
-        latent = read_manifest(latent_dir)
-        scale = latent["scale_factor"]
-        data_shape = (latent["moments_shape"][1] // 2, *latent["moments_shape"][2:])
-    else:
-        height, width, channels = manifest["shape"]
-        data_shape = (channels, height, width)
     rank, world, device = placement()  # sampling needs no process group: ranks split samples by index
-    model = load_ema_model(exp, model_path, data_shape, classes).to(device)
-    if decoder is not None:
-        decoder = decoder.to(device)
-    conditional = exp["condition"] == "class"
-    null_class = classes if exp["training"]["cond_drop_prob"] > 0 else None
-    schedule = make_schedule(exp["diffusion"]["schedule"])
-
+    sampler = ImageSampler(exp, data_dir, ae_dir, latent_dir, device)
+    model = sampler.load(model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     missing = [i for i in range(cfg["num_samples"]) if not (out_dir / sample_name(i)).exists()]
     if len(missing) < cfg["num_samples"]:
@@ -81,36 +115,11 @@ def sample_experiment(
     start = time.perf_counter()
     for begin in tqdm(range(0, len(todo), cfg["batch_size"]), desc=f"sample {exp['name']}", mininterval=5):
         indices = todo[begin : begin + cfg["batch_size"]]
-        labels = torch.tensor([i % classes for i in indices]) if conditional else None
-        eps_fn = guided_noise_predictor(model, schedule, labels, null_class, cfg["guidance_scale"])
-        noise = SeededNoise(cfg["seed"], indices, data_shape, device)
-        # Autocast reaches only the network: the solver's arithmetic stays in fp32.
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16"):
-            x = sample(eps_fn, schedule, noise, cfg["sampler"], cfg["steps"], cfg["order"])
-        if decoder is not None:
-            x = decoder.decode(x / scale).sample
-        for index, image in zip(indices, to_uint8(x.cpu()), strict=True):
+        for index, image in zip(indices, sampler.images(model, indices, steps), strict=True):
             write_png(out_dir / sample_name(index), image)
     if todo:
         seconds = time.perf_counter() - start
         log(f"{exp['name']}: {len(todo)} samples in {seconds:.1f} s ({len(todo) / seconds:.2f} images/s)")
-
-
-def sample_grid(sample_dir: Path, out_path: Path, rows: int = 8, cols: int = 8) -> None:
-    """A rows x cols grid of the first samples, as a PNG for the report."""
-    files = sorted(sample_dir.glob("*.png"))[: rows * cols]
-    images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-    height, width, _ = images[0].shape
-    grid = np.full((rows * (height + 2) + 2, cols * (width + 2) + 2, 3), 255, dtype=np.uint8)
-    for k, image in enumerate(images):
-        r, c = divmod(k, cols)
-        grid[
-            2 + r * (height + 2) : 2 + r * (height + 2) + height,
-            2 + c * (width + 2) : 2 + c * (width + 2) + width,
-        ] = image
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    scale = max(1, 256 // (cols * width))
-    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(out_path)
 
 
 def export_npz(sample_dir: Path, out_path: Path) -> int:

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ BOOKKEEPING_KEYS = (
     "keep_checkpoints",
     "keep_steps",
     "log_every",
+    "sample_every",
     "grad_accumulation",
 )
 
@@ -225,9 +227,31 @@ def prune_checkpoints(ckpt_dir: Path, keep: int, keep_steps: tuple[int, ...] = (
 
 
 def write_loss_log(out_dir: Path, history: list[dict]) -> None:
-    """loss.jsonl: one JSON line per logged step (step, loss, lr), rewritten atomically."""
+    """loss.jsonl: one JSON line per logged step (step, loss, lr), rewritten atomically at every logged step.
+
+    A resumed run starts from its checkpoint's history, so lines logged after that checkpoint are dropped and
+    logged again: the file never holds a step twice."""
     lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in history)
     atomic_write_bytes(out_dir / "loss.jsonl", lines.encode())
+
+
+def snapshot_path(out_dir: Path, step: int) -> Path:
+    """EMA weights at one of `training.keep_steps` (authors' nnet_ema.pth layout): the input of FID over training."""
+    return out_dir / "snapshots" / f"nnet_ema-{step:07d}.pth"
+
+
+def write_snapshots(out_dir: Path, keep_steps: list[int]) -> None:
+    """Copy the EMA weights of each kept checkpoint into snapshots/ (a declared output, rebuilt on every run)."""
+    (out_dir / "snapshots").mkdir(parents=True, exist_ok=True)
+    for step in keep_steps:
+        ckpt = out_dir / "checkpoints" / f"ckpt-{step:07d}.pt"
+        if not ckpt.exists():
+            raise FileNotFoundError(
+                f"training.keep_steps: no checkpoint of step {step} in {ckpt.parent} (it was pruned before this "
+                f"step was listed); delete {ckpt.parent} to train again and keep it"
+            )
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        save_checkpoint(snapshot_path(out_dir, step), state["ema"])
 
 
 def micro_batches(share: slice, accumulation: int) -> list[slice]:
@@ -239,6 +263,15 @@ def micro_batches(share: slice, accumulation: int) -> list[slice]:
         )
     step = size // accumulation
     return [slice(share.start + i * step, share.start + (i + 1) * step) for i in range(accumulation)]
+
+
+def effective_precision(precision: str, device: torch.device, bf16_supported: bool | None = None) -> str:
+    """The precision to run: bf16 falls back to fp16 (with the gradient scaler) on GPUs without bf16 (pre-Ampere)."""
+    if precision != "bf16" or device.type != "cuda":
+        return precision
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported()
+    return "bf16" if bf16_supported else "fp16"
 
 
 def precision_context(precision: str, device: torch.device):
@@ -262,12 +295,29 @@ def out_of_memory_message(exp: dict, processes: Processes) -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
-def train(exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None = None, log=print) -> dict:
-    """Train (or resume) the experiment; write nnet.pth / nnet_ema.pth (authors' layout) and the loss log."""
+Preview = Callable[[int, torch.nn.Module], None]
+
+
+def train(
+    exp: dict,
+    data_dir: Path,
+    out_dir: Path,
+    latent_dir: Path | None = None,
+    log=print,
+    preview: Preview | None = None,
+) -> dict:
+    """Train (or resume) the experiment; write nnet.pth / nnet_ema.pth (authors' layout), the EMA snapshots of
+    `keep_steps` and the loss log. `preview(step, ema)` runs on rank 0 every `training.sample_every` steps."""
     processes = Processes()
     try:
         return _train(
-            exp, data_dir, out_dir, latent_dir, log if processes.main else lambda _: None, processes
+            exp,
+            data_dir,
+            out_dir,
+            latent_dir,
+            log if processes.main else lambda _: None,
+            processes,
+            preview if processes.main else None,
         )
     except (torch.OutOfMemoryError, RuntimeError) as err:
         if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err):
@@ -276,10 +326,19 @@ def train(exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None = No
 
 
 def _train(
-    exp: dict, data_dir: Path, out_dir: Path, latent_dir: Path | None, log, processes: Processes
+    exp: dict,
+    data_dir: Path,
+    out_dir: Path,
+    latent_dir: Path | None,
+    log,
+    processes: Processes,
+    preview: Preview | None,
 ) -> dict:
     cfg = exp["training"]
     device = processes.device
+    precision = effective_precision(cfg["precision"], device)
+    if precision != cfg["precision"]:
+        log(f"{device} has no bf16 support: training in fp16 with a gradient scaler")
     data = (
         LatentData(latent_dir, cfg["hflip"])
         if exp["space"] == "latent"
@@ -293,7 +352,7 @@ def _train(
         model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"]
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(cfg["warmup_steps"]))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"] == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     schedule = make_schedule(exp["diffusion"]["schedule"])
     null_class = classes if cfg["cond_drop_prob"] > 0 else None
     share = processes.share(cfg["batch_size"])
@@ -313,6 +372,8 @@ def _train(
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         history, start_step = json.loads(state["history"]), state["step"]
+        if processes.main:
+            write_loss_log(out_dir, history)  # drop lines logged after the checkpoint by the killed run
     last_good = None if state is None else f"step {start_step}"
     net = model
     if processes.world > 1:
@@ -344,7 +405,7 @@ def _train(
             cond = {"cond": labels[micro].to(device)} if exp["condition"] == "class" else {}
             sync = contextlib.nullcontext() if i == len(micros) - 1 or processes.world == 1 else net.no_sync()
             with sync:
-                with precision_context(cfg["precision"], device):
+                with precision_context(precision, device):
                     loss = noise_prediction_loss(
                         net,
                         schedule,
@@ -374,6 +435,8 @@ def _train(
             history.append({"step": done, "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0]})
             rate = images_seen / (time.perf_counter() - started)
             progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
+            if processes.main:
+                write_loss_log(out_dir, history)
         if done % cfg["checkpoint_every"] == 0 or done == cfg["steps"] or done in cfg.get("keep_steps", ()):
             if processes.main:
                 save_checkpoint(
@@ -390,9 +453,10 @@ def _train(
                     },
                 )
                 prune_checkpoints(ckpt_dir, cfg["keep_checkpoints"], tuple(cfg.get("keep_steps", ())))
-                write_loss_log(out_dir, history)  # the live log always matches the newest checkpoint
             processes.barrier()
             last_good = f"step {done}"
+        if preview is not None and cfg.get("sample_every") and done % cfg["sample_every"] == 0:
+            preview(done, ema)
     seconds = time.perf_counter() - started
     if images_seen:
         log(f"{exp['name']}: {images_seen} images in {seconds:.1f} s ({images_seen / seconds:.1f} images/s)")
@@ -400,6 +464,7 @@ def _train(
     if processes.main:
         save_checkpoint(out_dir / "nnet.pth", model.state_dict())
         save_checkpoint(out_dir / "nnet_ema.pth", ema.state_dict())
+        write_snapshots(out_dir, cfg.get("keep_steps", []))
         write_loss_log(out_dir, history)
     processes.barrier()
     return {

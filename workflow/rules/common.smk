@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from uvit.config import ConfigError, load_params, resolve_experiment, stage_settings
+from uvit.config import ConfigError, fid_metrics_paths, load_params, resolve_experiment, stage_settings
 
 try:
     PARAMS = load_params("params.yaml")
@@ -41,19 +41,15 @@ def prepared(wildcards):
     return f"data/prepared/{experiment(wildcards)['dataset']}"
 
 
-def latent_inputs(stage):
-    """Inputs a latent experiment adds: its encoded latents (train), plus the autoencoder to decode (sample)."""
-
-    def inputs(wildcards):
-        exp = experiment(wildcards)
-        if exp["space"] != "latent":
-            return {}
-        paths = {"latents": f"data/latents/{exp['autoencoder']}"}
-        if stage == "sample":
-            paths["autoencoder"] = f"results/autoencoders/{exp['autoencoder']}"
-        return paths
-
-    return inputs
+def latent_inputs(wildcards):
+    """Inputs a latent experiment adds: its encoded latents and the autoencoder that decodes samples."""
+    exp = experiment(wildcards)
+    if exp["space"] != "latent":
+        return {}
+    return {
+        "latents": f"data/latents/{exp['autoencoder']}",
+        "autoencoder": f"results/autoencoders/{exp['autoencoder']}",
+    }
 
 
 def latent_args(wildcards, input):
@@ -66,33 +62,70 @@ def autoencoder_dataset(wildcards):
     return f"data/prepared/{PARAMS['autoencoders'][wildcards.autoencoder]['dataset']}"
 
 
+def reference_name(ev):
+    """How a reference is named in paths: a given .npz by its stem, a computed one by split and count."""
+    if ev["reference_npz"]:
+        return os.path.splitext(os.path.basename(ev["reference_npz"]))[0]
+    return f"{ev['reference_split']}{ev['reference_images']}"
+
+
 def reference_stats(wildcards):
+    """The experiment's reference statistics: the given .npz, or the ones the pipeline computes (once)."""
     exp = experiment(wildcards)
     ev = exp["evaluation"]
-    return f"results/fid_refs/{exp['dataset']}-{ev['reference_split']}{ev['reference_images']}.npz"
+    return ev["reference_npz"] or f"results/fid_refs/{exp['dataset']}-{reference_name(ev)}.npz"
+
+
+def floor_reference(wildcards):
+    """The reference file behind a floor's {ref} name (a given .npz of some experiment, else a computed one)."""
+    for name in EXPERIMENTS:
+        ev = PARAMS["experiments"][name].get("evaluation", {})
+        if ev.get("reference_npz") and reference_name(ev) == wildcards.ref:
+            return ev["reference_npz"]
+    return f"results/fid_refs/{wildcards.dataset}-{wildcards.ref}.npz"
 
 
 def fid_floor(wildcards):
     exp = experiment(wildcards)
     ev = exp["evaluation"]
-    ref = f"{ev['reference_split']}{ev['reference_images']}"
-    return (
-        f"metrics/fid_floors/{exp['dataset']}-{ref}-{ev['floor_split']}{exp['sampling']['num_samples']}.json"
-    )
+    floor = f"{ev['floor_split']}{exp['sampling']['num_samples']}"
+    return f"metrics/fid_floors/{exp['dataset']}-{reference_name(ev)}-{floor}.json"
+
+
+def curve_model(wildcards):
+    """The weights a curve point samples from: a snapshot of a kept checkpoint, or the final EMA weights."""
+    if int(wildcards.step) == experiment(wildcards)["training"]["steps"]:
+        return f"results/{wildcards.experiment}/nnet_ema.pth"
+    return f"results/{wildcards.experiment}/snapshots/nnet_ema-{int(wildcards.step):07d}.pth"
+
+
+def curve_model_input(wildcards):
+    """The declared output behind curve_model (snapshots/ is one directory output of training)."""
+    if int(wildcards.step) == experiment(wildcards)["training"]["steps"]:
+        return curve_model(wildcards)
+    return f"results/{wildcards.experiment}/snapshots"
+
+
+TABLES = ["results", "training_steps", "sampler_steps"]
+FIGURES = ["loss_curves", "fid_over_training", "fid_over_sampler_steps"]
 
 
 def all_targets(experiments=None):
     experiments = experiments or PARAMS["targets"]
     return [
-        "paper_tables/results.md",
-        "paper_tables/results.tex",
-        *[f"paper_tables/figures/{name}_samples.png" for name in experiments],
+        *[f"paper_tables/{table}.{ext}" for table in TABLES for ext in ("md", "tex")],
+        *[f"paper_tables/figures/{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")],
+        *[f"paper_tables/figures/{name}_samples.{ext}" for name in experiments for ext in ("png", "pdf")],
         *[f"metrics/{name}/loss.csv" for name in experiments],
     ]
 
 
 def target_metrics(wildcards):
-    return [f"metrics/{name}/fid.json" for name in PARAMS["targets"]]
+    return [path for name in PARAMS["targets"] for path in fid_metrics_paths(PARAMS, name)]
+
+
+def target_loss_curves(wildcards):
+    return [f"metrics/{name}/loss.csv" for name in PARAMS["targets"]]
 
 
 def sync_dvc_lock():

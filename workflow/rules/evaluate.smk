@@ -21,7 +21,7 @@ rule reference_stats:
 rule fid_floor:
     input:
         data="data/prepared/{dataset}",
-        reference="results/fid_refs/{dataset}-{ref}.npz",
+        reference=floor_reference,
     output:
         "metrics/fid_floors/{dataset}-{ref}-{split}{n}.json",
     log:
@@ -57,4 +57,30 @@ rule fid:
     shell:
         "uvit --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples}"
         " --reference {input.reference} --floor {input.floor} --data {input.data} --checkpoint {input.model}"
+        " --metrics {output} 2> {log}"
+
+
+rule fid_curve_point:
+    input:
+        samples="results/{experiment}/curve/step{step}-nfe{nfe}",
+        model=curve_model_input,
+        data=prepared,
+        reference=reference_stats,
+        floor=fid_floor,
+    output:
+        "metrics/{experiment}/curve/step{step}-nfe{nfe}.json",
+    log:
+        "logs/fid/{experiment}-step{step}-nfe{nfe}.log",
+    benchmark:
+        "logs/fid/{experiment}-step{step}-nfe{nfe}.benchmark.tsv"
+    conda:
+        "../envs/uvit.yaml"
+    threads: workflow.cores
+    params:
+        settings=settings_json("fid"),
+        model=curve_model,
+    shell:
+        "uvit --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples}"
+        " --training-step {wildcards.step} --sampler-steps {wildcards.nfe} --reference {input.reference}"
+        " --floor {input.floor} --data {input.data} --checkpoint {params.model} --weights-output {input.model}"
         " --metrics {output} 2> {log}"

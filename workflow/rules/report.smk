@@ -1,29 +1,75 @@
-# Tables and figures for paper_tables/ (committed) and the Snakemake report.
+# Tables and figures for paper_tables/ (committed) and the Snakemake report (`snakemake --report report.html`).
 
 
 rule sample_grid:
     input:
         "results/{experiment}/samples",
     output:
-        report(
+        png=report(
             "paper_tables/figures/{experiment}_samples.png",
             caption="../report/samples.rst",
             category="Samples",
         ),
+        pdf="paper_tables/figures/{experiment}_samples.pdf",
     log:
         "logs/sample_grid/{experiment}.log",
     conda:
         "../envs/uvit.yaml"
+    params:
+        stem="paper_tables/figures/{experiment}_samples",
     shell:
-        "uvit figures --samples {input} --out {output} 2> {log}"
+        "uvit sample-grid --samples {input} --out {params.stem} 2> {log}"
+
+
+rule figures:
+    input:
+        metrics=target_metrics,
+        loss=target_loss_curves,
+    output:
+        loss=report(
+            "paper_tables/figures/loss_curves.png",
+            caption="../report/loss_curves.rst",
+            category="Training",
+        ),
+        loss_pdf="paper_tables/figures/loss_curves.pdf",
+        training=report(
+            "paper_tables/figures/fid_over_training.png",
+            caption="../report/fid_over_training.rst",
+            category="FID curves",
+        ),
+        training_pdf="paper_tables/figures/fid_over_training.pdf",
+        sampler=report(
+            "paper_tables/figures/fid_over_sampler_steps.png",
+            caption="../report/fid_over_sampler_steps.rst",
+            category="FID curves",
+        ),
+        sampler_pdf="paper_tables/figures/fid_over_sampler_steps.pdf",
+    log:
+        "logs/figures.log",
+    conda:
+        "../envs/uvit.yaml"
+    shell:
+        "uvit figures --metrics {input.metrics} --loss {input.loss} --out-dir paper_tables/figures 2> {log}"
 
 
 rule tables:
     input:
         target_metrics,
     output:
-        markdown=report("paper_tables/results.md", caption="../report/results.rst", category="Tables"),
-        latex="paper_tables/results.tex",
+        results=report("paper_tables/results.md", caption="../report/results.rst", category="Tables"),
+        results_tex="paper_tables/results.tex",
+        training=report(
+            "paper_tables/training_steps.md",
+            caption="../report/training_steps.rst",
+            category="Tables",
+        ),
+        training_tex="paper_tables/training_steps.tex",
+        sampler=report(
+            "paper_tables/sampler_steps.md",
+            caption="../report/sampler_steps.rst",
+            category="Tables",
+        ),
+        sampler_tex="paper_tables/sampler_steps.tex",
     log:
         "logs/tables.log",
     conda:

@@ -1,13 +1,15 @@
-# U-ViT training (resumable: checkpoints in results/<experiment>/checkpoints survive a re-run) and sampling.
+# U-ViT training (resumable: checkpoints in results/<experiment>/checkpoints survive a re-run) and sampling:
+# the final samples, and the samples of each curve point (a kept checkpoint, or another sampler step count).
 
 
 rule train:
     input:
-        unpack(latent_inputs("train")),
+        unpack(latent_inputs),
         data=prepared,
     output:
         ema="results/{experiment}/nnet_ema.pth",
         model="results/{experiment}/nnet.pth",
+        snapshots=directory("results/{experiment}/snapshots"),
         loss="results/{experiment}/loss.jsonl",
         metrics="metrics/{experiment}/train.json",
         loss_plot=report("metrics/{experiment}/loss.csv", caption="../report/loss.rst", category="Training"),
@@ -29,7 +31,7 @@ rule train:
 
 rule sample:
     input:
-        unpack(latent_inputs("sample")),
+        unpack(latent_inputs),
         model="results/{experiment}/nnet_ema.pth",
         data=prepared,
     output:
@@ -47,3 +49,26 @@ rule sample:
     shell:
         "uvit --threads {threads} sample --experiment {wildcards.experiment} --model {input.model}"
         " --data {input.data} {params.latents} --out {output} 2> {log}"
+
+
+rule sample_curve_point:
+    input:
+        unpack(latent_inputs),
+        model=curve_model_input,
+        data=prepared,
+    output:
+        directory("results/{experiment}/curve/step{step}-nfe{nfe}"),
+    log:
+        "logs/sample/{experiment}-step{step}-nfe{nfe}.log",
+    benchmark:
+        "logs/sample/{experiment}-step{step}-nfe{nfe}.benchmark.tsv"
+    conda:
+        "../envs/uvit.yaml"
+    threads: workflow.cores
+    params:
+        settings=settings_json("sample"),
+        latents=latent_args,
+        model=curve_model,
+    shell:
+        "uvit --threads {threads} sample --experiment {wildcards.experiment} --model {params.model}"
+        " --sampler-steps {wildcards.nfe} --data {input.data} {params.latents} --out {output} 2> {log}"

@@ -26,20 +26,23 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "uvit"
 HEADER = "# Generated from the Snakefile by workflow/scripts/export_dvc.py; do not edit (tests check it).\n"
 
-# The uvit module behind each CLI subcommand; its transitive uvit imports become the stage's code deps.
+# The uvit modules behind each CLI subcommand; their transitive uvit imports become the stage's code deps.
 ENTRY_MODULES = {
-    "prepare-data": "data",
-    "train-autoencoder": "autoencoder",
-    "encode-latents": "autoencoder",
-    "train": "training",
-    "sample": "sampling",
-    "reference-stats": "evaluation",
-    "fid-floor": "evaluation",
-    "fid": "evaluation",
-    "figures": "sampling",
-    "tables": "report",
+    "prepare-data": ("data",),
+    "train-autoencoder": ("autoencoder",),
+    "encode-latents": ("autoencoder",),
+    "train": ("training", "sampling", "figures"),  # sample grids during training
+    "sample": ("sampling",),
+    "reference-stats": ("evaluation",),
+    "fid-floor": ("evaluation",),
+    "fid": ("evaluation",),
+    "sample-grid": ("figures",),
+    "figures": ("figures", "report"),
+    "tables": ("report",),
 }
 PACKAGE_DATA = {"report": ["src/uvit/paper_results.yaml", "src/uvit/templates"]}
+# Rules that run a stage of uvit.config.STAGE_SECTIONS under another name.
+RULE_STAGES = {"sample_curve_point": "sample", "fid_curve_point": "fid"}
 
 
 def snakemake_jobs() -> list:
@@ -60,9 +63,9 @@ def snakemake_jobs() -> list:
         return [job for job in workflow.dag.jobs if job.shellcmd]
 
 
-def module_closure(module: str) -> list[str]:
-    """uvit modules imported (transitively) by a module, plus the CLI (whose imports are per stage), as paths."""
-    seen, todo = {"cli"}, [module, "config", "provenance"]
+def module_closure(modules: tuple[str, ...]) -> list[str]:
+    """uvit modules imported (transitively) by modules, plus the CLI (whose imports are per stage), as paths."""
+    seen, todo = {"cli"}, [*modules, "config", "provenance"]
     while todo:
         name = todo.pop()
         if name in seen:
@@ -90,12 +93,12 @@ def params_read(job, params: dict) -> list[str]:
     """The params.yaml keys a job reads (those that exist: DVC refuses missing keys)."""
     from uvit.config import STAGE_SECTIONS
 
-    wildcards, rule = job.wildcards_dict, job.rule.name
+    wildcards, rule = job.wildcards_dict, RULE_STAGES.get(job.rule.name, job.rule.name)
     if rule == "prepare_data":
         return [f"datasets.{wildcards['dataset']}"]
     if rule == "train_autoencoder":
         return [f"autoencoders.{wildcards['autoencoder']}"]
-    if rule == "tables":
+    if rule in ("tables", "figures"):
         return ["targets", "experiments"]
     if rule not in STAGE_SECTIONS:
         return []
@@ -111,7 +114,8 @@ def stage_name(job) -> str:
 
 def stage_for(job, params: dict) -> dict:
     command, subcommand = dvc_command(job.shellcmd)
-    code = module_closure(ENTRY_MODULES[subcommand]) + PACKAGE_DATA.get(ENTRY_MODULES[subcommand], [])
+    modules = ENTRY_MODULES[subcommand]
+    code = module_closure(modules) + [path for m in modules for path in PACKAGE_DATA.get(m, [])]
     stage: dict = {"cmd": command, "deps": sorted({str(p) for p in job.input} | set(code))}
     keys = params_read(job, params)
     if keys:

@@ -1,0 +1,49 @@
+"""Tables as data and their two renderings: what `uvit verify` parses back must be what was rendered."""
+
+from __future__ import annotations
+
+import pytest
+
+from uvit.report import Row, Table, latex, paper_data, render
+from uvit.verify import expected_rows, latex_rows, markdown_rows
+from uvit.zoo import ARCHITECTURE_CHOICES
+
+
+def test_latex_escapes_and_converts_inline_markdown():
+    assert latex("`fmnist_pixel`") == r"\texttt{fmnist\_pixel}"
+    assert latex("**demo** (32x32)") == r"\textbf{demo} (32x32)"
+    assert latex("50% & #1 $") == r"50\% \& \#1 \$"
+    assert latex("↳") == r"$\hookrightarrow$"
+
+
+def test_rendered_cells_parse_back_in_both_formats():
+    table = Table(
+        "t",
+        "A table",
+        ["A note."],
+        ["Name", "FID", "Command"],
+        ["FID"],
+        [
+            Row(["`a_b`", "3.11 (approx.)", "`snakemake --cores all x & y`"], source="metrics/a/fid.json"),
+            Row(["", "", ""]),
+            Row(["**demo**", "-", "100%"]),
+        ],
+    )
+    text = render(table)
+    assert markdown_rows(text["md"]) == expected_rows(table, "md")
+    assert latex_rows(text["tex"]) == expected_rows(table, "tex")
+    assert "|---|---:|---|" in text["md"] and r"\begin{tabular}{lrl}" in text["tex"]
+
+
+def test_paper_data_has_every_row_the_steps_table_and_the_ablations():
+    data = paper_data()
+    assert len(data["rows"]) == 10 and all(
+        "source" in row and "approximate" in row for row in data["rows"].values()
+    )
+    assert data["sampler_steps"]["models"]["LDM"]["fid"][10] == pytest.approx(4.51)
+    assert set(data["ablations"]) >= {"skip", "time_cond", "conv", "patch_embed", "pos_embed"}
+    for axis in data["ablations"].values():
+        assert axis["paper_choice"] in axis["values"] and axis["source"]
+    for name, choices in ARCHITECTURE_CHOICES.items():  # the paper's choice first, as the model's switches
+        assert tuple(data["ablations"][name]["values"]) == choices
+        assert data["ablations"][name]["paper_choice"] == choices[0]
