@@ -11,7 +11,14 @@ import os
 import sys
 from pathlib import Path
 
-from uvit.config import ConfigError, load_params, resolve_experiment, settings_hash, stage_settings
+from uvit.config import (
+    ConfigError,
+    latent_geometry,
+    load_params,
+    resolve_experiment,
+    settings_hash,
+    stage_settings,
+)
 
 
 def log(message: str) -> None:
@@ -138,6 +145,11 @@ def cmd_sample(args, params: dict) -> None:
     from uvit.sampling import sample_experiment
 
     exp = resolve_experiment(params, args.experiment)
+    geometry = None
+    if exp["space"] == "latent" and not args.latents:
+        geometry = latent_geometry(params, exp)
+        if geometry[1] is None:
+            raise SystemExit(f"error: {exp['autoencoder']} measures its latent scale: give --latents")
     sample_experiment(
         exp,
         Path(args.model),
@@ -146,8 +158,30 @@ def cmd_sample(args, params: dict) -> None:
         ae_dir=Path(args.autoencoder_dir) if args.autoencoder_dir else None,
         latent_dir=Path(args.latents) if args.latents else None,
         steps=args.sampler_steps,
+        latent_geometry=geometry,
         log=log,
     )
+
+
+def cmd_import(args, params: dict) -> None:
+    """Check a file given from outside the pipeline and store it as a pipeline artifact (hashed by DVC)."""
+    source, out = Path(args.source), Path(args.out)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: not found ({args.kind} given in params.yaml: {args.key})")
+    if args.kind == "reference":
+        from uvit.fid import import_statistics
+
+        import_statistics(source, out)
+    elif args.kind == "autoencoder":
+        from uvit.autoencoder import import_autoencoder
+
+        import_autoencoder(source, out)
+    else:
+        from uvit.sampling import import_weights
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        import_weights(source, out)
+    log(f"imported {args.kind} {source} -> {out}")
 
 
 def cmd_reference_stats(args, params: dict) -> None:
@@ -186,7 +220,7 @@ def cmd_fid(args, params: dict) -> None:
     }
     if args.weights_output and Path(args.weights_output) != Path(args.checkpoint):
         inputs["weights_output"] = args.weights_output  # the DVC output the checkpoint file lies in
-    fid_of_samples(exp, inputs, Path(args.floor), Path(args.metrics), log=log)
+    fid_of_samples(exp, inputs, Path(args.floor), Path(args.metrics), pretrained=args.pretrained, log=log)
 
 
 def cmd_sample_grid(args, params: dict) -> None:
@@ -212,7 +246,28 @@ def cmd_figures(args, params: dict) -> None:
             written += figures.fid_over_training(curves, out_dir / name)
         else:
             written += figures.fid_over_sampler_steps(curves, paper, out_dir / name)
+    written += ablation_figures(params, metrics, out_dir)
     log("wrote " + ", ".join(map(str, written)))
+
+
+def ablation_figures(params: dict, metrics: dict[str, dict], out_dir: Path) -> list[Path]:
+    """One figure per ablation grid of the targets: FID over training steps per value, a panel per axis."""
+    from uvit import figures
+    from uvit.config import ablation_experiment_name
+    from uvit.report import curve_rows, paper_data
+
+    points: dict[str, list[dict]] = {}
+    for _, m in curve_rows(params, metrics, "training_steps"):
+        points.setdefault(m["experiment"], []).append(m)
+    paper_best = {axis: str(a["paper_choice"]) for axis, a in paper_data()["ablations"].items()}
+    written = []
+    for grid in params.get("target_grids", []):
+        groups = {
+            axis: {str(v): points.get(ablation_experiment_name(grid, axis, v), []) for v in values}
+            for axis, values in params["ablations"][grid]["axes"].items()
+        }
+        written += figures.ablation_comparison(groups, out_dir / f"ablation_{grid}", paper_best)
+    return written
 
 
 def cmd_tables(args, params: dict) -> None:
@@ -289,6 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, metavar="DIR")
 
+    p = stage(
+        "import", cmd_import, "Check and store a file given in params.yaml (reference, autoencoder, weights)."
+    )
+    p.add_argument("--kind", required=True, choices=["reference", "autoencoder", "weights"])
+    p.add_argument("--source", required=True, metavar="PATH")
+    p.add_argument("--key", required=True, help="the params.yaml key that names the source (for messages)")
+    p.add_argument("--out", required=True, metavar="PATH")
+
     p = stage("train", cmd_train, "Train (or resume) an experiment's U-ViT.")
     p.add_argument("--experiment", required=True)
     p.add_argument("--data", required=True, metavar="DIR")
@@ -346,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the pipeline output holding --checkpoint, if another (e.g. snapshots/; recorded for provenance)",
     )
     p.add_argument("--sampler-steps", type=int, metavar="N", help="the samples' steps, if not sampling.steps")
+    p.add_argument("--pretrained", action="store_true", help="the checkpoint is the authors' release")
     p.add_argument(
         "--training-step", type=int, metavar="N", help="the checkpoint's step, if not training.steps"
     )

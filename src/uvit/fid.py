@@ -467,6 +467,16 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, 
         raise
 
 
+def import_statistics(source: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Check a given reference .npz (the authors' fid_stats, ADM's reference batches) and store its mu and sigma."""
+    mu, sigma = load_statistics(source)
+    if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
+        raise ValueError(
+            f"{source}: mu {mu.shape} and sigma {sigma.shape} are not 2048-d Inception pool statistics"
+        )
+    save_statistics(out, mu, sigma, source=np.array(str(source)))
+
+
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) from an .npz with keys ``mu`` and ``sigma``."""
     with np.load(path) as data:

@@ -42,6 +42,18 @@ def load_ema_model(exp: dict, model_path: Path, data_shape: tuple[int, ...], cla
     return model.eval().requires_grad_(False)
 
 
+def import_weights(source: Path, out: Path) -> None:
+    """Check the authors' released EMA weights (a plain state_dict, read weights-only) and store a copy."""
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"{source}: no such file (evaluation.pretrained_weights: the authors' nnet_ema.pth)"
+        )
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{source}: not a state_dict of tensors (expected the authors' nnet_ema.pth)")
+    atomic_write_bytes(out, source.read_bytes())
+
+
 class ImageSampler:
     """The experiment's sampler, guidance and decoder around a U-ViT: seed indices in, uint8 images out.
 
@@ -55,15 +67,21 @@ class ImageSampler:
         ae_dir: Path | None = None,
         latent_dir: Path | None = None,
         device: torch.device | str = "cpu",
+        latent_geometry: tuple[tuple[int, ...], float] | None = None,
     ):
+        """Latent experiments read the latent shape and scale from the encoded latents, or, without them
+        (a pretrained autoencoder, evaluation only), take `latent_geometry` = (shape, scale factor)."""
         self.exp, self.cfg, self.device = exp, exp["sampling"], torch.device(device)
         self.classes = num_classes(data_dir / "train")
         self.decoder, self.scale = None, 1.0
         if exp["space"] == "latent":
             self.decoder = load_autoencoder(ae_dir).to(self.device)
-            latent = read_manifest(latent_dir)
-            self.scale = latent["scale_factor"]
-            self.data_shape = (latent["moments_shape"][1] // 2, *latent["moments_shape"][2:])
+            if latent_dir is not None:
+                latent = read_manifest(latent_dir)
+                self.scale = latent["scale_factor"]
+                self.data_shape = (latent["moments_shape"][1] // 2, *latent["moments_shape"][2:])
+            else:
+                self.data_shape, self.scale = latent_geometry
         else:
             height, width, channels = read_manifest(data_dir / "train")["shape"]
             self.data_shape = (channels, height, width)
@@ -99,13 +117,14 @@ def sample_experiment(
     ae_dir: Path | None = None,
     latent_dir: Path | None = None,
     steps: int | None = None,
+    latent_geometry: tuple[tuple[int, ...], float] | None = None,
     log=print,
 ) -> None:
     """Draw `sampling.num_samples` images into out_dir (resumes a partial folder); `steps` overrides
     sampling.steps (FID over sampler steps)."""
     cfg = exp["sampling"]
     rank, world, device = placement()  # sampling needs no process group: ranks split samples by index
-    sampler = ImageSampler(exp, data_dir, ae_dir, latent_dir, device)
+    sampler = ImageSampler(exp, data_dir, ae_dir, latent_dir, device, latent_geometry)
     model = sampler.load(model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     missing = [i for i in range(cfg["num_samples"]) if not (out_dir / sample_name(i)).exists()]

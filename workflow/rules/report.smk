@@ -44,6 +44,15 @@ rule figures:
             category="FID curves",
         ),
         sampler_pdf="paper_tables/figures/fid_over_sampler_steps.pdf",
+        ablation=[
+            report(
+                f"paper_tables/figures/{name}.png",
+                caption="../report/ablation.rst",
+                category="Ablations",
+            )
+            for name in ABLATION_FIGURES
+        ],
+        ablation_pdf=[f"paper_tables/figures/{name}.pdf" for name in ABLATION_FIGURES],
     log:
         "logs/figures.log",
     conda:
@@ -70,6 +79,12 @@ rule tables:
             category="Tables",
         ),
         sampler_tex="paper_tables/sampler_steps.tex",
+        ablations=report(
+            "paper_tables/ablations.md",
+            caption="../report/ablations.rst",
+            category="Ablations",
+        ),
+        ablations_tex="paper_tables/ablations.tex",
     log:
         "logs/tables.log",
     conda:

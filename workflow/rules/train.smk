@@ -20,12 +20,20 @@ rule train:
     conda:
         "../envs/uvit.yaml"
     threads: workflow.cores
+    resources:
+        gpu=gpu_count,
+        gpu_model=gpu_model,
+        mem_mb=mem_mb,
+        runtime=runtime_minutes,
+        cpus_per_task=cpus_per_task,
+        est_a100_hours=estimated_gpu_hours,
     params:
+        launcher=launcher,
         settings=settings_json("train"),
         latents=latent_args,
         run_dir="results/{experiment}",
     shell:
-        "uvit --threads {threads} train --experiment {wildcards.experiment} --data {input.data} {params.latents}"
+        "{params.launcher} --threads {threads} train --experiment {wildcards.experiment} --data {input.data} {params.latents}"
         " --out {params.run_dir} --metrics {output.metrics} --loss-plot {output.loss_plot} 2> {log}"
 
 
@@ -36,6 +44,8 @@ rule sample:
         data=prepared,
     output:
         directory("results/{experiment}/samples"),
+    message:
+        "{wildcards.experiment}: {params.protocol}"
     log:
         "logs/sample/{experiment}.log",
     benchmark:
@@ -43,11 +53,19 @@ rule sample:
     conda:
         "../envs/uvit.yaml"
     threads: workflow.cores
+    resources:
+        gpu=gpu_count,
+        gpu_model=gpu_model,
+        mem_mb=mem_mb,
+        runtime=runtime_minutes,
+        cpus_per_task=cpus_per_task,
     params:
+        launcher=launcher,
         settings=settings_json("sample"),
         latents=latent_args,
+        protocol=sampling_protocol,
     shell:
-        "uvit --threads {threads} sample --experiment {wildcards.experiment} --model {input.model}"
+        "{params.launcher} --threads {threads} sample --experiment {wildcards.experiment} --model {input.model}"
         " --data {input.data} {params.latents} --out {output} 2> {log}"
 
 
@@ -65,10 +83,49 @@ rule sample_curve_point:
     conda:
         "../envs/uvit.yaml"
     threads: workflow.cores
+    resources:
+        gpu=gpu_count,
+        gpu_model=gpu_model,
+        mem_mb=mem_mb,
+        runtime=runtime_minutes,
+        cpus_per_task=cpus_per_task,
     params:
+        launcher=launcher,
         settings=settings_json("sample"),
         latents=latent_args,
         model=curve_model,
     shell:
-        "uvit --threads {threads} sample --experiment {wildcards.experiment} --model {params.model}"
+        "{params.launcher} --threads {threads} sample --experiment {wildcards.experiment} --model {params.model}"
         " --sampler-steps {wildcards.nfe} --data {input.data} {params.latents} --out {output} 2> {log}"
+
+
+rule sample_pretrained:
+    input:
+        unpack(decoder_inputs),
+        model="data/external/weights/{experiment}.pth",
+        data=prepared,
+    output:
+        directory("results/{experiment}/pretrained_samples"),
+    message:
+        "{wildcards.experiment}, the authors' weights: {params.protocol}"
+    log:
+        "logs/sample/{experiment}-pretrained.log",
+    benchmark:
+        "logs/sample/{experiment}-pretrained.benchmark.tsv"
+    conda:
+        "../envs/uvit.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=gpu_count,
+        gpu_model=gpu_model,
+        mem_mb=mem_mb,
+        runtime=runtime_minutes,
+        cpus_per_task=cpus_per_task,
+    params:
+        launcher=launcher,
+        settings=settings_json("sample"),
+        latents=latent_args,
+        protocol=sampling_protocol,
+    shell:
+        "{params.launcher} --threads {threads} sample --experiment {wildcards.experiment} --model {input.model}"
+        " --data {input.data} {params.latents} --out {output} 2> {log}"
