@@ -277,6 +277,17 @@ def cmd_tables(args, params: dict) -> None:
     log("wrote " + ", ".join(map(str, written)))
 
 
+def cmd_plan(args, params: dict) -> None:
+    """GPU-hour estimates of experiments (all paper-scale ones by default)."""
+    from uvit.plan import describe
+
+    names = args.experiment or [
+        n for n in params["experiments"] if resolve_experiment(params, n)["scale"] == "paper"
+    ]
+    for name in names:
+        print(describe(params, name))
+
+
 def cmd_verify(args, params: dict) -> None:
     from uvit.verify import TraceError, verify
 
@@ -433,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("tables", cmd_tables, "Render paper_tables/ (Markdown and LaTeX) from the metrics files.")
     p.add_argument("--metrics", nargs="+", required=True, metavar="FILE")
     p.add_argument("--out-dir", required=True, metavar="DIR")
+
+    p = stage("plan", cmd_plan, "Estimated A100-hours to train and sample experiments (no data needed).")
+    p.add_argument("--experiment", nargs="*", help="experiments (default: every paper-scale one)")
 
     p = stage(
         "verify",

@@ -323,7 +323,11 @@ class FastInception(nn.Module):
 class InceptionFeatureExtractor:
     """uint8 images -> clean-fid "clean"-mode Inception features (float64, N x 2048)."""
 
-    def __init__(self, device: str | torch.device = "cpu", precision: str = "fp32", batch_size: int = 32):
+    def __init__(
+        self, device: str | torch.device | None = None, precision: str = "fp32", batch_size: int = 32
+    ):
+        """device None: the first GPU when there is one, else the CPU."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.device = torch.device(device)

@@ -76,7 +76,7 @@ def describe(params: dict, name: str) -> str:
     e = estimate(params, name)
     gpus = max(e["gpus"], 1)
     text = (
-        f"{name}: ~{e['train_a100_hours']:.0f} A100-hours to train ({e['train_a100_hours'] / gpus:.1f} h on {gpus}),"
+        f"{name}: ~{e['train_a100_hours']:.3g} A100-hours to train ({e['train_a100_hours'] / gpus:.1f} h on {gpus}),"
         f" ~{e['sample_a100_hours']:.1f} to sample (estimate, calibrated on the authors' U-ViT-H/2 cost)"
     )
     return text + (f"; the authors report {e['authors']}" if e["authors"] else "")
