@@ -70,7 +70,7 @@ def cmd_encode_text(args, params: dict) -> None:
     from uvit.text import encode_caption_dataset, minilm_path
 
     encoder = Path(args.encoder) if args.encoder != "minilm" else minilm_path()
-    manifest = encode_caption_dataset(Path(args.data), encoder, Path(args.out), log=log)
+    manifest = encode_caption_dataset(Path(args.data), encoder, Path(args.out), tokens=args.tokens, log=log)
     log(
         f"encoded {manifest['captions']} captions of {manifest['images']} images: {manifest['context_shape']}"
     )
@@ -91,7 +91,10 @@ def cmd_train(args, params: dict) -> None:
     exp = resolve_experiment(params, args.experiment)
     latents = Path(args.latents) if args.latents else None
     preview = training_preview(exp, args) if exp["training"]["sample_every"] else None
-    metrics = train(exp, Path(args.data), Path(args.out), latent_dir=latents, log=log, preview=preview)
+    text = Path(args.text) if args.text else None
+    metrics = train(
+        exp, Path(args.data), Path(args.out), latent_dir=latents, log=log, preview=preview, text_dir=text
+    )
     settings = stage_settings(exp, "train")
     inputs = {"dataset": args.data, **({"latents": args.latents} if latents else {})}
     provenance = record(settings, inputs, settings_hash(settings))
@@ -116,6 +119,7 @@ def training_preview(exp: dict, args):
         ae_dir=Path(args.autoencoder_dir) if args.autoencoder_dir else None,
         latent_dir=Path(args.latents) if args.latents else None,
         device=placement()[2],
+        text_dir=Path(args.text) if args.text else None,
     )
     progress_dir = Path(args.out) / "progress"
     progress_dir.mkdir(parents=True, exist_ok=True)
@@ -159,6 +163,7 @@ def cmd_sample(args, params: dict) -> None:
         latent_dir=Path(args.latents) if args.latents else None,
         steps=args.sampler_steps,
         latent_geometry=geometry,
+        text_dir=Path(args.text) if args.text else None,
         log=log,
     )
 
@@ -353,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="local transformers text encoder, or 'minilm' (offline)",
     )
+    p.add_argument(
+        "--tokens", type=int, default=77, help="context tokens per caption (default: %(default)s, CLIP's)"
+    )
     p.add_argument("--out", required=True, metavar="DIR")
 
     p = stage(
@@ -367,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", required=True)
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--latents", metavar="DIR", help="encoded latents (latent experiments)")
+    p.add_argument("--text", metavar="DIR", help="encoded captions of the training split (text experiments)")
     p.add_argument(
         "--autoencoder-dir", metavar="DIR", help="decoder for the sample grids of latent experiments"
     )
@@ -385,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--autoencoder-dir", metavar="DIR")
     p.add_argument("--latents", metavar="DIR")
+    p.add_argument("--text", metavar="DIR", help="encoded captions to sample for (text experiments)")
     p.add_argument("--sampler-steps", type=int, metavar="N", help="instead of sampling.steps")
     p.add_argument("--out", required=True, metavar="DIR")
 

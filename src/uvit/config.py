@@ -244,6 +244,11 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
                 f"{key}.training.keep_steps.{i}: {step} is not before the last step ({exp['training']['steps']}); "
                 "the final weights are always evaluated"
             )
+    if exp["condition"] == "text" and "text_encoder" not in params["datasets"][exp["dataset"]]:
+        raise ConfigError(
+            f"{key}.condition: text needs captions: dataset {exp['dataset']!r} sets no text_encoder "
+            "(text datasets: source mscoco or emoji)"
+        )
     schedule, sampler = exp["diffusion"]["schedule"], exp["sampling"]["sampler"]
     if schedule not in SAMPLER_SCHEDULES[sampler]:
         raise ConfigError(
@@ -254,7 +259,7 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
         exp["condition"] == "none" or exp["training"]["cond_drop_prob"] == 0
     ):
         raise ConfigError(
-            f"{key}.sampling.guidance_scale: guidance needs condition: class and training.cond_drop_prob > 0"
+            f"{key}.sampling.guidance_scale: guidance needs condition: class or text and training.cond_drop_prob > 0"
         )
 
 

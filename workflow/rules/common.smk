@@ -92,9 +92,27 @@ def scale_factor_flag(wildcards):
     return f"--scale-factor {scale}" if scale else ""
 
 
+def text_inputs(stage):
+    """A text experiment's encoded captions: the training split's (train), the held-out split's (sample)."""
+
+    def inputs(wildcards):
+        exp = experiment(wildcards)
+        if exp["condition"] != "text":
+            return {}
+        split = "train" if stage == "train" else exp["sampling"].get("caption_split", "test")
+        return {"text": f"data/text/{exp['dataset']}/{split}"}
+
+    return inputs
+
+
+def text_encoder_args(wildcards):
+    cfg = PARAMS["datasets"][wildcards.dataset]
+    return f"--encoder {cfg['text_encoder']} --tokens {cfg.get('text_tokens', 77)}"
+
+
 def latent_args(wildcards, input):
-    """Command-line flags for the latent inputs present."""
-    flags = {"latents": "--latents", "autoencoder": "--autoencoder-dir"}
+    """Command-line flags for the latent and text inputs present."""
+    flags = {"latents": "--latents", "autoencoder": "--autoencoder-dir", "text": "--text"}
     return " ".join(f"{flag} {input[name]}" for name, flag in flags.items() if name in input.keys())
 
 

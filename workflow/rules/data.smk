@@ -16,6 +16,25 @@ rule prepare_data:
         "uvit prepare-data --dataset {wildcards.dataset} --out {output} 2> {log}"
 
 
+rule encode_text:
+    input:
+        data="data/prepared/{dataset}",
+    output:
+        directory("data/text/{dataset}/{split}"),
+    log:
+        "logs/encode_text/{dataset}-{split}.log",
+    benchmark:
+        "logs/encode_text/{dataset}-{split}.benchmark.tsv"
+    conda:
+        "../envs/uvit.yaml"
+    threads: workflow.cores
+    params:
+        encoder=text_encoder_args,
+    shell:
+        "uvit --threads {threads} encode-text --data {input.data}/{wildcards.split} {params.encoder}"
+        " --out {output} 2> {log}"
+
+
 rule import_autoencoder:
     output:
         directory("data/external/autoencoders/{autoencoder}"),

@@ -5,6 +5,7 @@
 rule train:
     input:
         unpack(latent_inputs),
+        unpack(text_inputs("train")),
         data=prepared,
     output:
         ema="results/{experiment}/nnet_ema.pth",
@@ -40,6 +41,7 @@ rule train:
 rule sample:
     input:
         unpack(latent_inputs),
+        unpack(text_inputs("sample")),
         model="results/{experiment}/nnet_ema.pth",
         data=prepared,
     output:
@@ -72,6 +74,7 @@ rule sample:
 rule sample_curve_point:
     input:
         unpack(latent_inputs),
+        unpack(text_inputs("sample")),
         model=curve_model_input,
         data=prepared,
     output:
@@ -102,6 +105,7 @@ rule sample_curve_point:
 rule sample_pretrained:
     input:
         unpack(decoder_inputs),
+        unpack(text_inputs("sample")),
         model="data/external/weights/{experiment}.pth",
         data=prepared,
     output:

@@ -30,6 +30,7 @@ HEADER = "# Generated from the Snakefile by workflow/scripts/export_dvc.py; do n
 ENTRY_MODULES = {
     "prepare-data": ("data",),
     "import": ("fid", "autoencoder", "sampling"),
+    "encode-text": ("text",),
     "train-autoencoder": ("autoencoder",),
     "encode-latents": ("autoencoder",),
     "train": ("training", "sampling", "figures"),  # sample grids during training
