@@ -42,6 +42,8 @@ PAPER_ROWS = [
     "imagenet256_uvit_h2",
     "imagenet512_uvit_l4",
     "imagenet512_uvit_h4",
+    "mscoco_uvit_s2",
+    "mscoco_uvit_s2_deep",
 ]
 
 
@@ -67,6 +69,8 @@ def test_paper_row_dry_run_plans_the_recipe_without_data(name, params):
     if exp["space"] == "latent":
         expected |= {"import_autoencoder", "encode_latents"}
     expected |= {"import_reference"} if exp["evaluation"]["reference_npz"] else {"reference_stats"}
+    if exp["condition"] == "text":
+        expected |= {"encode_text"}  # the training captions, and the validation captions it samples for
     planned = {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+$", out.split("Job stats:")[1], re.M)}
     assert planned - {"job", "total"} == expected
     train = job_block(out, "train")
