@@ -229,9 +229,20 @@ def cmd_fid(args, params: dict) -> None:
 
 
 def cmd_sample_grid(args, params: dict) -> None:
-    from uvit.figures import sample_grid
+    """The first samples as a grid; a text experiment's with the caption of each."""
+    from uvit.figures import captioned_samples, sample_grid
 
-    log("wrote " + ", ".join(map(str, sample_grid(Path(args.samples), Path(args.out)))))
+    exp = resolve_experiment(params, args.experiment)
+    if exp["condition"] == "text":
+        from uvit.data import load_captions
+
+        split = Path(args.data) / exp["sampling"].get("caption_split", "test")
+        captions = [c for image_captions in load_captions(split) for c in image_captions]
+        cycled = [captions[i % len(captions)] for i in range(exp["sampling"]["num_samples"])]
+        written = captioned_samples(Path(args.samples), cycled, Path(args.out))
+    else:
+        written = sample_grid(Path(args.samples), Path(args.out))
+    log("wrote " + ", ".join(map(str, written)))
 
 
 def cmd_figures(args, params: dict) -> None:
@@ -443,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE")
 
     p = stage("sample-grid", cmd_sample_grid, "A grid of the first samples (PNG and PDF).")
+    p.add_argument("--experiment", required=True)
+    p.add_argument(
+        "--data", required=True, metavar="DIR", help="prepared dataset (captions of text experiments)"
+    )
     p.add_argument("--samples", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="STEM", help="output path without .png / .pdf")
 

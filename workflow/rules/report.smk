@@ -3,7 +3,8 @@
 
 rule sample_grid:
     input:
-        "results/{experiment}/samples",
+        samples="results/{experiment}/samples",
+        data=prepared,
     output:
         png=report(
             "paper_tables/figures/{experiment}_samples.png",
@@ -18,7 +19,8 @@ rule sample_grid:
     params:
         stem="paper_tables/figures/{experiment}_samples",
     shell:
-        "uvit sample-grid --samples {input} --out {params.stem} 2> {log}"
+        "uvit sample-grid --experiment {wildcards.experiment} --data {input.data} --samples {input.samples}"
+        " --out {params.stem} 2> {log}"
 
 
 rule figures:
