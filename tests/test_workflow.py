@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 from conftest import ROOT, make_project_copy, run, set_params
@@ -141,7 +142,10 @@ def test_slurm_profile_submits_with_the_experiments_resources(params):
 
     profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["retries"] >= 1
-    job = next(j for j in planned_jobs(["metrics/imagenet256_uvit_h2/fid.json"]) if j.rule.name == "train")
+    sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+    from export_dvc import snakemake_jobs
+
+    job = next(j for j in snakemake_jobs(["metrics/imagenet256_uvit_h2/fid.json"]) if j.rule.name == "train")
     job_params = {
         "run_uuid": "u",
         "slurm_logfile": "log",
@@ -153,48 +157,3 @@ def test_slurm_profile_submits_with_the_experiments_resources(params):
     call = get_submit_command(job, job_params) + set_gres_string(job)
     for flag in ("-p gpu", "-t 14400", "--mem 524288", "--cpus-per-task=64", "--gpus=a100:8"):
         assert flag in call, (flag, call)
-
-
-def planned_jobs(targets: list[str]) -> list:
-    """Snakemake's jobs for targets, through its API (as the SLURM executor receives them)."""
-    import contextlib
-    import io
-
-    from snakemake.api import DAGSettings, OutputSettings, ResourceSettings, SnakemakeApi
-    from snakemake.settings.enums import Quietness
-
-    with (
-        contextlib.redirect_stdout(io.StringIO()),
-        SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api,
-    ):
-        workflow_api = api.workflow(
-            resource_settings=ResourceSettings(cores=8), snakefile=ROOT / "Snakefile", workdir=ROOT
-        )
-        workflow = workflow_api.dag(DAGSettings(targets=targets)).workflow_api._workflow
-        workflow._prepare_dag(forceall=False, ignore_incomplete=True, lock_warn_only=True, nolock=True)
-        workflow._build_dag()
-        return list(workflow.dag.jobs)
-
-
-def test_a_given_reference_npz_replaces_the_computed_statistics(tmp_path):
-    """`evaluation.reference_npz` (e.g. ADM's reference batch): FID and floor use it; nothing is computed."""
-    from conftest import make_project_copy, set_params
-
-    project = make_project_copy(tmp_path / "project", targets=["fmnist_pixel"])
-    (project / "refs").mkdir()
-    (project / "refs" / "VIRTUAL_fmnist.npz").write_bytes(b"")
-    set_params(
-        project,
-        lambda p: p["experiments"]["fmnist_pixel"].__setitem__(
-            "evaluation", {"reference_npz": "refs/VIRTUAL_fmnist.npz"}
-        ),
-    )
-    out = run(["snakemake", "-n", "-p", "--cores", "1", "metrics/fmnist_pixel/fid.json"], project).stdout
-    assert not re.search(r"^reference_stats\s+\d+$", out, re.M)
-    assert "metrics/fid_floors/fashion_mnist-VIRTUAL_fmnist-test1000.json" in out
-    assert (
-        "import --kind reference --source refs/VIRTUAL_fmnist.npz --out data/external/fid_refs/VIRTUAL_fmnist.npz"
-        in out
-    )
-    assert "--reference data/external/fid_refs/VIRTUAL_fmnist.npz --out metrics/fid_floors" in out
-    assert "--reference data/external/fid_refs/VIRTUAL_fmnist.npz --floor" in out

@@ -52,8 +52,8 @@ RULE_STAGES = {
 }
 
 
-def snakemake_jobs() -> list:
-    """The jobs of the default target, as Snakemake plans them with every output missing (forceall)."""
+def snakemake_jobs(targets: list[str] | None = None) -> list:
+    """The jobs of the default target (or of `targets`), as Snakemake plans them with every output missing."""
     from snakemake.api import DAGSettings, OutputSettings, ResourceSettings, SnakemakeApi
     from snakemake.settings.enums import Quietness
 
@@ -64,7 +64,7 @@ def snakemake_jobs() -> list:
         workflow_api = api.workflow(
             resource_settings=ResourceSettings(cores=1), snakefile=ROOT / "Snakefile", workdir=ROOT
         )
-        workflow = workflow_api.dag(DAGSettings(forceall=True)).workflow_api._workflow
+        workflow = workflow_api.dag(DAGSettings(targets=targets or (), forceall=True)).workflow_api._workflow
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()
         return [job for job in workflow.dag.jobs if job.shellcmd]
