@@ -6,6 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+EMOJI := data/raw/emoji-datasource-google-16.0.0.tgz
 
 .PHONY: setup data demo test lint format dvc-yaml clean
 
@@ -24,7 +25,10 @@ data: ## Fashion-MNIST from Debian when possible (the loader downloads it otherw
 
 # A fresh clone carries the committed tables and metrics but none of the artifacts behind them, and Snakemake
 # would call those tables up to date: the first run in a checkout rebuilds everything from the data.
-demo: setup data ## run the demo experiments to paper_tables/ (about 20 minutes on 2 CPU cores)
+$(EMOJI): ## the Noto emoji with their names (text-to-image demo), from the npm registry
+	mkdir -p $(dir $@) && npm pack emoji-datasource-google@16.0.0 --pack-destination $(dir $@) --silent
+
+demo: setup data $(EMOJI) ## run the demo experiments to paper_tables/ (about 20 minutes on 2 CPU cores)
 	snakemake --cores all $(if $(wildcard .snakemake/metadata/*),,--forceall)
 
 lint: setup

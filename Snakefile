@@ -12,7 +12,7 @@ wildcard_constraints:
     experiment="|".join(EXPERIMENTS),
     dataset="|".join(DATASETS),
     autoencoder="|".join(AUTOENCODERS),
-    split="train|test",
+    split="train|test|val",
     n=r"\d+",
     step=r"\d+",
     nfe=r"\d+",

@@ -87,3 +87,48 @@ def project_params(tmp_path: Path, sampling: dict | None = None, **training) -> 
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def write_emoji_package(root: Path, count: int = 40) -> list[str]:
+    """A small emoji set in the npm package emoji-datasource-google's layout (package/emoji.json,
+    package/img/google/64/*.png): solid-colour RGBA squares, every fourth with two skin-tone variants.
+    Returns the captions the adapter should give, in its order (sort_order, variants after their base)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    images = root / "package" / "img" / "google" / "64"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    meta, captions = [], []
+
+    def png(name: str) -> str:
+        pixels = np.concatenate([rng.integers(0, 256, 3), [255]]).astype(np.uint8)
+        Image.fromarray(np.tile(pixels, (64, 64, 1))).save(images / name)
+        return name
+
+    for i in reversed(range(count)):  # written out of order: the adapter sorts by sort_order
+        entry = {
+            "name": f"TEST EMOJI {i}",
+            "image": png(f"e{i:03d}.png"),
+            "sort_order": i,
+            "category": ["Smileys & Emotion", "Objects"][i % 2],
+            "has_img_google": True,
+        }
+        if i % 4 == 0:
+            entry["skin_variations"] = {
+                "1F3FB": {"image": png(f"e{i:03d}-1f3fb.png"), "has_img_google": True},
+                "1F3FB-1F3FF": {"image": png(f"e{i:03d}-1f3fb-1f3ff.png"), "has_img_google": True},
+            }
+        meta.append(entry)
+    meta.append({"name": "NO GOOGLE IMAGE", "image": "none.png", "sort_order": 999, "category": "Objects"})
+    (root / "package" / "emoji.json").write_text(json.dumps(meta))
+    for i in range(count):
+        captions.append(f"test emoji {i}")
+        if i % 4 == 0:
+            captions += [
+                f"test emoji {i}, light skin tone",
+                f"test emoji {i}, light skin tone and dark skin tone",
+            ]
+    return captions

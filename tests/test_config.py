@@ -11,6 +11,7 @@ from conftest import ROOT, make_project_copy, run, set_params
 from uvit.config import (
     ConfigError,
     check_references,
+    expand_ablations,
     load_params,
     resolve_experiment,
     validate_against_schema,
@@ -25,6 +26,7 @@ def check(edit) -> str:
     edit(params)
     with pytest.raises(ConfigError) as err:
         validate_against_schema(params, SCHEMA)
+        expand_ablations(params)
         check_references(params)
     message = str(err.value)
     assert "\n" not in message
@@ -155,3 +157,59 @@ def test_curve_points_list_kept_checkpoints_then_other_sampler_steps(params):
         "metrics/smoke_pixel/curve/step10-nfe5.json",
         "metrics/smoke_pixel/curve/step20-nfe3.json",
     ]
+
+
+def test_ablation_grids_expand_into_experiments_and_targets(params):
+    from uvit.config import grid_experiments, resolve_experiment
+
+    names = grid_experiments(params, "skip_demo")
+    assert names == [
+        f"skip_demo__skip_{v}" for v in ("concat_linear", "add", "add_linear_skip", "linear_of_sum", "none")
+    ]
+    assert params["target_grids"] == ["skip_demo"] and set(names) <= set(params["targets"])
+    base = resolve_experiment(params, "fmnist_ablation")
+    for name, value in zip(
+        names, ("concat_linear", "add", "add_linear_skip", "linear_of_sum", "none"), strict=True
+    ):
+        exp = resolve_experiment(params, name)
+        assert exp["model"]["skip"] == value and exp["ablation"] == {
+            "grid": "skip_demo",
+            "axis": "skip",
+            "value": value,
+        }
+        assert {k: v for k, v in exp["model"].items() if k != "skip"} == {
+            k: v for k, v in base["model"].items() if k != "skip"
+        }
+        assert exp["training"] == base["training"] and exp["sampling"] == base["sampling"]
+    depth = resolve_experiment(params, "cifar10_section31__depth_17")
+    assert depth["model"]["depth"] == 17 and depth["model"]["embed_dim"] == 512  # U-ViT-S/2, deeper
+
+
+def write_params(tmp_path, text: str):
+    (tmp_path / "workflow" / "schemas").mkdir(parents=True, exist_ok=True)
+    schema = (ROOT / "workflow/schemas/params.schema.yaml").read_text()
+    (tmp_path / "workflow/schemas/params.schema.yaml").write_text(schema)
+    (tmp_path / "params.yaml").write_text(text)
+    return tmp_path / "params.yaml"
+
+
+def test_adding_an_ablation_value_is_one_line(tmp_path):
+    text = (ROOT / "params.yaml").read_text()
+    line = "      depth: [9, 13, 17]\n"
+    assert text.count(line) == 1
+    params = load_params(write_params(tmp_path, text.replace(line, "      depth: [9, 13, 17, 21]\n")))
+    exp = resolve_experiment(params, "cifar10_section31__depth_21")
+    assert exp["model"]["depth"] == 21 and exp["ablation"]["value"] == 21
+
+
+def test_a_bad_ablation_value_or_base_is_named(tmp_path):
+    text = (ROOT / "params.yaml").read_text()
+    bad_value = text.replace("linear_of_sum, none]", "linear_of_sum, none, concat]", 1)
+    with pytest.raises(
+        ConfigError,
+        match=r"ablations\.skip_demo\.axes\.skip \(value 'concat', experiment skip_demo__skip_concat\)",
+    ):
+        load_params(write_params(tmp_path, bad_value))
+    bad_base = text.replace("base: fmnist_ablation", "base: fmnist_ablate")
+    with pytest.raises(ConfigError, match=r"ablations\.skip_demo\.base: unknown experiment 'fmnist_ablate'"):
+        load_params(write_params(tmp_path, bad_base))

@@ -323,3 +323,49 @@ def test_image_folder_preparation_is_byte_identical(tmp_path):
             tmp_path / "b" / "train" / name
         ).read_bytes()
     assert read_manifest(tmp_path / "a" / "train")["shape"] == [32, 32, 3]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_emoji_adapter_reads_the_npm_package(tmp_path, packed):
+    """Captions are the Unicode names (skin-tone variants after their base), every tenth is held out, images
+    are the RGBA squares on white at the configured resolution; the .tgz and the folder give the same data."""
+    import tarfile
+
+    from conftest import write_emoji_package
+
+    from uvit.data import load_emoji
+
+    captions = write_emoji_package(tmp_path / "pkg", count=12)
+    root = tmp_path / "pkg"
+    if packed:
+        with tarfile.open(tmp_path / "emoji.tgz", "w:gz") as archive:
+            archive.add(root / "package", arcname="package")
+        root = tmp_path / "emoji.tgz"
+    splits = load_emoji({"root": str(root), "resolution": 16})
+    train_captions = [c for i, c in enumerate(captions) if i % 10 != 9]
+    test_captions = [c for i, c in enumerate(captions) if i % 10 == 9]
+    assert splits["train"].captions == [[c] for c in train_captions]
+    assert splits["test"].captions == [[c] for c in test_captions]
+    images, labels = next(iter(splits["train"].chunks))
+    assert images.shape == (len(train_captions), 16, 16, 3) and images.dtype == np.uint8
+    assert (images == images[:, :1, :1]).all()  # solid squares stay solid through the box filter
+    assert labels[0] == 1 and labels[len([c for c in train_captions if c.startswith("test emoji 0")])] == 0
+
+
+def test_emoji_transparency_becomes_white_and_missing_files_are_named(tmp_path):
+    import io
+
+    from conftest import write_emoji_package
+    from PIL import Image
+
+    from uvit.data import DataError, emoji_on_white, load_emoji
+
+    buffer = io.BytesIO()
+    Image.new("RGBA", (64, 64), (255, 0, 0, 0)).save(buffer, format="PNG")
+    assert (emoji_on_white(buffer.getvalue(), 32) == 255).all()
+    write_emoji_package(tmp_path / "pkg", count=4)
+    (tmp_path / "pkg" / "package" / "img" / "google" / "64" / "e002.png").unlink()
+    with pytest.raises(DataError, match=r"emoji: image 'e002.png' listed in emoji.json is missing"):
+        load_emoji({"root": str(tmp_path / "pkg"), "resolution": 16})
+    with pytest.raises(DataError, match=r"not found. Expected the npm package emoji-datasource-google"):
+        load_emoji({"root": str(tmp_path / "nowhere.tgz"), "resolution": 16})

@@ -241,3 +241,17 @@ def test_loss_curves_empty(tmp_path):
     header_only.write_text("step,loss,lr\n")
     with pytest.raises(ValueError, match=r"header_only\.csv: no loss rows"):
         loss_curves({"pixel": header_only}, tmp_path / "loss")
+
+
+def test_captioned_samples_show_each_caption(tmp_path):
+    from uvit.figures import captioned_samples
+
+    for i in range(8):
+        Image.fromarray(np.full((16, 16, 3), 30 * i, np.uint8)).save(tmp_path / f"{i:06d}.png")
+    png, pdf = captioned_samples(
+        tmp_path, [f"caption {i}" for i in range(8)], tmp_path / "grid", rows=4, cols=6
+    )
+    assert Image.open(png).size[1] < Image.open(png).size[0]  # two rows of six, not four
+    assert pdf.read_bytes().startswith(b"%PDF")
+    with pytest.raises(FileNotFoundError, match="no PNG samples"):
+        captioned_samples(tmp_path / "none", ["x"], tmp_path / "g2")

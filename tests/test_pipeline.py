@@ -14,11 +14,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import make_project_copy, run, set_params
+from conftest import make_project_copy, run, set_params, write_emoji_package
 
 from uvit.config import fid_metrics_paths, load_params
 
 SMOKE = ["smoke_pixel", "smoke_latent"]
+SMOKE_TEXT = "smoke_text"  # a written emoji set, captions through MiniLM, a text-token U-ViT
 pytestmark = pytest.mark.slow
 
 
@@ -32,7 +33,8 @@ def planned_jobs(project) -> set[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    project = make_project_copy(tmp_path_factory.mktemp("smoke") / "project", targets=SMOKE)
+    project = make_project_copy(tmp_path_factory.mktemp("smoke") / "project", targets=[*SMOKE, SMOKE_TEXT])
+    write_emoji_package(project / "data" / "raw" / "emoji-mini", count=100)
     run(["python", "workflow/scripts/export_dvc.py"], project)
     run(["git", "add", "-A"], project)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke targets"], project)
@@ -55,11 +57,15 @@ def test_smoke_dag_end_to_end(project):
         assert metrics["provenance"]["inputs"]["checkpoint"]["md5"][:8] in row
         for ext in ("png", "pdf"):
             assert (project / "paper_tables" / "figures" / f"{name}_samples.{ext}").stat().st_size > 0
-    assert (project / "paper_tables" / "results.tex").read_text().count("smoke") == 2
+    assert (project / "paper_tables" / "results.tex").read_text().count("smoke") == 3
     loss_csv = (project / "metrics" / "smoke_pixel" / "loss.csv").read_text().splitlines()
     assert loss_csv[0] == "step,loss,lr" and len(loss_csv) == 1 + 20 // 5  # steps 20, log_every 5
     plots = run(["dvc", "plots", "show", "--json"], project).stdout
     assert "metrics/smoke_pixel/loss.csv" in plots
+    text = json.loads((project / "metrics" / SMOKE_TEXT / "fid.json").read_text())
+    assert text["num_samples"] == 12 and text["fid"] > 0 and f"`{SMOKE_TEXT}`" in table
+    contexts = json.loads((project / "data/text/emoji_mini/test/manifest.json").read_text())
+    assert contexts["context_shape"] == [8, 384] and contexts["images"] == 15
     # smoke_latent draws a sample grid every 10 training steps (through the autoencoder).
     assert sorted(p.name for p in (project / "results" / "smoke_latent" / "progress").iterdir()) == [
         "step-0000010.png",
@@ -159,7 +165,7 @@ def test_verify_names_a_stale_metrics_file(project):
         path.unlink()
         path.write_text(json.dumps(metrics | {"fid": metrics["fid"] + 1.0}, indent=2))
         params = load_params(project / "params.yaml")
-        files = [f for name in SMOKE for f in fid_metrics_paths(params, name)]
+        files = [f for name in params["targets"] for f in fid_metrics_paths(params, name)]
         run(["uvit", "tables", "--metrics", *files, "--out-dir", "paper_tables"], project)
         result = verify(project, check=False)
         assert result.returncode == 1

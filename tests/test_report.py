@@ -47,3 +47,25 @@ def test_paper_data_has_every_row_the_steps_table_and_the_ablations():
     for name, choices in ARCHITECTURE_CHOICES.items():  # the paper's choice first, as the model's switches
         assert tuple(data["ablations"][name]["values"]) == choices
         assert data["ablations"][name]["paper_choice"] == choices[0]
+
+
+def test_ablation_verdict_says_whether_the_papers_ordering_holds():
+    from uvit.report import ablation_verdict
+
+    paper = paper_data()["ablations"]["skip"]
+    fids = {
+        "concat_linear": 100.0,
+        "add": 120.0,
+        "add_linear_skip": 110.0,
+        "linear_of_sum": 115.0,
+        "none": 150.0,
+    }
+    ours = {value: {"fid": fid} for value, fid in fids.items()}
+    holds = ablation_verdict("skip", paper, ours)
+    assert "best first: concat_linear 100.00, add_linear_skip 110.00" in holds
+    assert holds.endswith("The paper's ordering holds at this scale.")
+    ours["add"]["fid"] = 90.0
+    assert ablation_verdict("skip", paper, ours).endswith(
+        "The paper's ordering (concat_linear best and none worst) does not hold at this scale."
+    )
+    assert "not tested here" in ablation_verdict("skip", paper, {"add": {"fid": 1.0}})

@@ -62,3 +62,76 @@ def test_caption_dataset_encoding(tmp_path, encoder):
     assert list(arrays["image_index"]) == [0, 0, 0, 1, 1]
     np.testing.assert_allclose(arrays["contexts"][3], encoder.encode(["image 42 caption 0"])[0], atol=1e-5)
     np.testing.assert_array_equal(np.load(tmp_path / "t" / "null_context.npy"), encoder.null_context())
+
+
+@pytest.fixture(scope="module")
+def coco_contexts(tmp_path_factory):
+    """Encoded captions of two written COCO images (three and two captions), 8 tokens each."""
+    from test_data import write_coco
+
+    from uvit.data import prepare_dataset
+    from uvit.text import encode_caption_dataset
+
+    root = tmp_path_factory.mktemp("coco")
+    write_coco(root / "coco")
+    cfg = {"source": "mscoco", "root": str(root / "coco"), "resolution": 32, "shard_size": 10}
+    prepare_dataset(cfg, root / "p")
+    encode_caption_dataset(root / "p" / "train", minilm_path(), root / "t", tokens=8)
+    return root / "t"
+
+
+def test_contexts_draw_one_caption_of_each_image(coco_contexts):
+    import torch
+
+    from uvit.text import Contexts
+
+    contexts = Contexts(coco_contexts)
+    assert contexts.shape == (8, 384) and contexts.null.shape == (8, 384)
+    seen = {0: set(), 1: set()}
+    for seed in range(40):
+        drawn = contexts.of_images(torch.tensor([0, 1, 1]), torch.Generator().manual_seed(seed))
+        for image, context in zip((0, 1, 1), drawn, strict=True):
+            row = int(torch.nonzero((contexts.contexts == context).all(-1).all(-1))[0])
+            seen[image].add(row)
+    assert seen == {0: {0, 1, 2}, 1: {3, 4}}  # every caption of its own image, and only those
+    torch.testing.assert_close(contexts.cycled([0, 6]), contexts.contexts[[0, 1]])
+
+
+def test_text_condition_drop_uses_the_empty_caption(coco_contexts):
+    import copy
+
+    import torch
+
+    from uvit.config import load_params, resolve_experiment
+    from uvit.training import Conditions
+
+    exp = copy.deepcopy(resolve_experiment(load_params(), "smoke_text"))
+    exp["training"]["cond_drop_prob"] = 0.5
+    conditions = Conditions(exp, classes=1, text_dir=coco_contexts)
+    cond = conditions.draw(
+        torch.tensor([0, 1] * 200), torch.zeros(400, dtype=torch.long), torch.Generator().manual_seed(0)
+    )
+    dropped = (cond == conditions.null).flatten(1).all(1)
+    assert 150 < int(dropped.sum()) < 250  # 200 expected; 5 standard deviations is 50
+    assert not (cond[~dropped] == conditions.null).flatten(1).all(1).any()
+
+
+def test_guidance_with_a_null_context_batches_cond_and_uncond(coco_contexts):
+    import torch
+
+    from uvit.diffusion import guided_noise_predictor, make_schedule
+    from uvit.text import Contexts
+
+    contexts = Contexts(coco_contexts)
+    calls = []
+
+    def model(x, t, cond):
+        calls.append(cond)
+        return x * 0 + cond.mean((1, 2)).view(-1, 1, 1, 1)
+
+    cond = contexts.cycled([0, 3])
+    eps = guided_noise_predictor(model, make_schedule("stable"), cond, contexts.null, guidance_scale=2.0)
+    out = eps(torch.zeros(2, 1, 4, 4), torch.tensor(0.5))
+    torch.testing.assert_close(calls[0][2:], contexts.null.expand(2, -1, -1))
+    expected = 3 * cond.mean((1, 2)) - 2 * contexts.null.mean()
+    torch.testing.assert_close(out[:, 0, 0, 0], expected)

@@ -153,6 +153,11 @@ def load_autoencoder(path: str | Path):
     return model.eval().requires_grad_(False)
 
 
+def import_autoencoder(source: str | Path, out_dir: str | Path) -> None:
+    """A published autoencoder in any form load_autoencoder reads, stored as one diffusers folder."""
+    load_autoencoder(source).save_pretrained(str(out_dir))
+
+
 def ldm_vae_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The KL-f8 weights of an LDM-format file, renamed to diffusers' AutoencoderKL (loaded weights-only)."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint

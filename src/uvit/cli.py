@@ -11,7 +11,14 @@ import os
 import sys
 from pathlib import Path
 
-from uvit.config import ConfigError, load_params, resolve_experiment, settings_hash, stage_settings
+from uvit.config import (
+    ConfigError,
+    latent_geometry,
+    load_params,
+    resolve_experiment,
+    settings_hash,
+    stage_settings,
+)
 
 
 def log(message: str) -> None:
@@ -63,7 +70,7 @@ def cmd_encode_text(args, params: dict) -> None:
     from uvit.text import encode_caption_dataset, minilm_path
 
     encoder = Path(args.encoder) if args.encoder != "minilm" else minilm_path()
-    manifest = encode_caption_dataset(Path(args.data), encoder, Path(args.out), log=log)
+    manifest = encode_caption_dataset(Path(args.data), encoder, Path(args.out), tokens=args.tokens, log=log)
     log(
         f"encoded {manifest['captions']} captions of {manifest['images']} images: {manifest['context_shape']}"
     )
@@ -84,7 +91,10 @@ def cmd_train(args, params: dict) -> None:
     exp = resolve_experiment(params, args.experiment)
     latents = Path(args.latents) if args.latents else None
     preview = training_preview(exp, args) if exp["training"]["sample_every"] else None
-    metrics = train(exp, Path(args.data), Path(args.out), latent_dir=latents, log=log, preview=preview)
+    text = Path(args.text) if args.text else None
+    metrics = train(
+        exp, Path(args.data), Path(args.out), latent_dir=latents, log=log, preview=preview, text_dir=text
+    )
     settings = stage_settings(exp, "train")
     inputs = {"dataset": args.data, **({"latents": args.latents} if latents else {})}
     provenance = record(settings, inputs, settings_hash(settings))
@@ -109,6 +119,7 @@ def training_preview(exp: dict, args):
         ae_dir=Path(args.autoencoder_dir) if args.autoencoder_dir else None,
         latent_dir=Path(args.latents) if args.latents else None,
         device=placement()[2],
+        text_dir=Path(args.text) if args.text else None,
     )
     progress_dir = Path(args.out) / "progress"
     progress_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +149,11 @@ def cmd_sample(args, params: dict) -> None:
     from uvit.sampling import sample_experiment
 
     exp = resolve_experiment(params, args.experiment)
+    geometry = None
+    if exp["space"] == "latent" and not args.latents:
+        geometry = latent_geometry(params, exp)
+        if geometry[1] is None:
+            raise SystemExit(f"error: {exp['autoencoder']} measures its latent scale: give --latents")
     sample_experiment(
         exp,
         Path(args.model),
@@ -146,8 +162,31 @@ def cmd_sample(args, params: dict) -> None:
         ae_dir=Path(args.autoencoder_dir) if args.autoencoder_dir else None,
         latent_dir=Path(args.latents) if args.latents else None,
         steps=args.sampler_steps,
+        latent_geometry=geometry,
+        text_dir=Path(args.text) if args.text else None,
         log=log,
     )
+
+
+def cmd_import(args, params: dict) -> None:
+    """Check a file given from outside the pipeline and store it as a pipeline artifact (hashed by DVC)."""
+    source, out = Path(args.source), Path(args.out)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: not found ({args.kind} given in params.yaml: {args.key})")
+    if args.kind == "reference":
+        from uvit.fid import import_statistics
+
+        import_statistics(source, out)
+    elif args.kind == "autoencoder":
+        from uvit.autoencoder import import_autoencoder
+
+        import_autoencoder(source, out)
+    else:
+        from uvit.sampling import import_weights
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        import_weights(source, out)
+    log(f"imported {args.kind} {source} -> {out}")
 
 
 def cmd_reference_stats(args, params: dict) -> None:
@@ -186,13 +225,24 @@ def cmd_fid(args, params: dict) -> None:
     }
     if args.weights_output and Path(args.weights_output) != Path(args.checkpoint):
         inputs["weights_output"] = args.weights_output  # the DVC output the checkpoint file lies in
-    fid_of_samples(exp, inputs, Path(args.floor), Path(args.metrics), log=log)
+    fid_of_samples(exp, inputs, Path(args.floor), Path(args.metrics), pretrained=args.pretrained, log=log)
 
 
 def cmd_sample_grid(args, params: dict) -> None:
-    from uvit.figures import sample_grid
+    """The first samples as a grid; a text experiment's with the caption of each."""
+    from uvit.figures import captioned_samples, sample_grid
 
-    log("wrote " + ", ".join(map(str, sample_grid(Path(args.samples), Path(args.out)))))
+    exp = resolve_experiment(params, args.experiment)
+    if exp["condition"] == "text":
+        from uvit.data import load_captions
+
+        split = Path(args.data) / exp["sampling"].get("caption_split", "test")
+        captions = [c for image_captions in load_captions(split) for c in image_captions]
+        cycled = [captions[i % len(captions)] for i in range(exp["sampling"]["num_samples"])]
+        written = captioned_samples(Path(args.samples), cycled, Path(args.out))
+    else:
+        written = sample_grid(Path(args.samples), Path(args.out))
+    log("wrote " + ", ".join(map(str, written)))
 
 
 def cmd_figures(args, params: dict) -> None:
@@ -212,7 +262,28 @@ def cmd_figures(args, params: dict) -> None:
             written += figures.fid_over_training(curves, out_dir / name)
         else:
             written += figures.fid_over_sampler_steps(curves, paper, out_dir / name)
+    written += ablation_figures(params, metrics, out_dir)
     log("wrote " + ", ".join(map(str, written)))
+
+
+def ablation_figures(params: dict, metrics: dict[str, dict], out_dir: Path) -> list[Path]:
+    """One figure per ablation grid of the targets: FID over training steps per value, a panel per axis."""
+    from uvit import figures
+    from uvit.config import ablation_experiment_name
+    from uvit.report import curve_rows, paper_data
+
+    points: dict[str, list[dict]] = {}
+    for _, m in curve_rows(params, metrics, "training_steps"):
+        points.setdefault(m["experiment"], []).append(m)
+    paper_best = {axis: str(a["paper_choice"]) for axis, a in paper_data()["ablations"].items()}
+    written = []
+    for grid in params.get("target_grids", []):
+        groups = {
+            axis: {str(v): points.get(ablation_experiment_name(grid, axis, v), []) for v in values}
+            for axis, values in params["ablations"][grid]["axes"].items()
+        }
+        written += figures.ablation_comparison(groups, out_dir / f"ablation_{grid}", paper_best)
+    return written
 
 
 def cmd_tables(args, params: dict) -> None:
@@ -220,6 +291,17 @@ def cmd_tables(args, params: dict) -> None:
 
     written = render_tables(params, [Path(p) for p in args.metrics], Path(args.out_dir))
     log("wrote " + ", ".join(map(str, written)))
+
+
+def cmd_plan(args, params: dict) -> None:
+    """GPU-hour estimates of experiments (all paper-scale ones by default)."""
+    from uvit.plan import describe
+
+    names = args.experiment or [
+        n for n in params["experiments"] if resolve_experiment(params, n)["scale"] == "paper"
+    ]
+    for name in names:
+        print(describe(params, name))
 
 
 def cmd_verify(args, params: dict) -> None:
@@ -287,12 +369,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="local transformers text encoder, or 'minilm' (offline)",
     )
+    p.add_argument(
+        "--tokens", type=int, default=77, help="context tokens per caption (default: %(default)s, CLIP's)"
+    )
     p.add_argument("--out", required=True, metavar="DIR")
+
+    p = stage(
+        "import", cmd_import, "Check and store a file given in params.yaml (reference, autoencoder, weights)."
+    )
+    p.add_argument("--kind", required=True, choices=["reference", "autoencoder", "weights"])
+    p.add_argument("--source", required=True, metavar="PATH")
+    p.add_argument("--key", required=True, help="the params.yaml key that names the source (for messages)")
+    p.add_argument("--out", required=True, metavar="PATH")
 
     p = stage("train", cmd_train, "Train (or resume) an experiment's U-ViT.")
     p.add_argument("--experiment", required=True)
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--latents", metavar="DIR", help="encoded latents (latent experiments)")
+    p.add_argument("--text", metavar="DIR", help="encoded captions of the training split (text experiments)")
     p.add_argument(
         "--autoencoder-dir", metavar="DIR", help="decoder for the sample grids of latent experiments"
     )
@@ -311,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--autoencoder-dir", metavar="DIR")
     p.add_argument("--latents", metavar="DIR")
+    p.add_argument("--text", metavar="DIR", help="encoded captions to sample for (text experiments)")
     p.add_argument("--sampler-steps", type=int, metavar="N", help="instead of sampling.steps")
     p.add_argument("--out", required=True, metavar="DIR")
 
@@ -346,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the pipeline output holding --checkpoint, if another (e.g. snapshots/; recorded for provenance)",
     )
     p.add_argument("--sampler-steps", type=int, metavar="N", help="the samples' steps, if not sampling.steps")
+    p.add_argument("--pretrained", action="store_true", help="the checkpoint is the authors' release")
     p.add_argument(
         "--training-step", type=int, metavar="N", help="the checkpoint's step, if not training.steps"
     )
@@ -358,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE")
 
     p = stage("sample-grid", cmd_sample_grid, "A grid of the first samples (PNG and PDF).")
+    p.add_argument("--experiment", required=True)
+    p.add_argument(
+        "--data", required=True, metavar="DIR", help="prepared dataset (captions of text experiments)"
+    )
     p.add_argument("--samples", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="STEM", help="output path without .png / .pdf")
 
@@ -369,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("tables", cmd_tables, "Render paper_tables/ (Markdown and LaTeX) from the metrics files.")
     p.add_argument("--metrics", nargs="+", required=True, metavar="FILE")
     p.add_argument("--out-dir", required=True, metavar="DIR")
+
+    p = stage("plan", cmd_plan, "Estimated A100-hours to train and sample experiments (no data needed).")
+    p.add_argument("--experiment", nargs="*", help="experiments (default: every paper-scale one)")
 
     p = stage(
         "verify",

@@ -8,6 +8,7 @@ An experiment's settings are `defaults` deep-merged with its entry under `experi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -54,8 +55,63 @@ def load_params(path: str | Path = "params.yaml", schema_path: str | Path | None
     schema_path = Path(schema_path) if schema_path else path.parent / SCHEMA_PATH
     schema = yaml.safe_load(schema_path.read_text())
     validate_against_schema(params, schema, source=str(path))
-    check_references(params, source=str(path))
+    expand_ablations(params, source=str(path))
+    with ablation_keys_named(params, source=str(path)):
+        written = {key: value for key, value in params.items() if key != "target_grids"}
+        validate_against_schema(written, schema, source=str(path))
+        check_references(params, source=str(path))
     return params
+
+
+def ablation_experiment_name(grid: str, axis: str, value: Any) -> str:
+    """The experiment of one grid value, e.g. skip_demo__skip_add or cifar10_ablation__depth_17."""
+    return f"{grid}__{axis}_{str(value).lower().replace('.', 'p').replace('-', 'm')}"
+
+
+def expand_ablations(params: dict, source: str = "params.yaml") -> None:
+    """Turn every value of every ablation axis into an experiment (the base experiment with that one model key
+    changed), and every grid name in `targets` into the grid's experiments. In place."""
+    grids, experiments = params.get("ablations") or {}, params["experiments"]
+    for grid, spec in grids.items():
+        base = experiments.get(spec["base"])
+        if base is None:
+            raise ConfigError(f"{source}: ablations.{grid}.base: unknown experiment {spec['base']!r}")
+        for axis, values in spec["axes"].items():
+            for value in values:
+                name = ablation_experiment_name(grid, axis, value)
+                if name in experiments:
+                    raise ConfigError(f"{source}: ablations.{grid}: experiment {name!r} already exists")
+                entry = deep_merge(base, {"model": {axis: value}})
+                entry["description"] = f"{base['description']}; ablation: {axis} = {value}"
+                entry["ablation"] = {"grid": grid, "axis": axis, "value": value}
+                experiments[name] = entry
+    params["target_grids"] = [target for target in params["targets"] if target in grids]
+    params["targets"] = [
+        name for target in params["targets"] for name in (grid_experiments(params, target) or [target])
+    ]
+
+
+def grid_experiments(params: dict, grid: str) -> list[str]:
+    """The experiments of an ablation grid, axis by axis in params.yaml order (empty if no such grid)."""
+    spec = (params.get("ablations") or {}).get(grid)
+    if spec is None:
+        return []
+    return [ablation_experiment_name(grid, a, v) for a, values in spec["axes"].items() for v in values]
+
+
+@contextlib.contextmanager
+def ablation_keys_named(params: dict, source: str):
+    """Errors in an expanded experiment name the ablation grid value that made it."""
+    try:
+        yield
+    except ConfigError as err:
+        for name, exp in params["experiments"].items():
+            prefix = f"{source}: experiments.{name}"
+            if "ablation" in exp and str(err).startswith((prefix + ".", prefix + ":")):
+                a = exp["ablation"]
+                where = f"{source}: ablations.{a['grid']}.axes.{a['axis']} (value {a['value']!r}, experiment {name})"
+                raise ConfigError(where + str(err)[len(prefix) :]) from None
+        raise
 
 
 def validate_against_schema(params: Any, schema: dict, source: str = "params.yaml") -> None:
@@ -188,6 +244,11 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
                 f"{key}.training.keep_steps.{i}: {step} is not before the last step ({exp['training']['steps']}); "
                 "the final weights are always evaluated"
             )
+    if exp["condition"] == "text" and "text_encoder" not in params["datasets"][exp["dataset"]]:
+        raise ConfigError(
+            f"{key}.condition: text needs captions: dataset {exp['dataset']!r} sets no text_encoder "
+            "(text datasets: source mscoco or emoji)"
+        )
     schedule, sampler = exp["diffusion"]["schedule"], exp["sampling"]["sampler"]
     if schedule not in SAMPLER_SCHEDULES[sampler]:
         raise ConfigError(
@@ -198,13 +259,20 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
         exp["condition"] == "none" or exp["training"]["cond_drop_prob"] == 0
     ):
         raise ConfigError(
-            f"{key}.sampling.guidance_scale: guidance needs condition: class and training.cond_drop_prob > 0"
+            f"{key}.sampling.guidance_scale: guidance needs condition: class or text and training.cond_drop_prob > 0"
         )
 
 
 def autoencoder_downsampling(ae: dict) -> int:
-    """Spatial downsampling factor of an AutoencoderKL with these block channels."""
-    return 2 ** (len(ae["block_channels"]) - 1)
+    """Spatial downsampling factor: a pretrained autoencoder's, or an AutoencoderKL's with these block channels."""
+    return ae["downsampling"] if "pretrained" in ae else 2 ** (len(ae["block_channels"]) - 1)
+
+
+def latent_geometry(params: dict, exp: dict) -> tuple[tuple[int, int, int], float | None]:
+    """(latent shape, fixed scale factor or None if measured) of a latent experiment's autoencoder."""
+    ae = params["autoencoders"][exp["autoencoder"]]
+    side = token_grid_size(params, exp)
+    return (ae["latent_channels"], side, side), ae.get("scale_factor")
 
 
 def token_grid_size(params: dict, exp: dict) -> int:
@@ -229,7 +297,8 @@ def fid_metrics_paths(params: dict, name: str) -> list[str]:
     """An experiment's FID metrics files (the DAG's outputs, the tables' inputs): final, then curve points."""
     exp = resolve_experiment(params, name)
     curve = [f"metrics/{name}/curve/step{s}-nfe{n}.json" for s, n in curve_points(exp)]
-    return [f"metrics/{name}/fid.json", *curve]
+    pretrained = [f"metrics/{name}/pretrained_fid.json"] if exp["evaluation"]["pretrained_weights"] else []
+    return [f"metrics/{name}/fid.json", *curve, *pretrained]
 
 
 def stage_settings(exp: dict, stage: str) -> dict:

@@ -171,21 +171,24 @@ def noise_prediction_loss(
 
 
 def drop_condition(
-    labels: torch.Tensor, null_label: int, prob: float, generator: torch.Generator | None = None
+    cond: torch.Tensor, null: int | torch.Tensor, prob: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Classifier-free guidance training: replace each label by the null label with probability `prob`."""
-    drop = torch.rand(len(labels), generator=generator) < prob
-    return torch.where(drop.to(labels.device), torch.full_like(labels, null_label), labels)
+    """Classifier-free guidance training: replace each condition (a class index, or a text context) by the
+    null one (the null class, or the empty caption's context) with probability `prob`."""
+    drop = torch.rand(len(cond), generator=generator) < prob
+    mask = drop.to(cond.device).view(-1, *[1] * (cond.ndim - 1))
+    return torch.where(mask, torch.as_tensor(null, dtype=cond.dtype, device=cond.device), cond)
 
 
 def guided_noise_predictor(
     model: Callable[..., torch.Tensor],
     schedule: Schedule,
     labels: torch.Tensor | None = None,
-    null_label: int | None = None,
+    null_label: int | torch.Tensor | None = None,
     guidance_scale: float = 0.0,
 ) -> NoisePredictor:
-    """eps(x_t, t) with classifier-free guidance eps = eps_c + s (eps_c - eps_u), cond and uncond in one batch."""
+    """eps(x_t, t) with classifier-free guidance eps = eps_c + s (eps_c - eps_u), cond and uncond in one batch.
+    `labels` are class indices or text contexts; `null_label` the null class or the empty caption's context."""
 
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t_in = schedule.model_time(t.to(x.device).expand(x.shape[0]))
@@ -194,9 +197,8 @@ def guided_noise_predictor(
         cond = labels.to(x.device)
         if guidance_scale == 0:
             return model(x, t_in, cond).float()
-        both = model(
-            torch.cat([x, x]), torch.cat([t_in, t_in]), torch.cat([cond, torch.full_like(cond, null_label)])
-        )
+        null = torch.as_tensor(null_label, dtype=cond.dtype, device=x.device).expand_as(cond)
+        both = model(torch.cat([x, x]), torch.cat([t_in, t_in]), torch.cat([cond, null]))
         eps_cond, eps_uncond = both.float().chunk(2)
         return eps_cond + guidance_scale * (eps_cond - eps_uncond)
 

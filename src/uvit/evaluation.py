@@ -80,7 +80,12 @@ def evaluation_point(exp: dict, training_step: int | None = None, sampler_steps:
 
 
 def fid_of_samples(
-    exp: dict, inputs: dict[str, str], floor_path: Path, metrics_path: Path, log=print
+    exp: dict,
+    inputs: dict[str, str],
+    floor_path: Path,
+    metrics_path: Path,
+    pretrained: bool = False,
+    log=print,
 ) -> dict:
     """FID of the experiment's sample folder, with its floor, protocol and provenance."""
     import json
@@ -113,6 +118,7 @@ def fid_of_samples(
         "sampler_steps": exp["sampling"]["steps"],
         "guidance_scale": exp["sampling"]["guidance_scale"],
         "training_steps": exp["training"]["steps"],
+        "weights": "authors' release (evaluation only)" if pretrained else "trained by this pipeline",
         "model": exp["model"]["name"]
         or f"U-ViT (D={exp['model']['embed_dim']}, depth={exp['model']['depth']}, p={exp['model']['patch_size']})",
         "provenance": record(settings, {**inputs, "floor": str(floor_path)}, settings_hash(settings)),

@@ -323,7 +323,11 @@ class FastInception(nn.Module):
 class InceptionFeatureExtractor:
     """uint8 images -> clean-fid "clean"-mode Inception features (float64, N x 2048)."""
 
-    def __init__(self, device: str | torch.device = "cpu", precision: str = "fp32", batch_size: int = 32):
+    def __init__(
+        self, device: str | torch.device | None = None, precision: str = "fp32", batch_size: int = 32
+    ):
+        """device None: the first GPU when there is one, else the CPU."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.device = torch.device(device)
@@ -465,6 +469,16 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def import_statistics(source: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Check a given reference .npz (the authors' fid_stats, ADM's reference batches) and store its mu and sigma."""
+    mu, sigma = load_statistics(source)
+    if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
+        raise ValueError(
+            f"{source}: mu {mu.shape} and sigma {sigma.shape} are not 2048-d Inception pool statistics"
+        )
+    save_statistics(out, mu, sigma, source=np.array(str(source)))
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -189,6 +190,26 @@ def sample_grid(sample_dir: Path, out_stem: Path, rows: int = 8, cols: int = 8) 
     ax.set_axis_off()
     atomic_write_bytes(pdf, figure_bytes(fig, "pdf"))
     return [png, pdf]
+
+
+def captioned_samples(
+    sample_dir: Path, captions: list[str], out_stem: Path, rows: int = 4, cols: int = 6
+) -> list[Path]:
+    """Text-to-image samples with the caption each was drawn for (sample i: captions[i]) under it."""
+    files = sorted(Path(sample_dir).glob("*.png"))[: rows * cols]
+    if not files:
+        raise FileNotFoundError(f"{sample_dir}: no PNG samples for the grid")
+    rows = math.ceil(len(files) / cols)
+    fig = Figure(figsize=(1.6 * cols, 1.9 * rows), layout="constrained")
+    for ax, file, caption in zip(
+        fig.subplots(rows, cols, squeeze=False).ravel(), files, captions, strict=False
+    ):
+        ax.imshow(np.asarray(Image.open(file).convert("RGB")), interpolation="nearest")
+        ax.set_title("\n".join(textwrap.wrap(caption, 22)[:3]), fontsize=6)
+        ax.set_axis_off()
+    for ax in fig.axes[len(files) :]:
+        ax.set_axis_off()
+    return save_figure(fig, out_stem)
 
 
 def fid_over_training(

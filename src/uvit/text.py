@@ -9,6 +9,8 @@ all-MiniLM-L6-v2 (384 wide) for the demo.
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +73,12 @@ def minilm_path() -> Path:
 
 
 def encode_caption_dataset(
-    split_dir: Path, encoder_path: Path, out_dir: Path, shard_size: int = 10000, log=print
+    split_dir: Path,
+    encoder_path: Path,
+    out_dir: Path,
+    shard_size: int = 10000,
+    tokens: int = CONTEXT_TOKENS,
+    log=print,
 ) -> dict:
     """Encode every caption of a prepared text dataset: `contexts` shards (captions x 77 x width float32)
     with the `image_index` of each caption, the empty caption's `null_context.npy`, and a manifest."""
@@ -82,7 +89,7 @@ def encode_caption_dataset(
     captions = load_captions(split_dir)
     flat = [caption for image_captions in captions for caption in image_captions]
     image_index = np.repeat(np.arange(len(captions)), [len(c) for c in captions]).astype(np.int64)
-    encoder = TextEncoder(encoder_path)
+    encoder = TextEncoder(encoder_path, max_length=tokens)
     start = time.perf_counter()
     contexts = encoder.encode(flat, progress=True)
     seconds = time.perf_counter() - start
@@ -90,8 +97,10 @@ def encode_caption_dataset(
         f"encode text: {len(flat)} captions in {seconds:.1f} s ({len(flat) / max(seconds, 1e-9):.1f} captions/s)"
     )
     shards = write_shards(out_dir, {"contexts": contexts, "image_index": image_index}, shard_size)
-    atomic_write_bytes(out_dir / "null_context.npy", npy_bytes(encoder.null_context()))
+    null = npy_bytes(encoder.null_context())
+    atomic_write_bytes(out_dir / "null_context.npy", null)
     manifest = {
+        "null_context": {"file": "null_context.npy", "md5": hashlib.md5(null).hexdigest()},
         "encoder": str(encoder_path),
         "context_shape": list(contexts.shape[1:]),
         "captions": len(flat),
@@ -100,3 +109,40 @@ def encode_caption_dataset(
     }
     write_manifest(out_dir, manifest)
     return manifest
+
+
+class Contexts:
+    """The encoded captions of a split: each image's caption rows, and the null (empty caption) context."""
+
+    def __init__(self, text_dir: Path):
+        from uvit.data import read_checked, read_manifest, read_shards
+
+        text_dir = Path(text_dir)
+        manifest = read_manifest(text_dir)
+        arrays = read_shards(text_dir, manifest, "encode_text")
+        self.contexts = torch.from_numpy(arrays["contexts"])
+        image_index = torch.from_numpy(arrays["image_index"])
+        counts = torch.bincount(image_index, minlength=manifest["images"])
+        if (counts == 0).any():
+            raise ValueError(f"{text_dir}: image {int((counts == 0).nonzero()[0])} has no caption")
+        self.first = torch.cumsum(counts, 0) - counts  # captions are stored image by image
+        self.counts = counts
+        entry = manifest["null_context"]
+        null = np.load(
+            io.BytesIO(read_checked(text_dir / entry["file"], entry["md5"], text_dir, "encode_text"))
+        )
+        self.null = torch.from_numpy(null)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(tokens, width) of one context."""
+        return tuple(self.contexts.shape[1:])
+
+    def of_images(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One caption of each image, drawn uniformly among its captions (COCO has five per image)."""
+        pick = (torch.rand(len(index), generator=generator) * self.counts[index]).long()
+        return self.contexts[self.first[index] + pick]
+
+    def cycled(self, indices: list[int]) -> torch.Tensor:
+        """Caption i mod N for sample i: samples follow the split's captions in order (evaluation)."""
+        return self.contexts[torch.tensor(indices) % len(self.contexts)]

@@ -33,6 +33,7 @@ from uvit.config import settings_hash
 from uvit.data import atomic_write_bytes, load_split, num_classes
 from uvit.diffusion import drop_condition, make_schedule, mix_seed, noise_prediction_loss
 from uvit.model import UViT, build_model
+from uvit.text import Contexts
 
 # Settings that do not change the trajectory of training; a checkpoint made under other values resumes.
 # (grad_accumulation only regroups the same global batch: same trajectory up to float rounding.)
@@ -171,13 +172,43 @@ def batch_indices(step: int, batch_size: int, size: int, seed: int) -> torch.Ten
 # --------------------------------------------------------------------------------------------------------
 
 
-def model_for(exp: dict, data_shape: tuple[int, ...], classes: int) -> UViT:
-    """The experiment's U-ViT; a class model gets one extra (null) class when it is trained for guidance."""
+def model_for(
+    exp: dict, data_shape: tuple[int, ...], classes: int, context_shape: tuple[int, int] | None = None
+) -> UViT:
+    """The experiment's U-ViT; a class model gets one extra (null) class when it is trained for guidance; a
+    text model reads contexts of `context_shape` (tokens, width) from its text encoder."""
     if exp["condition"] == "class":
         classes = classes + (1 if exp["training"]["cond_drop_prob"] > 0 else 0)
     else:
         classes = 0
-    return build_model(exp["model"], img_size=data_shape[1], in_chans=data_shape[0], num_classes=classes)
+    tokens, width = context_shape if exp["condition"] == "text" else (0, 0)
+    model_cfg = exp["model"] | ({"context_tokens": tokens} if tokens else {})
+    return build_model(
+        model_cfg, img_size=data_shape[1], in_chans=data_shape[0], num_classes=classes, context_dim=width
+    )
+
+
+class Conditions:
+    """What a batch is conditioned on: nothing, class labels, or a text context per image (one of its captions);
+    with `cond_drop_prob` > 0 each is replaced by its null value at that rate (classifier-free guidance)."""
+
+    def __init__(self, exp: dict, classes: int, text_dir: Path | None = None):
+        self.kind, self.drop = exp["condition"], exp["training"]["cond_drop_prob"]
+        self.null = classes if self.kind == "class" else None
+        self.contexts = None
+        if self.kind == "text":
+            if text_dir is None:
+                raise ValueError(f"{exp['name']}: a text experiment needs its encoded captions (--text)")
+            self.contexts = Contexts(text_dir)
+            self.null = self.contexts.null
+
+    def draw(
+        self, index: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor | None:
+        if self.kind == "none":
+            return None
+        cond = labels if self.kind == "class" else self.contexts.of_images(index, generator)
+        return drop_condition(cond, self.null, self.drop, generator) if self.drop > 0 else cond
 
 
 def warmup_constant(warmup_steps: int):
@@ -305,6 +336,7 @@ def train(
     latent_dir: Path | None = None,
     log=print,
     preview: Preview | None = None,
+    text_dir: Path | None = None,
 ) -> dict:
     """Train (or resume) the experiment; write nnet.pth / nnet_ema.pth (authors' layout), the EMA snapshots of
     `keep_steps` and the loss log. `preview(step, ema)` runs on rank 0 every `training.sample_every` steps."""
@@ -318,6 +350,7 @@ def train(
             log if processes.main else lambda _: None,
             processes,
             preview if processes.main else None,
+            text_dir,
         )
     except (torch.OutOfMemoryError, RuntimeError) as err:
         if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err):
@@ -333,6 +366,7 @@ def _train(
     log,
     processes: Processes,
     preview: Preview | None,
+    text_dir: Path | None,
 ) -> dict:
     cfg = exp["training"]
     device = processes.device
@@ -345,8 +379,10 @@ def _train(
         else PixelData(data_dir, cfg["hflip"])
     )
     classes = num_classes(data_dir / "train")
+    conditions = Conditions(exp, classes, text_dir)
     torch.manual_seed(cfg["seed"])
-    model = model_for(exp, data.shape, classes).to(device)
+    context_shape = conditions.contexts.shape if conditions.contexts is not None else None
+    model = model_for(exp, data.shape, classes, context_shape).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"]
@@ -354,7 +390,6 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(cfg["warmup_steps"]))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     schedule = make_schedule(exp["diffusion"]["schedule"])
-    null_class = classes if cfg["cond_drop_prob"] > 0 else None
     share = processes.share(cfg["batch_size"])
     micros = micro_batches(share, cfg.get("grad_accumulation", 1))
 
@@ -394,15 +429,15 @@ def _train(
     for step in progress:
         # The whole global batch's randomness, drawn the same way on every rank; each rank takes its share.
         generator = torch.Generator().manual_seed(mix_seed(cfg["seed"], step + 1))
-        x0, labels = data.batch(batch_indices(step, cfg["batch_size"], len(data), cfg["seed"]), generator)
-        if exp["condition"] == "class" and null_class is not None:
-            labels = drop_condition(labels, null_class, cfg["cond_drop_prob"], generator)
+        index = batch_indices(step, cfg["batch_size"], len(data), cfg["seed"])
+        x0, labels = data.batch(index, generator)
+        cond = conditions.draw(index, labels, generator)
         t = schedule.sample_time(len(x0), generator)
         noise = torch.randn(x0.shape, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=device)
         for i, micro in enumerate(micros):
-            cond = {"cond": labels[micro].to(device)} if exp["condition"] == "class" else {}
+            cond_kwargs = {} if cond is None else {"cond": cond[micro].to(device)}
             sync = contextlib.nullcontext() if i == len(micros) - 1 or processes.world == 1 else net.no_sync()
             with sync:
                 with precision_context(precision, device):
@@ -412,7 +447,7 @@ def _train(
                         x0[micro].to(device),
                         t=t[micro].to(device),
                         noise=noise[micro].to(device),
-                        **cond,
+                        **cond_kwargs,
                     )
                 scaler.scale(loss / len(micros)).backward()
             loss_sum += loss.detach() / len(micros)

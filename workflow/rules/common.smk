@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from uvit.config import ConfigError, fid_metrics_paths, load_params, resolve_experiment, stage_settings
+from uvit.plan import estimate
 
 try:
     PARAMS = load_params("params.yaml")
@@ -14,6 +15,8 @@ except ConfigError as err:
 EXPERIMENTS = sorted(PARAMS["experiments"])
 DATASETS = sorted(PARAMS["datasets"])
 AUTOENCODERS = sorted(PARAMS["autoencoders"])
+PRETRAINED_AUTOENCODERS = [name for name in AUTOENCODERS if "pretrained" in PARAMS["autoencoders"][name]]
+TRAINED_AUTOENCODERS = sorted(set(AUTOENCODERS) - set(PRETRAINED_AUTOENCODERS))
 
 
 def experiment(wildcards):
@@ -48,13 +51,68 @@ def latent_inputs(wildcards):
         return {}
     return {
         "latents": f"data/latents/{exp['autoencoder']}",
-        "autoencoder": f"results/autoencoders/{exp['autoencoder']}",
+        "autoencoder": autoencoder_path(exp["autoencoder"]),
     }
 
 
+def autoencoder_path(name):
+    """A pretrained autoencoder as imported (a diffusers folder), or the folder the pipeline trains."""
+    if name in PRETRAINED_AUTOENCODERS:
+        return f"data/external/autoencoders/{name}"
+    return f"results/autoencoders/{name}"
+
+
+def encoder_input(wildcards):
+    return autoencoder_path(wildcards.autoencoder)
+
+
+def pretrained_autoencoder_source(wildcards):
+    return PARAMS["autoencoders"][wildcards.autoencoder]["pretrained"]
+
+
+def decoder_inputs(wildcards):
+    """Evaluation only: a latent experiment needs its autoencoder to decode, not the encoded dataset."""
+    exp = experiment(wildcards)
+    return {"autoencoder": autoencoder_path(exp["autoencoder"])} if exp["space"] == "latent" else {}
+
+
+def pretrained_weights_source(wildcards):
+    path = experiment(wildcards)["evaluation"]["pretrained_weights"]
+    if not path:
+        raise ValueError(
+            f"params.yaml: experiments.{wildcards.experiment}.evaluation.pretrained_weights: not set; give the path "
+            "of the authors' nnet_ema.pth for this row"
+        )
+    return path
+
+
+def scale_factor_flag(wildcards):
+    """A pretrained autoencoder's fixed latent scale; trained ones measure theirs."""
+    scale = PARAMS["autoencoders"][wildcards.autoencoder].get("scale_factor")
+    return f"--scale-factor {scale}" if scale else ""
+
+
+def text_inputs(stage):
+    """A text experiment's encoded captions: the training split's (train), the held-out split's (sample)."""
+
+    def inputs(wildcards):
+        exp = experiment(wildcards)
+        if exp["condition"] != "text":
+            return {}
+        split = "train" if stage == "train" else exp["sampling"].get("caption_split", "test")
+        return {"text": f"data/text/{exp['dataset']}/{split}"}
+
+    return inputs
+
+
+def text_encoder_args(wildcards):
+    cfg = PARAMS["datasets"][wildcards.dataset]
+    return f"--encoder {cfg['text_encoder']} --tokens {cfg.get('text_tokens', 77)}"
+
+
 def latent_args(wildcards, input):
-    """Command-line flags for the latent inputs present."""
-    flags = {"latents": "--latents", "autoencoder": "--autoencoder-dir"}
+    """Command-line flags for the latent and text inputs present."""
+    flags = {"latents": "--latents", "autoencoder": "--autoencoder-dir", "text": "--text"}
     return " ".join(f"{flag} {input[name]}" for name, flag in flags.items() if name in input.keys())
 
 
@@ -70,18 +128,34 @@ def reference_name(ev):
 
 
 def reference_stats(wildcards):
-    """The experiment's reference statistics: the given .npz, or the ones the pipeline computes (once)."""
+    """The experiment's reference statistics: a given .npz as imported, or the ones the pipeline computes once."""
     exp = experiment(wildcards)
     ev = exp["evaluation"]
-    return ev["reference_npz"] or f"results/fid_refs/{exp['dataset']}-{reference_name(ev)}.npz"
+    if ev["reference_npz"]:
+        return f"data/external/fid_refs/{reference_name(ev)}.npz"
+    return f"results/fid_refs/{exp['dataset']}-{reference_name(ev)}.npz"
+
+
+def given_reference(ref):
+    """The params.yaml path of a given reference .npz named `ref` (None if the pipeline computes it)."""
+    for name in EXPERIMENTS:
+        path = resolve_experiment(PARAMS, name)["evaluation"]["reference_npz"]
+        if path and reference_name({"reference_npz": path}) == ref:
+            return path
+    return None
+
+
+def given_reference_source(wildcards):
+    path = given_reference(wildcards.ref)
+    if path is None:
+        raise ValueError(f"no experiment gives evaluation.reference_npz named {wildcards.ref}.npz")
+    return path
 
 
 def floor_reference(wildcards):
-    """The reference file behind a floor's {ref} name (a given .npz of some experiment, else a computed one)."""
-    for name in EXPERIMENTS:
-        ev = PARAMS["experiments"][name].get("evaluation", {})
-        if ev.get("reference_npz") and reference_name(ev) == wildcards.ref:
-            return ev["reference_npz"]
+    """The reference file behind a floor's {ref} name: an imported .npz, else a computed one."""
+    if given_reference(wildcards.ref):
+        return f"data/external/fid_refs/{wildcards.ref}.npz"
     return f"results/fid_refs/{wildcards.dataset}-{wildcards.ref}.npz"
 
 
@@ -90,6 +164,52 @@ def fid_floor(wildcards):
     ev = exp["evaluation"]
     floor = f"{ev['floor_split']}{exp['sampling']['num_samples']}"
     return f"metrics/fid_floors/{exp['dataset']}-{reference_name(ev)}-{floor}.json"
+
+
+# Cluster resources of an experiment's GPU jobs (params.yaml `resources`), as the SLURM executor plugin reads
+# them: gpu and gpu_model -> --gpus=model:N, mem_mb -> --mem, runtime (minutes) -> -t, cpus_per_task.
+def gpu_count(wildcards):
+    return experiment(wildcards)["resources"]["gpus"]
+
+
+def fid_gpus(wildcards):
+    """FID runs in one process: one GPU when the experiment has any."""
+    return min(gpu_count(wildcards), 1)
+
+
+def gpu_model(wildcards):
+    return experiment(wildcards)["resources"]["gpu_model"] or ""
+
+
+def mem_mb(wildcards):
+    return experiment(wildcards)["resources"]["mem_gb"] * 1024
+
+
+def runtime_minutes(wildcards):
+    return int(experiment(wildcards)["resources"]["hours"] * 60)
+
+
+def cpus_per_task(wildcards):
+    return experiment(wildcards)["resources"]["cpus"]
+
+
+def estimated_gpu_hours(wildcards):
+    """Shown by a dry run (-n) beside the job: A100-hours to train, estimated by uvit.plan."""
+    return round(estimate(PARAMS, wildcards.experiment)["train_a100_hours"])
+
+
+def sampling_protocol(wildcards):
+    """The paper's protocol an evaluation runs, as a dry run shows it."""
+    cfg = experiment(wildcards)["sampling"]
+    return (
+        f"{cfg['sampler']}, {cfg['steps']} steps, guidance {cfg['guidance_scale']}, {cfg['num_samples']} samples"
+    )
+
+
+def launcher(wildcards):
+    """`uvit`, or torchrun with one process per GPU of the node when the experiment asks for several."""
+    gpus = experiment(wildcards)["resources"]["gpus"]
+    return f"torchrun --standalone --nproc_per_node {gpus} -m uvit.cli" if gpus > 1 else "uvit"
 
 
 def curve_model(wildcards):
@@ -106,15 +226,16 @@ def curve_model_input(wildcards):
     return f"results/{wildcards.experiment}/snapshots"
 
 
-TABLES = ["results", "training_steps", "sampler_steps"]
+TABLES = ["results", "training_steps", "sampler_steps", "ablations"]
 FIGURES = ["loss_curves", "fid_over_training", "fid_over_sampler_steps"]
+ABLATION_FIGURES = [f"ablation_{grid}" for grid in PARAMS["target_grids"]]
 
 
 def all_targets(experiments=None):
     experiments = experiments or PARAMS["targets"]
     return [
         *[f"paper_tables/{table}.{ext}" for table in TABLES for ext in ("md", "tex")],
-        *[f"paper_tables/figures/{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")],
+        *[f"paper_tables/figures/{name}.{ext}" for name in FIGURES + ABLATION_FIGURES for ext in ("png", "pdf")],
         *[f"paper_tables/figures/{name}_samples.{ext}" for name in experiments for ext in ("png", "pdf")],
         *[f"metrics/{name}/loss.csv" for name in experiments],
     ]

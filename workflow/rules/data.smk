@@ -16,6 +16,69 @@ rule prepare_data:
         "uvit prepare-data --dataset {wildcards.dataset} --out {output} 2> {log}"
 
 
+rule encode_text:
+    input:
+        data="data/prepared/{dataset}",
+    output:
+        directory("data/text/{dataset}/{split}"),
+    log:
+        "logs/encode_text/{dataset}-{split}.log",
+    benchmark:
+        "logs/encode_text/{dataset}-{split}.benchmark.tsv"
+    conda:
+        "../envs/uvit.yaml"
+    threads: workflow.cores
+    params:
+        encoder=text_encoder_args,
+    shell:
+        "uvit --threads {threads} encode-text --data {input.data}/{wildcards.split} {params.encoder}"
+        " --out {output} 2> {log}"
+
+
+rule import_autoencoder:
+    output:
+        directory("data/external/autoencoders/{autoencoder}"),
+    log:
+        "logs/import/{autoencoder}.log",
+    wildcard_constraints:
+        autoencoder="|".join(PRETRAINED_AUTOENCODERS),
+    conda:
+        "../envs/uvit.yaml"
+    params:
+        source=pretrained_autoencoder_source,
+    shell:
+        "uvit import --kind autoencoder --source {params.source} --out {output}"
+        " --key autoencoders.{wildcards.autoencoder}.pretrained 2> {log}"
+
+
+rule import_reference:
+    output:
+        "data/external/fid_refs/{ref}.npz",
+    log:
+        "logs/import/{ref}.log",
+    conda:
+        "../envs/uvit.yaml"
+    params:
+        source=given_reference_source,
+    shell:
+        "uvit import --kind reference --source {params.source} --out {output}"
+        " --key evaluation.reference_npz 2> {log}"
+
+
+rule import_weights:
+    output:
+        "data/external/weights/{experiment}.pth",
+    log:
+        "logs/import/{experiment}.log",
+    conda:
+        "../envs/uvit.yaml"
+    params:
+        source=pretrained_weights_source,
+    shell:
+        "uvit import --kind weights --source {params.source} --out {output}"
+        " --key experiments.{wildcards.experiment}.evaluation.pretrained_weights 2> {log}"
+
+
 rule train_autoencoder:
     input:
         data=autoencoder_dataset,
@@ -26,6 +89,8 @@ rule train_autoencoder:
         "logs/train_autoencoder/{autoencoder}.log",
     benchmark:
         "logs/train_autoencoder/{autoencoder}.benchmark.tsv"
+    wildcard_constraints:
+        autoencoder="|".join(TRAINED_AUTOENCODERS),
     conda:
         "../envs/uvit.yaml"
     threads: workflow.cores
@@ -38,7 +103,7 @@ rule train_autoencoder:
 
 rule encode_latents:
     input:
-        autoencoder="results/autoencoders/{autoencoder}",
+        autoencoder=encoder_input,
         data=autoencoder_dataset,
     output:
         directory("data/latents/{autoencoder}"),
@@ -49,6 +114,8 @@ rule encode_latents:
     conda:
         "../envs/uvit.yaml"
     threads: workflow.cores
+    params:
+        scale=scale_factor_flag,
     shell:
         "uvit --threads {threads} encode-latents --autoencoder-dir {input.autoencoder} --data {input.data}"
-        " --out {output} 2> {log}"
+        " {params.scale} --out {output} 2> {log}"

@@ -52,6 +52,12 @@ rule fid:
     conda:
         "../envs/uvit.yaml"
     threads: workflow.cores
+    resources:
+        gpu=fid_gpus,
+        gpu_model=gpu_model,
+        mem_mb=mem_mb,
+        runtime=runtime_minutes,
+        cpus_per_task=cpus_per_task,
     params:
         settings=settings_json("fid"),
     shell:
@@ -76,6 +82,12 @@ rule fid_curve_point:
     conda:
         "../envs/uvit.yaml"
     threads: workflow.cores
+    resources:
+        gpu=fid_gpus,
+        gpu_model=gpu_model,
+        mem_mb=mem_mb,
+        runtime=runtime_minutes,
+        cpus_per_task=cpus_per_task,
     params:
         settings=settings_json("fid"),
         model=curve_model,
@@ -83,4 +95,34 @@ rule fid_curve_point:
         "uvit --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples}"
         " --training-step {wildcards.step} --sampler-steps {wildcards.nfe} --reference {input.reference}"
         " --floor {input.floor} --data {input.data} --checkpoint {params.model} --weights-output {input.model}"
+        " --metrics {output} 2> {log}"
+
+
+rule fid_pretrained:
+    input:
+        samples="results/{experiment}/pretrained_samples",
+        model="data/external/weights/{experiment}.pth",
+        data=prepared,
+        reference=reference_stats,
+        floor=fid_floor,
+    output:
+        "metrics/{experiment}/pretrained_fid.json",
+    log:
+        "logs/fid/{experiment}-pretrained.log",
+    benchmark:
+        "logs/fid/{experiment}-pretrained.benchmark.tsv"
+    conda:
+        "../envs/uvit.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=fid_gpus,
+        gpu_model=gpu_model,
+        mem_mb=mem_mb,
+        runtime=runtime_minutes,
+        cpus_per_task=cpus_per_task,
+    params:
+        settings=settings_json("fid"),
+    shell:
+        "uvit --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples} --pretrained"
+        " --reference {input.reference} --floor {input.floor} --data {input.data} --checkpoint {input.model}"
         " --metrics {output} 2> {log}"

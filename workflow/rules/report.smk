@@ -3,7 +3,8 @@
 
 rule sample_grid:
     input:
-        "results/{experiment}/samples",
+        samples="results/{experiment}/samples",
+        data=prepared,
     output:
         png=report(
             "paper_tables/figures/{experiment}_samples.png",
@@ -18,7 +19,8 @@ rule sample_grid:
     params:
         stem="paper_tables/figures/{experiment}_samples",
     shell:
-        "uvit sample-grid --samples {input} --out {params.stem} 2> {log}"
+        "uvit sample-grid --experiment {wildcards.experiment} --data {input.data} --samples {input.samples}"
+        " --out {params.stem} 2> {log}"
 
 
 rule figures:
@@ -44,6 +46,15 @@ rule figures:
             category="FID curves",
         ),
         sampler_pdf="paper_tables/figures/fid_over_sampler_steps.pdf",
+        ablation=[
+            report(
+                f"paper_tables/figures/{name}.png",
+                caption="../report/ablation.rst",
+                category="Ablations",
+            )
+            for name in ABLATION_FIGURES
+        ],
+        ablation_pdf=[f"paper_tables/figures/{name}.pdf" for name in ABLATION_FIGURES],
     log:
         "logs/figures.log",
     conda:
@@ -70,6 +81,12 @@ rule tables:
             category="Tables",
         ),
         sampler_tex="paper_tables/sampler_steps.tex",
+        ablations=report(
+            "paper_tables/ablations.md",
+            caption="../report/ablations.rst",
+            category="Ablations",
+        ),
+        ablations_tex="paper_tables/ablations.tex",
     log:
         "logs/tables.log",
     conda:

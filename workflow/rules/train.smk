@@ -5,6 +5,7 @@
 rule train:
     input:
         unpack(latent_inputs),
+        unpack(text_inputs("train")),
         data=prepared,
     output:
         ema="results/{experiment}/nnet_ema.pth",
@@ -20,22 +21,33 @@ rule train:
     conda:
         "../envs/uvit.yaml"
     threads: workflow.cores
+    resources:
+        gpu=gpu_count,
+        gpu_model=gpu_model,
+        mem_mb=mem_mb,
+        runtime=runtime_minutes,
+        cpus_per_task=cpus_per_task,
+        est_a100_hours=estimated_gpu_hours,
     params:
+        launcher=launcher,
         settings=settings_json("train"),
         latents=latent_args,
         run_dir="results/{experiment}",
     shell:
-        "uvit --threads {threads} train --experiment {wildcards.experiment} --data {input.data} {params.latents}"
+        "{params.launcher} --threads {threads} train --experiment {wildcards.experiment} --data {input.data} {params.latents}"
         " --out {params.run_dir} --metrics {output.metrics} --loss-plot {output.loss_plot} 2> {log}"
 
 
 rule sample:
     input:
         unpack(latent_inputs),
+        unpack(text_inputs("sample")),
         model="results/{experiment}/nnet_ema.pth",
         data=prepared,
     output:
         directory("results/{experiment}/samples"),
+    message:
+        "{wildcards.experiment}: {params.protocol}"
     log:
         "logs/sample/{experiment}.log",
     benchmark:
@@ -43,17 +55,26 @@ rule sample:
     conda:
         "../envs/uvit.yaml"
     threads: workflow.cores
+    resources:
+        gpu=gpu_count,
+        gpu_model=gpu_model,
+        mem_mb=mem_mb,
+        runtime=runtime_minutes,
+        cpus_per_task=cpus_per_task,
     params:
+        launcher=launcher,
         settings=settings_json("sample"),
         latents=latent_args,
+        protocol=sampling_protocol,
     shell:
-        "uvit --threads {threads} sample --experiment {wildcards.experiment} --model {input.model}"
+        "{params.launcher} --threads {threads} sample --experiment {wildcards.experiment} --model {input.model}"
         " --data {input.data} {params.latents} --out {output} 2> {log}"
 
 
 rule sample_curve_point:
     input:
         unpack(latent_inputs),
+        unpack(text_inputs("sample")),
         model=curve_model_input,
         data=prepared,
     output:
@@ -65,10 +86,50 @@ rule sample_curve_point:
     conda:
         "../envs/uvit.yaml"
     threads: workflow.cores
+    resources:
+        gpu=gpu_count,
+        gpu_model=gpu_model,
+        mem_mb=mem_mb,
+        runtime=runtime_minutes,
+        cpus_per_task=cpus_per_task,
     params:
+        launcher=launcher,
         settings=settings_json("sample"),
         latents=latent_args,
         model=curve_model,
     shell:
-        "uvit --threads {threads} sample --experiment {wildcards.experiment} --model {params.model}"
+        "{params.launcher} --threads {threads} sample --experiment {wildcards.experiment} --model {params.model}"
         " --sampler-steps {wildcards.nfe} --data {input.data} {params.latents} --out {output} 2> {log}"
+
+
+rule sample_pretrained:
+    input:
+        unpack(decoder_inputs),
+        unpack(text_inputs("sample")),
+        model="data/external/weights/{experiment}.pth",
+        data=prepared,
+    output:
+        directory("results/{experiment}/pretrained_samples"),
+    message:
+        "{wildcards.experiment}, the authors' weights: {params.protocol}"
+    log:
+        "logs/sample/{experiment}-pretrained.log",
+    benchmark:
+        "logs/sample/{experiment}-pretrained.benchmark.tsv"
+    conda:
+        "../envs/uvit.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=gpu_count,
+        gpu_model=gpu_model,
+        mem_mb=mem_mb,
+        runtime=runtime_minutes,
+        cpus_per_task=cpus_per_task,
+    params:
+        launcher=launcher,
+        settings=settings_json("sample"),
+        latents=latent_args,
+        protocol=sampling_protocol,
+    shell:
+        "{params.launcher} --threads {threads} sample --experiment {wildcards.experiment} --model {input.model}"
+        " --data {input.data} {params.latents} --out {output} 2> {log}"

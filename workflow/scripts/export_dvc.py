@@ -29,6 +29,8 @@ HEADER = "# Generated from the Snakefile by workflow/scripts/export_dvc.py; do n
 # The uvit modules behind each CLI subcommand; their transitive uvit imports become the stage's code deps.
 ENTRY_MODULES = {
     "prepare-data": ("data",),
+    "import": ("fid", "autoencoder", "sampling"),
+    "encode-text": ("text",),
     "train-autoencoder": ("autoencoder",),
     "encode-latents": ("autoencoder",),
     "train": ("training", "sampling", "figures"),  # sample grids during training
@@ -42,11 +44,16 @@ ENTRY_MODULES = {
 }
 PACKAGE_DATA = {"report": ["src/uvit/paper_results.yaml", "src/uvit/templates"]}
 # Rules that run a stage of uvit.config.STAGE_SECTIONS under another name.
-RULE_STAGES = {"sample_curve_point": "sample", "fid_curve_point": "fid"}
+RULE_STAGES = {
+    "sample_curve_point": "sample",
+    "sample_pretrained": "sample",
+    "fid_curve_point": "fid",
+    "fid_pretrained": "fid",
+}
 
 
-def snakemake_jobs() -> list:
-    """The jobs of the default target, as Snakemake plans them with every output missing (forceall)."""
+def snakemake_jobs(targets: list[str] | None = None) -> list:
+    """The jobs of the default target (or of `targets`), as Snakemake plans them with every output missing."""
     from snakemake.api import DAGSettings, OutputSettings, ResourceSettings, SnakemakeApi
     from snakemake.settings.enums import Quietness
 
@@ -57,7 +64,7 @@ def snakemake_jobs() -> list:
         workflow_api = api.workflow(
             resource_settings=ResourceSettings(cores=1), snakefile=ROOT / "Snakefile", workdir=ROOT
         )
-        workflow = workflow_api.dag(DAGSettings(forceall=True)).workflow_api._workflow
+        workflow = workflow_api.dag(DAGSettings(targets=targets or (), forceall=True)).workflow_api._workflow
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()
         return [job for job in workflow.dag.jobs if job.shellcmd]
@@ -99,11 +106,16 @@ def params_read(job, params: dict) -> list[str]:
     if rule == "train_autoencoder":
         return [f"autoencoders.{wildcards['autoencoder']}"]
     if rule in ("tables", "figures"):
-        return ["targets", "experiments"]
+        return ["targets", "experiments", *(["ablations"] if params.get("ablations") else [])]
     if rule not in STAGE_SECTIONS:
         return []
     name = wildcards["experiment"]
     keys = [f"defaults.{s}" for s in STAGE_SECTIONS[rule] if s in params["defaults"]]
+    ablation = params["experiments"][name].get("ablation")
+    if ablation:  # an experiment expanded from a grid: its base's keys and the grid's
+        grid = ablation["grid"]
+        name = params["ablations"][grid]["base"]
+        keys.append(f"ablations.{grid}")
     keys += [f"experiments.{name}.{s}" for s in STAGE_SECTIONS[rule] if s in params["experiments"][name]]
     return keys
 

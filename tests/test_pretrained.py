@@ -1,0 +1,62 @@
+"""The evaluation-only target: the authors' released EMA weights -> the paper's sampler -> FID, no training.
+
+The test writes a small U-ViT's weights in the authors' nnet_ema.pth layout (a plain state_dict with their
+parameter names) and runs `metrics/<experiment>/pretrained_fid.json` through the DAG in a project copy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_project_copy, run, set_params
+
+from uvit.config import load_params, resolve_experiment
+from uvit.training import model_for
+
+pytestmark = pytest.mark.slow
+
+AUTHORS_KEYS = ("patch_embed.proj.weight", "pos_embed", "in_blocks.0.attn.qkv.weight", "mid_block.mlp.fc1.weight",
+                "out_blocks.0.skip_linear.weight", "norm.weight", "decoder_pred.weight", "final_layer.weight")  # fmt: skip
+
+
+def test_authors_weights_evaluate_without_training(tmp_path):
+    project = make_project_copy(tmp_path / "project", targets=["smoke_pixel"])
+    weights = project / "weights" / "nnet_ema.pth"
+    weights.parent.mkdir()
+    exp = resolve_experiment(load_params(project / "params.yaml"), "smoke_pixel")
+    torch.manual_seed(0)
+    state = model_for(exp, (1, 16, 16), classes=10).state_dict()
+    assert set(AUTHORS_KEYS) <= set(state)
+    torch.save(state, weights)
+    set_params(
+        project,
+        lambda p: p["experiments"]["smoke_pixel"]["evaluation"].__setitem__(
+            "pretrained_weights", "weights/nnet_ema.pth"
+        ),
+    )
+
+    run(["snakemake", "--cores", "2", "metrics/smoke_pixel/pretrained_fid.json"], project, timeout=900)
+    metrics = json.loads((project / "metrics/smoke_pixel/pretrained_fid.json").read_text())
+    assert metrics["weights"] == "authors' release (evaluation only)" and metrics["fid"] > 0
+    assert metrics["num_samples"] == 48 and metrics["sampler"] == exp["sampling"]["sampler"]
+    assert metrics["provenance"]["inputs"]["checkpoint"]["path"] == "data/external/weights/smoke_pixel.pth"
+    assert (project / "data/external/weights/smoke_pixel.pth").read_bytes() == weights.read_bytes()
+    assert not (project / "results/smoke_pixel/nnet_ema.pth").exists()  # nothing was trained
+    assert len(list((project / "results/smoke_pixel/pretrained_samples").glob("*.png"))) == 48
+
+
+class Payload:
+    """An arbitrary pickled object: weights-only loading must refuse it."""
+
+
+def test_weights_carrying_objects_are_refused(tmp_path):
+    from uvit.sampling import import_weights
+
+    bad = tmp_path / "nnet_ema.pth"
+    torch.save({"w": torch.zeros(1), "note": Payload()}, bad)
+    with pytest.raises(Exception, match=r"Weights only load failed"):
+        import_weights(bad, tmp_path / "out.pth")
+    with pytest.raises(FileNotFoundError, match=r"evaluation\.pretrained_weights"):
+        import_weights(tmp_path / "missing.pth", tmp_path / "out.pth")
