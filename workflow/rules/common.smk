@@ -201,9 +201,7 @@ def estimated_gpu_hours(wildcards):
 def sampling_protocol(wildcards):
     """The paper's protocol an evaluation runs, as a dry run shows it."""
     cfg = experiment(wildcards)["sampling"]
-    return (
-        f"{cfg['sampler']}, {cfg['steps']} steps, guidance {cfg['guidance_scale']}, {cfg['num_samples']} samples"
-    )
+    return f"{cfg['sampler']}, {cfg['steps']} steps, guidance {cfg['guidance_scale']}, {cfg['num_samples']} samples"
 
 
 def launcher(wildcards):
@@ -235,7 +233,11 @@ def all_targets(experiments=None):
     experiments = experiments or PARAMS["targets"]
     return [
         *[f"paper_tables/{table}.{ext}" for table in TABLES for ext in ("md", "tex")],
-        *[f"paper_tables/figures/{name}.{ext}" for name in FIGURES + ABLATION_FIGURES for ext in ("png", "pdf")],
+        *[
+            f"paper_tables/figures/{name}.{ext}"
+            for name in FIGURES + ABLATION_FIGURES
+            for ext in ("png", "pdf")
+        ],
         *[f"paper_tables/figures/{name}_samples.{ext}" for name in experiments for ext in ("png", "pdf")],
         *[f"metrics/{name}/loss.csv" for name in experiments],
     ]

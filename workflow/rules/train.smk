@@ -46,8 +46,6 @@ rule sample:
         data=prepared,
     output:
         directory("results/{experiment}/samples"),
-    message:
-        "{wildcards.experiment}: {params.protocol}"
     log:
         "logs/sample/{experiment}.log",
     benchmark:
@@ -66,6 +64,8 @@ rule sample:
         settings=settings_json("sample"),
         latents=latent_args,
         protocol=sampling_protocol,
+    message:
+        "{wildcards.experiment}: {params.protocol}"
     shell:
         "{params.launcher} --threads {threads} sample --experiment {wildcards.experiment} --model {input.model}"
         " --data {input.data} {params.latents} --out {output} 2> {log}"
@@ -110,8 +110,6 @@ rule sample_pretrained:
         data=prepared,
     output:
         directory("results/{experiment}/pretrained_samples"),
-    message:
-        "{wildcards.experiment}, the authors' weights: {params.protocol}"
     log:
         "logs/sample/{experiment}-pretrained.log",
     benchmark:
@@ -130,6 +128,8 @@ rule sample_pretrained:
         settings=settings_json("sample"),
         latents=latent_args,
         protocol=sampling_protocol,
+    message:
+        "{wildcards.experiment}, the authors' weights: {params.protocol}"
     shell:
         "{params.launcher} --threads {threads} sample --experiment {wildcards.experiment} --model {input.model}"
         " --data {input.data} {params.latents} --out {output} 2> {log}"
