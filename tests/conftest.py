@@ -80,7 +80,7 @@ def run(command: list[str], cwd: Path, check: bool = True, timeout: int = 600) -
 def project_params(tmp_path: Path, sampling: dict | None = None, **training) -> Path:
     """A params.yaml (with its schema beside it) whose smoke_pixel trains and samples with these settings."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["experiments"]["smoke_pixel"]["training"].update(training)
+    params["experiments"]["smoke_pixel"]["training"].update({"keep_steps": []} | training)
     params["experiments"]["smoke_pixel"]["sampling"].update(sampling or {})
     (tmp_path / "workflow" / "schemas").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "workflow/schemas/params.schema.yaml", tmp_path / "workflow/schemas/")

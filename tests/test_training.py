@@ -28,9 +28,8 @@ def digits(tmp_path_factory) -> Path:
 def smoke_experiment(steps: int, **training) -> dict:
     exp = resolve_experiment(load_params(ROOT / "params.yaml"), "smoke_pixel")
     exp = copy.deepcopy(exp)
-    exp["training"].update(
-        {"steps": steps, "checkpoint_every": 5, "keep_checkpoints": 2, "log_every": 5} | training
-    )
+    loop = {"steps": steps, "checkpoint_every": 5, "keep_checkpoints": 2, "log_every": 5, "keep_steps": []}
+    exp["training"].update(loop | training)
     return exp
 
 

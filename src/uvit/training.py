@@ -499,7 +499,7 @@ def _train(
     if processes.main:
         save_checkpoint(out_dir / "nnet.pth", model.state_dict())
         save_checkpoint(out_dir / "nnet_ema.pth", ema.state_dict())
-        write_snapshots(out_dir, cfg.get("keep_steps", []))
+        write_snapshots(out_dir, [s for s in cfg.get("keep_steps", []) if s < cfg["steps"]])
         write_loss_log(out_dir, history)
     processes.barrier()
     return {
