@@ -258,3 +258,11 @@ def test_two_gloo_processes_take_the_step_of_one_process_on_the_whole_batch(digi
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=name)
     assert json.loads((tmp_path / "two" / "train.json").read_text())["processes"] == 2
+
+
+def test_class_conditional_pixel_training_draws_labels_as_tensors(digits, tmp_path):
+    """Pixel data with class labels and guidance dropout (ImageNet 64's path): found broken on a GPU run."""
+    exp = smoke_experiment(6, cond_drop_prob=0.15)
+    exp["condition"] = "class"
+    metrics = train(exp, digits, tmp_path, log=lambda m: None)
+    assert math.isfinite(metrics["final_loss"]) and metrics["num_classes"] == 11  # 10 digits + the null class

@@ -110,8 +110,8 @@ class PixelData:
     """Prepared uint8 images, scaled to [-1, 1], optionally flipped at random."""
 
     def __init__(self, data_dir: Path, hflip: bool):
-        images, self.labels = load_split(data_dir / "train")
-        self.images = to_unit_range(images)
+        images, labels = load_split(data_dir / "train")
+        self.images, self.labels = to_unit_range(images), torch.from_numpy(labels)
         self.hflip = hflip
 
     def __len__(self) -> int:
