@@ -28,7 +28,7 @@ data: ## Fashion-MNIST from Debian when possible (the loader downloads it otherw
 $(EMOJI): ## the Noto emoji with their names (text-to-image demo), from the npm registry
 	mkdir -p $(dir $@) && npm pack emoji-datasource-google@16.0.0 --pack-destination $(dir $@) --silent
 
-demo: setup data $(EMOJI) ## run the demo experiments to paper_tables/ (about 20 minutes on 2 CPU cores)
+demo: setup data $(EMOJI) ## run the demo experiments to paper_tables/ (about 80 minutes on 2 CPU cores)
 	snakemake --cores all $(if $(wildcard .snakemake/metadata/*),,--forceall)
 
 lint: setup
