@@ -234,9 +234,10 @@ def cmd_sample_grid(args, params: dict) -> None:
 
     exp = resolve_experiment(params, args.experiment)
     if exp["condition"] == "text":
+        from uvit.config import caption_split
         from uvit.data import load_captions
 
-        split = Path(args.data) / exp["sampling"].get("caption_split", "test")
+        split = Path(args.data) / caption_split(exp)
         captions = [c for image_captions in load_captions(split) for c in image_captions]
         cycled = [captions[i % len(captions)] for i in range(exp["sampling"]["num_samples"])]
         written = captioned_samples(Path(args.samples), cycled, Path(args.out))
@@ -248,33 +249,27 @@ def cmd_sample_grid(args, params: dict) -> None:
 def cmd_figures(args, params: dict) -> None:
     """FID over training steps, FID over sampler steps and loss curves of the experiments given."""
     from uvit import figures
-    from uvit.report import curve_rows, paper_data, read_metrics
+    from uvit.report import curves_by_experiment, paper_data, read_metrics
 
     metrics = read_metrics(args.metrics)
     out_dir = Path(args.out_dir)
     paper = {name: m["fid"] for name, m in paper_data()["sampler_steps"]["models"].items()}
+    over_training = curves_by_experiment(params, metrics, "training_steps")
     written = figures.loss_curves({Path(p).parent.name: Path(p) for p in args.loss}, out_dir / "loss_curves")
-    for over, name in (("training_steps", "fid_over_training"), ("sampler_steps", "fid_over_sampler_steps")):
-        curves: dict[str, list[dict]] = {}
-        for _, m in curve_rows(params, metrics, over):
-            curves.setdefault(m["experiment"], []).append(m)
-        if over == "training_steps":
-            written += figures.fid_over_training(curves, out_dir / name)
-        else:
-            written += figures.fid_over_sampler_steps(curves, paper, out_dir / name)
-    written += ablation_figures(params, metrics, out_dir)
+    written += figures.fid_over_training(over_training, out_dir / "fid_over_training")
+    written += figures.fid_over_sampler_steps(
+        curves_by_experiment(params, metrics, "sampler_steps"), paper, out_dir / "fid_over_sampler_steps"
+    )
+    written += ablation_figures(params, over_training, out_dir)
     log("wrote " + ", ".join(map(str, written)))
 
 
-def ablation_figures(params: dict, metrics: dict[str, dict], out_dir: Path) -> list[Path]:
+def ablation_figures(params: dict, points: dict[str, list[dict]], out_dir: Path) -> list[Path]:
     """One figure per ablation grid of the targets: FID over training steps per value, a panel per axis."""
     from uvit import figures
     from uvit.config import ablation_experiment_name
-    from uvit.report import curve_rows, paper_data
+    from uvit.report import paper_data
 
-    points: dict[str, list[dict]] = {}
-    for _, m in curve_rows(params, metrics, "training_steps"):
-        points.setdefault(m["experiment"], []).append(m)
     paper_best = {axis: str(a["paper_choice"]) for axis, a in paper_data()["ablations"].items()}
     written = []
     for grid in params.get("target_grids", []):

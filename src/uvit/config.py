@@ -301,6 +301,11 @@ def fid_metrics_paths(params: dict, name: str) -> list[str]:
     return [f"metrics/{name}/fid.json", *curve, *pretrained]
 
 
+def caption_split(exp: dict) -> str:
+    """The split whose captions a text experiment samples for (optional key, so older settings keep their hash)."""
+    return exp["sampling"].get("caption_split", "test")
+
+
 def stage_settings(exp: dict, stage: str) -> dict:
     """The parts of a resolved experiment that one stage reads."""
     return {section: exp[section] for section in STAGE_SECTIONS[stage]}

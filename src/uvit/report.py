@@ -195,6 +195,14 @@ def curve_rows(params: dict, metrics: dict[str, dict], over: str) -> list[tuple[
     return sorted(points, key=lambda p: (p[1]["experiment"], p[1][over]))
 
 
+def curves_by_experiment(params: dict, metrics: dict[str, dict], over: str) -> dict[str, list[dict]]:
+    """The points of curve_rows grouped by experiment (the figures' input)."""
+    curves: dict[str, list[dict]] = {}
+    for _, m in curve_rows(params, metrics, over):
+        curves.setdefault(m["experiment"], []).append(m)
+    return curves
+
+
 CURVE_COLUMNS = [
     "Experiment", "Stands in for", "Scale", "Training steps", "Sampler, steps", "Our FID", "FID floor", "Samples",
     "Reference", "Guidance", "Checkpoint", "Samples hash", "Commit",

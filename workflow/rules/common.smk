@@ -4,7 +4,14 @@ import os
 import subprocess
 import sys
 
-from uvit.config import ConfigError, fid_metrics_paths, load_params, resolve_experiment, stage_settings
+from uvit.config import (
+    ConfigError,
+    caption_split,
+    fid_metrics_paths,
+    load_params,
+    resolve_experiment,
+    stage_settings,
+)
 from uvit.plan import estimate
 
 try:
@@ -99,7 +106,7 @@ def text_inputs(stage):
         exp = experiment(wildcards)
         if exp["condition"] != "text":
             return {}
-        split = "train" if stage == "train" else exp["sampling"].get("caption_split", "test")
+        split = "train" if stage == "train" else caption_split(exp)
         return {"text": f"data/text/{exp['dataset']}/{split}"}
 
     return inputs
