@@ -24,6 +24,17 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Small jobs run where Snakemake runs (on a cluster: the login node), not as submitted jobs.
+localrules:
+    all,
+    tables,
+    figures,
+    sample_grid,
+    import_autoencoder,
+    import_reference,
+    import_weights,
+
+
 rule all:
     default_target: True
     input:

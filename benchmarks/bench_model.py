@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from uvit.config import load_params, resolve_experiment
 from uvit.model import attention, build_model
+from uvit.precision import autocast, describe_device, resolve_precision
 
 
 def synchronize(device: torch.device) -> None:
@@ -60,10 +61,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 / seconds_per_call(lambda: a @ b, device, repeats=5, warmup=2)
 
 
-def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 class Workload:
     """One model on one device with random inputs of a fixed shape."""
 
@@ -84,7 +81,7 @@ class Workload:
 
     def train_step_fn(self, net: Callable, precision: str) -> Callable[[], None]:
         def step() -> None:
-            with autocast(self.device, precision):
+            with autocast(precision, self.device):
                 out = net(self.x, self.t, self.y)
             loss = (out.float() - self.x).square().mean()
             self.optimizer.zero_grad(set_to_none=True)
@@ -95,7 +92,7 @@ class Workload:
 
     def sample_fn(self, net: Callable, precision: str) -> Callable[[], None]:
         def evaluate() -> None:
-            with torch.inference_mode(), autocast(self.device, precision):
+            with torch.inference_mode(), autocast(precision, self.device):
                 net(self.x, self.t, self.y)
 
         return evaluate
@@ -105,7 +102,11 @@ def throughput_rows(model_cfg: dict, args: argparse.Namespace, device: torch.dev
     work = Workload(model_cfg, args, device)
     flops = work.forward_flops_per_image()
     params_m = sum(p.numel() for p in work.model.parameters()) / 1e6
-    peaks = {p: matmul_peak(device, torch.float32 if p == "fp32" else torch.bfloat16) for p in args.precision}
+    resolved = {
+        p: resolve_precision(p, device) for p in args.precision
+    }  # auto: what this device runs natively
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    peaks = {p: matmul_peak(device, dtypes[p]) for p in set(resolved.values())}
     modes = ["eager", "compiled"] if args.compile else ["eager"]
     rows = []
     for mode in modes:
@@ -117,7 +118,7 @@ def throughput_rows(model_cfg: dict, args: argparse.Namespace, device: torch.dev
             ):
                 work.model.train(task == "train")
                 start = time.perf_counter()
-                fn = make(net, precision)
+                fn = make(net, resolved[precision])
                 fn()  # first call: compiles in compiled mode
                 first_call_s = time.perf_counter() - start
                 seconds = seconds_per_call(fn, device, args.repeats, warmup=1)
@@ -129,11 +130,12 @@ def throughput_rows(model_cfg: dict, args: argparse.Namespace, device: torch.dev
                         task=task,
                         mode=mode,
                         precision=precision,
+                        runs_as=resolved[precision],
                         batch_size=args.batch_size,
                         images_per_s=images_per_s,
                         tflops=images_per_s * flops_per_image / 1e12,
-                        mfu=images_per_s * flops_per_image / peaks[precision],
-                        matmul_peak_tflops=peaks[precision] / 1e12,
+                        mfu=images_per_s * flops_per_image / peaks[resolved[precision]],
+                        matmul_peak_tflops=peaks[resolved[precision]] / 1e12,
                         first_call_s=first_call_s,
                     )
                 )
@@ -148,7 +150,7 @@ def throughput_rows(model_cfg: dict, args: argparse.Namespace, device: torch.dev
 
 def print_row(row: dict) -> None:
     print(
-        f"{row['model']:>14} {row['task']:>6} {row['mode']:>8} {row['precision']:>5} "
+        f"{row['model']:>14} {row['task']:>6} {row['mode']:>8} {row['precision']:>4}->{row['runs_as']:<4} "
         f"{row['images_per_s']:9.2f} img/s {row['tflops']:7.3f} TFLOP/s MFU {100 * row['mfu']:5.1f}% "
         f"(peak {row['matmul_peak_tflops']:.3f}; first call {row['first_call_s']:.1f} s)",
         flush=True,
@@ -156,11 +158,13 @@ def print_row(row: dict) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| model | task | mode | precision | batch | images/s | speed-up vs eager fp32 | TFLOP/s | MFU |")
+    print(
+        "\n| model | task | mode | precision (runs as) | batch | images/s | speed-up vs eager fp32 | TFLOP/s | MFU |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['model']} | {r['task']} | {r['mode']} | {r['precision']} | {r['batch_size']} | "
+            f"| {r['model']} | {r['task']} | {r['mode']} | {r['precision']} ({r['runs_as']}) | {r['batch_size']} | "
             f"{r['images_per_s']:.2f} | {r['speedup_vs_eager_fp32']:.2f}x | {r['tflops']:.3f} | {100 * r['mfu']:.1f}% |"
         )
 
@@ -223,7 +227,7 @@ def loss_check(model_cfg: dict, args: argparse.Namespace, device: torch.device) 
         for step in range(args.loss_check):
             generator = torch.Generator(device).manual_seed(step)
             x0 = data[step * args.batch_size : (step + 1) * args.batch_size]
-            with autocast(device, precision):
+            with autocast(precision, device):
                 loss = noise_prediction_loss(model, VPSchedule(), x0, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -261,7 +265,9 @@ def main(argv: list[str] | None = None) -> None:
         "--classes", type=int, default=0, help="class-conditional model with this many classes"
     )
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--precision", nargs="+", default=["auto", "fp32", "bf16"], choices=["auto", "fp32", "bf16", "fp16"]
+    )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -284,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         model_cfg, args.label = {"name": args.model}, args.model
     result: dict = dict(
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        device=describe_device(device),
+        processor=platform.processor() or platform.machine(),
         threads=torch.get_num_threads(),
         torch=torch.__version__,
         args={k: str(v) for k, v in vars(args).items()},

@@ -25,7 +25,8 @@ import torch
 from uvit.config import load_params, resolve_experiment
 from uvit.data import num_classes, read_manifest
 from uvit.diffusion import make_schedule, noise_prediction_loss
-from uvit.training import model_for, precision_context, train
+from uvit.precision import autocast, resolve_precision
+from uvit.training import model_for, train
 
 
 def bare_rate(exp: dict, shape: tuple[int, ...], classes: int, steps: int) -> float:
@@ -38,7 +39,7 @@ def bare_rate(exp: dict, shape: tuple[int, ...], classes: int, steps: int) -> fl
     cond = {"cond": torch.randint(classes, (len(x0),))} if exp["condition"] == "class" else {}
 
     def step() -> None:
-        with precision_context(cfg["precision"], torch.device("cpu")):
+        with autocast(resolve_precision(cfg["precision"], "cpu"), "cpu"):
             loss = noise_prediction_loss(model, schedule, x0, **cond)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     result = dict(
         experiment=args.experiment,
         batch_size=exp["training"]["batch_size"],
-        precision=exp["training"]["precision"],
+        precision=resolve_precision(exp["training"]["precision"], "cpu"),
         steps=args.steps,
         bare_images_per_s=statistics.median(bare),
         loop_images_per_s=statistics.median(loop),

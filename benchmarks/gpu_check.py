@@ -16,8 +16,9 @@ import torch
 
 from uvit.config import load_params, resolve_experiment
 from uvit.data import prepare_dataset
+from uvit.precision import resolve_precision
 from uvit.sampling import sample_experiment
-from uvit.training import effective_precision, train
+from uvit.training import train
 
 out = Path(os.environ.get("OUT", "/tmp/out"))
 out.mkdir(parents=True, exist_ok=True)
@@ -56,7 +57,7 @@ def md5(path):
 
 
 quiet = lambda m: None  # noqa: E731
-res["precision_used"] = effective_precision("bf16", torch.device("cuda"))
+res["precision_used"] = resolve_precision("auto", "cuda")
 t0 = time.perf_counter()
 m = train(experiment(40), data, Path("/tmp/straight"), log=quiet)
 res["train_40_steps_s"] = time.perf_counter() - t0

@@ -13,7 +13,8 @@ from conftest import project_params
 
 from uvit.config import load_params, resolve_experiment
 from uvit.data import prepare_dataset
-from uvit.training import NonFiniteLossError, batch_indices, effective_precision, snapshot_path, train
+from uvit.precision import cpu_flags, resolve_precision
+from uvit.training import NonFiniteLossError, batch_indices, snapshot_path, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,12 +171,31 @@ def test_sample_grid_preview_runs_every_n_steps_on_the_ema(digits, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("device", "supported", "expected"),
-    [("cuda", False, "fp16"), ("cuda", True, "bf16"), ("cpu", False, "bf16")],
+    ("requested", "device", "cuda_bf16", "cpu_bf16", "expected"),
+    [
+        ("auto", "cuda", True, False, "bf16"),  # Ampere and newer
+        ("auto", "cuda", False, False, "fp16"),  # pre-Ampere: fp16 with the gradient scaler
+        ("bf16", "cuda", False, False, "fp16"),
+        ("fp32", "cuda", True, False, "fp32"),
+        ("auto", "cpu", False, True, "bf16"),  # AVX512-BF16 / AMX / Arm BF16
+        ("auto", "cpu", False, False, "fp32"),  # AVX2 only: bf16 would be emulated, ~25x slower
+        ("bf16", "cpu", False, False, "bf16"),  # explicit: honoured (and warned about)
+        ("fp32", "cpu", False, True, "fp32"),
+    ],
 )
-def test_bf16_falls_back_to_fp16_on_gpus_without_bf16(device, supported, expected):
-    assert effective_precision("bf16", torch.device(device), bf16_supported=supported) == expected
-    assert effective_precision("fp32", torch.device(device), bf16_supported=supported) == "fp32"
+def test_precision_follows_the_hardware(requested, device, cuda_bf16, cpu_bf16, expected):
+    assert resolve_precision(requested, device, cuda_bf16=cuda_bf16, cpu_bf16=cpu_bf16) == expected
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    zen4 = "flags\t\t: avx2 avx512f avx512bw avx512_bf16\n"
+    arm = "Features\t: fp asimd sve bf16 i8mm\n"
+    assert not cpu_flags(avx2) & {"avx512_bf16", "amx_bf16", "bf16"}
+    assert "avx512_bf16" in cpu_flags(zen4)
+    assert "bf16" in cpu_flags(arm)
+    with pytest.raises(ValueError, match="'half' is not one of auto"):
+        resolve_precision("half", "cpu")
 
 
 def test_out_of_memory_names_the_settings_to_lower(digits, tmp_path, monkeypatch):

@@ -354,7 +354,7 @@ def ablation_table(params: dict, metrics: dict[str, dict]) -> Table:
         if grid not in params.get("target_grids", []):
             table.notes.append(
                 f"`{grid}` ({grids[grid].get('description', '')}): not run; add `{grid}` to `targets` in "
-                "params.yaml, then `snakemake --cores all` (or `--profile workflow/profiles/slurm`)."
+                "params.yaml, then `snakemake --cores all` (or `--profile profiles/slurm`)."
             )
     return table
 

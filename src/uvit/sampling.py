@@ -21,6 +21,7 @@ from tqdm import tqdm
 from uvit.autoencoder import load_autoencoder, to_uint8
 from uvit.data import atomic_write_bytes, atomic_writer, num_classes, read_manifest
 from uvit.diffusion import SeededNoise, guided_noise_predictor, make_schedule, sample
+from uvit.precision import autocast, choose
 from uvit.text import Contexts
 from uvit.training import model_for, placement
 
@@ -78,6 +79,7 @@ class ImageSampler:
         device: torch.device | str = "cpu",
         latent_geometry: tuple[tuple[int, ...], float] | None = None,
         text_dir: Path | None = None,
+        log=print,
     ):
         """Latent experiments read the latent shape and scale from the encoded latents, or, without them
         (a pretrained autoencoder, evaluation only), take `latent_geometry` = (shape, scale factor)."""
@@ -103,6 +105,7 @@ class ImageSampler:
             self.contexts = Contexts(text_dir)
             self.null_class = self.contexts.null
         self.schedule = make_schedule(exp["diffusion"]["schedule"])
+        self.precision = choose(self.cfg["precision"], self.device, "sampling.precision", log)
 
     def load(self, model_path: Path) -> torch.nn.Module:
         context_shape = self.contexts.shape if self.contexts is not None else None
@@ -122,7 +125,7 @@ class ImageSampler:
         eps_fn = guided_noise_predictor(model, self.schedule, labels, self.null_class, cfg["guidance_scale"])
         noise = SeededNoise(cfg["seed"], indices, self.data_shape, self.device)
         # Autocast reaches only the network: the solver's arithmetic stays in fp32.
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16"):
+        with autocast(self.precision, self.device):
             x = sample(eps_fn, self.schedule, noise, cfg["sampler"], steps or cfg["steps"], cfg["order"])
         if self.decoder is not None:
             x = self.decoder.decode(x / self.scale).sample
@@ -146,7 +149,7 @@ def sample_experiment(
     sampling.steps (FID over sampler steps)."""
     cfg = exp["sampling"]
     rank, world, device = placement()  # sampling needs no process group: ranks split samples by index
-    sampler = ImageSampler(exp, data_dir, ae_dir, latent_dir, device, latent_geometry, text_dir)
+    sampler = ImageSampler(exp, data_dir, ae_dir, latent_dir, device, latent_geometry, text_dir, log)
     model = sampler.load(model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     missing = [i for i in range(cfg["num_samples"]) if not (out_dir / sample_name(i)).exists()]

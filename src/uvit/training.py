@@ -2,7 +2,8 @@
 
 Recipe (authors' configs): noise-prediction MSE, AdamW, linear warm-up then constant learning rate, EMA of
 the weights updated every step, condition dropped to the null class at `cond_drop_prob` for classifier-free
-guidance; optional gradient clipping and accumulation; bf16 autocast, or fp16 with a gradient scaler.
+guidance; optional gradient clipping and accumulation; precision as uvit.precision resolves it (bf16 autocast
+where the device runs bf16 natively, fp16 with a gradient scaler on older GPUs, else fp32).
 
 Every random draw of step k (batch order, flips, posterior samples, times, noise, condition drop) comes from
 generators seeded by (seed, k) or (seed, epoch) and is drawn for the whole global batch; each process then
@@ -33,6 +34,7 @@ from uvit.config import settings_hash
 from uvit.data import atomic_write_bytes, load_split, num_classes
 from uvit.diffusion import drop_condition, make_schedule, mix_seed, noise_prediction_loss
 from uvit.model import UViT, build_model
+from uvit.precision import autocast, choose
 from uvit.text import Contexts
 
 # Settings that do not change the trajectory of training; a checkpoint made under other values resumes.
@@ -296,21 +298,6 @@ def micro_batches(share: slice, accumulation: int) -> list[slice]:
     return [slice(share.start + i * step, share.start + (i + 1) * step) for i in range(accumulation)]
 
 
-def effective_precision(precision: str, device: torch.device, bf16_supported: bool | None = None) -> str:
-    """The precision to run: bf16 falls back to fp16 (with the gradient scaler) on GPUs without bf16 (pre-Ampere)."""
-    if precision != "bf16" or device.type != "cuda":
-        return precision
-    if bf16_supported is None:
-        bf16_supported = torch.cuda.is_bf16_supported()
-    return "bf16" if bf16_supported else "fp16"
-
-
-def precision_context(precision: str, device: torch.device):
-    """Autocast for bf16 / fp16 (the network only; the loss is computed in fp32)."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-
 def out_of_memory_message(exp: dict, processes: Processes) -> str:
     cfg = exp["training"]
     per_micro = cfg["batch_size"] // processes.world // cfg.get("grad_accumulation", 1)
@@ -370,9 +357,7 @@ def _train(
 ) -> dict:
     cfg = exp["training"]
     device = processes.device
-    precision = effective_precision(cfg["precision"], device)
-    if precision != cfg["precision"]:
-        log(f"{device} has no bf16 support: training in fp16 with a gradient scaler")
+    precision = choose(cfg["precision"], device, "training.precision", log)
     data = (
         LatentData(latent_dir, cfg["hflip"])
         if exp["space"] == "latent"
@@ -440,7 +425,7 @@ def _train(
             cond_kwargs = {} if cond is None else {"cond": cond[micro].to(device)}
             sync = contextlib.nullcontext() if i == len(micros) - 1 or processes.world == 1 else net.no_sync()
             with sync:
-                with precision_context(precision, device):
+                with autocast(precision, device):
                     loss = noise_prediction_loss(
                         net,
                         schedule,
@@ -509,4 +494,5 @@ def _train(
         "final_loss": history[-1]["loss"] if history else None,
         "parameters": sum(p.numel() for p in model.parameters()),
         "num_classes": model.label_emb.num_embeddings if hasattr(model, "label_emb") else 0,
+        "precision": precision,
     }

@@ -13,6 +13,7 @@ from uvit.config import (
     stage_settings,
 )
 from uvit.plan import estimate
+from uvit.stages import Lineage, given_reference, reference_name
 
 try:
     PARAMS = load_params("params.yaml")
@@ -24,6 +25,22 @@ DATASETS = sorted(PARAMS["datasets"])
 AUTOENCODERS = sorted(PARAMS["autoencoders"])
 PRETRAINED_AUTOENCODERS = [name for name in AUTOENCODERS if "pretrained" in PARAMS["autoencoders"][name]]
 TRAINED_AUTOENCODERS = sorted(set(AUTOENCODERS) - set(PRETRAINED_AUTOENCODERS))
+
+
+LINEAGE = Lineage(PARAMS)
+# Threads of the jobs that belong to no experiment (data preparation, encoding, reference statistics); capped
+# at --cores locally, asked of SLURM as --cpus-per-task.
+DEFAULT_CPUS = PARAMS["defaults"]["resources"]["cpus"]
+
+
+def lineage(rule):
+    """A job's lineage hash as a param: its settings and code and those of every job upstream of it change it,
+    so a changed setting or source file reruns the whole chain below it, even where intermediates are gone."""
+
+    def param(wildcards):
+        return LINEAGE(rule, **dict(wildcards.items()))
+
+    return param
 
 
 def experiment(wildcards):
@@ -127,13 +144,6 @@ def autoencoder_dataset(wildcards):
     return f"data/prepared/{PARAMS['autoencoders'][wildcards.autoencoder]['dataset']}"
 
 
-def reference_name(ev):
-    """How a reference is named in paths: a given .npz by its stem, a computed one by split and count."""
-    if ev["reference_npz"]:
-        return os.path.splitext(os.path.basename(ev["reference_npz"]))[0]
-    return f"{ev['reference_split']}{ev['reference_images']}"
-
-
 def reference_stats(wildcards):
     """The experiment's reference statistics: a given .npz as imported, or the ones the pipeline computes once."""
     exp = experiment(wildcards)
@@ -143,17 +153,8 @@ def reference_stats(wildcards):
     return f"results/fid_refs/{exp['dataset']}-{reference_name(ev)}.npz"
 
 
-def given_reference(ref):
-    """The params.yaml path of a given reference .npz named `ref` (None if the pipeline computes it)."""
-    for name in EXPERIMENTS:
-        path = resolve_experiment(PARAMS, name)["evaluation"]["reference_npz"]
-        if path and reference_name({"reference_npz": path}) == ref:
-            return path
-    return None
-
-
 def given_reference_source(wildcards):
-    path = given_reference(wildcards.ref)
+    path = given_reference(PARAMS, wildcards.ref)
     if path is None:
         raise ValueError(f"no experiment gives evaluation.reference_npz named {wildcards.ref}.npz")
     return path
@@ -161,7 +162,7 @@ def given_reference_source(wildcards):
 
 def floor_reference(wildcards):
     """The reference file behind a floor's {ref} name: an imported .npz, else a computed one."""
-    if given_reference(wildcards.ref):
+    if given_reference(PARAMS, wildcards.ref):
         return f"data/external/fid_refs/{wildcards.ref}.npz"
     return f"results/fid_refs/{wildcards.dataset}-{wildcards.ref}.npz"
 
@@ -211,10 +212,21 @@ def sampling_protocol(wildcards):
     return f"{cfg['sampler']}, {cfg['steps']} steps, guidance {cfg['guidance_scale']}, {cfg['num_samples']} samples"
 
 
+def pinned(gpus, wildcards):
+    """Launch through uvit.devices when a job needs GPUs: it claims its own devices of the machine."""
+    key = f"experiments.{wildcards.experiment}.resources.gpus"
+    return f"python -m uvit.devices {gpus} --key {key} -- " if gpus else ""
+
+
 def launcher(wildcards):
     """`uvit`, or torchrun with one process per GPU of the node when the experiment asks for several."""
-    gpus = experiment(wildcards)["resources"]["gpus"]
-    return f"torchrun --standalone --nproc_per_node {gpus} -m uvit.cli" if gpus > 1 else "uvit"
+    gpus = gpu_count(wildcards)
+    run = f"torchrun --standalone --nproc_per_node {gpus} -m uvit.cli" if gpus > 1 else "uvit"
+    return pinned(gpus, wildcards) + run
+
+
+def fid_launcher(wildcards):
+    return pinned(fid_gpus(wildcards), wildcards) + "uvit"
 
 
 def curve_model(wildcards):

@@ -11,6 +11,7 @@ rule prepare_data:
     conda:
         "../envs/uvit.yaml"
     params:
+        lineage=lineage("prepare_data"),
         settings=dataset_json,
     shell:
         "uvit prepare-data --dataset {wildcards.dataset} --out {output} 2> {log}"
@@ -27,8 +28,9 @@ rule encode_text:
         "logs/encode_text/{dataset}-{split}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
-    threads: workflow.cores
+    threads: DEFAULT_CPUS
     params:
+        lineage=lineage("encode_text"),
         encoder=text_encoder_args,
     shell:
         "uvit --threads {threads} encode-text --data {input.data}/{wildcards.split} {params.encoder}"
@@ -45,6 +47,7 @@ rule import_autoencoder:
     conda:
         "../envs/uvit.yaml"
     params:
+        lineage=lineage("import_autoencoder"),
         source=pretrained_autoencoder_source,
     shell:
         "uvit import --kind autoencoder --source {params.source} --out {output}"
@@ -59,6 +62,7 @@ rule import_reference:
     conda:
         "../envs/uvit.yaml"
     params:
+        lineage=lineage("import_reference"),
         source=given_reference_source,
     shell:
         "uvit import --kind reference --source {params.source} --out {output}"
@@ -73,6 +77,7 @@ rule import_weights:
     conda:
         "../envs/uvit.yaml"
     params:
+        lineage=lineage("import_weights"),
         source=pretrained_weights_source,
     shell:
         "uvit import --kind weights --source {params.source} --out {output}"
@@ -93,8 +98,9 @@ rule train_autoencoder:
         autoencoder="|".join(TRAINED_AUTOENCODERS),
     conda:
         "../envs/uvit.yaml"
-    threads: workflow.cores
+    threads: DEFAULT_CPUS
     params:
+        lineage=lineage("train_autoencoder"),
         settings=autoencoder_json,
     shell:
         "uvit --threads {threads} train-autoencoder --autoencoder {wildcards.autoencoder} --data {input.data}"
@@ -113,8 +119,9 @@ rule encode_latents:
         "logs/encode_latents/{autoencoder}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
-    threads: workflow.cores
+    threads: DEFAULT_CPUS
     params:
+        lineage=lineage("encode_latents"),
         scale=scale_factor_flag,
     shell:
         "uvit --threads {threads} encode-latents --autoencoder-dir {input.autoencoder} --data {input.data}"

@@ -12,7 +12,9 @@ rule reference_stats:
         "logs/reference_stats/{dataset}-{split}{n}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
-    threads: workflow.cores
+    threads: DEFAULT_CPUS
+    params:
+        lineage=lineage("reference_stats"),
     shell:
         "uvit --threads {threads} reference-stats --data {input.data} --split {wildcards.split}"
         " --count {wildcards.n} --out {output} 2> {log}"
@@ -30,7 +32,9 @@ rule fid_floor:
         "logs/fid_floor/{dataset}-{ref}-{split}{n}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
-    threads: workflow.cores
+    threads: DEFAULT_CPUS
+    params:
+        lineage=lineage("fid_floor"),
     shell:
         "uvit --threads {threads} fid-floor --data {input.data} --split {wildcards.split} --count {wildcards.n}"
         " --reference {input.reference} --out {output} 2> {log}"
@@ -51,7 +55,7 @@ rule fid:
         "logs/fid/{experiment}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
-    threads: workflow.cores
+    threads: cpus_per_task
     resources:
         gpu=fid_gpus,
         gpu_model=gpu_model,
@@ -59,9 +63,11 @@ rule fid:
         runtime=runtime_minutes,
         cpus_per_task=cpus_per_task,
     params:
+        lineage=lineage("fid"),
+        launcher=fid_launcher,
         settings=settings_json("fid"),
     shell:
-        "uvit --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples}"
+        "{params.launcher} --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples}"
         " --reference {input.reference} --floor {input.floor} --data {input.data} --checkpoint {input.model}"
         " --metrics {output} 2> {log}"
 
@@ -81,7 +87,7 @@ rule fid_curve_point:
         "logs/fid/{experiment}-step{step}-nfe{nfe}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
-    threads: workflow.cores
+    threads: cpus_per_task
     resources:
         gpu=fid_gpus,
         gpu_model=gpu_model,
@@ -89,10 +95,12 @@ rule fid_curve_point:
         runtime=runtime_minutes,
         cpus_per_task=cpus_per_task,
     params:
+        lineage=lineage("fid_curve_point"),
+        launcher=fid_launcher,
         settings=settings_json("fid"),
         model=curve_model,
     shell:
-        "uvit --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples}"
+        "{params.launcher} --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples}"
         " --training-step {wildcards.step} --sampler-steps {wildcards.nfe} --reference {input.reference}"
         " --floor {input.floor} --data {input.data} --checkpoint {params.model} --weights-output {input.model}"
         " --metrics {output} 2> {log}"
@@ -113,7 +121,7 @@ rule fid_pretrained:
         "logs/fid/{experiment}-pretrained.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
-    threads: workflow.cores
+    threads: cpus_per_task
     resources:
         gpu=fid_gpus,
         gpu_model=gpu_model,
@@ -121,8 +129,10 @@ rule fid_pretrained:
         runtime=runtime_minutes,
         cpus_per_task=cpus_per_task,
     params:
+        lineage=lineage("fid_pretrained"),
+        launcher=fid_launcher,
         settings=settings_json("fid"),
     shell:
-        "uvit --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples} --pretrained"
+        "{params.launcher} --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples} --pretrained"
         " --reference {input.reference} --floor {input.floor} --data {input.data} --checkpoint {input.model}"
         " --metrics {output} 2> {log}"

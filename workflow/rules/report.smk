@@ -17,6 +17,7 @@ rule sample_grid:
     conda:
         "../envs/uvit.yaml"
     params:
+        lineage=lineage("sample_grid"),
         stem="paper_tables/figures/{experiment}_samples",
     shell:
         "uvit sample-grid --experiment {wildcards.experiment} --data {input.data} --samples {input.samples}"
@@ -59,6 +60,8 @@ rule figures:
         "logs/figures.log",
     conda:
         "../envs/uvit.yaml"
+    params:
+        lineage=lineage("figures"),
     shell:
         "uvit figures --metrics {input.metrics} --loss {input.loss} --out-dir paper_tables/figures 2> {log}"
 
@@ -91,5 +94,7 @@ rule tables:
         "logs/tables.log",
     conda:
         "../envs/uvit.yaml"
+    params:
+        lineage=lineage("tables"),
     shell:
         "uvit tables --metrics {input} --out-dir paper_tables 2> {log}"

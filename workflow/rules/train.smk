@@ -20,7 +20,7 @@ rule train:
         "logs/train/{experiment}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
-    threads: workflow.cores
+    threads: cpus_per_task
     resources:
         gpu=gpu_count,
         gpu_model=gpu_model,
@@ -29,6 +29,7 @@ rule train:
         cpus_per_task=cpus_per_task,
         est_a100_hours=estimated_gpu_hours,
     params:
+        lineage=lineage("train"),
         launcher=launcher,
         settings=settings_json("train"),
         latents=latent_args,
@@ -52,7 +53,7 @@ rule sample:
         "logs/sample/{experiment}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
-    threads: workflow.cores
+    threads: cpus_per_task
     resources:
         gpu=gpu_count,
         gpu_model=gpu_model,
@@ -60,6 +61,7 @@ rule sample:
         runtime=runtime_minutes,
         cpus_per_task=cpus_per_task,
     params:
+        lineage=lineage("sample"),
         launcher=launcher,
         settings=settings_json("sample"),
         latents=latent_args,
@@ -85,7 +87,7 @@ rule sample_curve_point:
         "logs/sample/{experiment}-step{step}-nfe{nfe}.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
-    threads: workflow.cores
+    threads: cpus_per_task
     resources:
         gpu=gpu_count,
         gpu_model=gpu_model,
@@ -93,6 +95,7 @@ rule sample_curve_point:
         runtime=runtime_minutes,
         cpus_per_task=cpus_per_task,
     params:
+        lineage=lineage("sample_curve_point"),
         launcher=launcher,
         settings=settings_json("sample"),
         latents=latent_args,
@@ -116,7 +119,7 @@ rule sample_pretrained:
         "logs/sample/{experiment}-pretrained.benchmark.tsv"
     conda:
         "../envs/uvit.yaml"
-    threads: workflow.cores
+    threads: cpus_per_task
     resources:
         gpu=gpu_count,
         gpu_model=gpu_model,
@@ -124,6 +127,7 @@ rule sample_pretrained:
         runtime=runtime_minutes,
         cpus_per_task=cpus_per_task,
     params:
+        lineage=lineage("sample_pretrained"),
         launcher=launcher,
         settings=settings_json("sample"),
         latents=latent_args,

@@ -1,0 +1,264 @@
+"""The pipeline's stages as data (torch-free): the `uvit` subcommand each Snakemake rule runs, the uvit modules
+behind it, and each job's lineage, the settings and code of the job and of every job upstream of it.
+
+A rule's params carry its lineage hash, so Snakemake reruns a job whenever anything it depends on changes,
+a setting (written or defaulted) or a source file, even when the intermediate outputs in between are gone
+(a killed run): an output of older settings is never reported as up to date. dvc.yaml lists the same modules
+as code deps (workflow/scripts/export_dvc.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from uvit.config import caption_split, resolve_experiment, stage_settings
+
+PACKAGE = Path(__file__).resolve().parent
+
+# The uvit modules behind each CLI subcommand; their transitive uvit imports are the subcommand's code.
+ENTRY_MODULES: dict[str, tuple[str, ...]] = {
+    "prepare-data": ("data",),
+    "import": ("fid", "autoencoder", "sampling"),
+    "encode-text": ("text",),
+    "train-autoencoder": ("autoencoder",),
+    "encode-latents": ("autoencoder",),
+    "train": ("training", "sampling", "figures"),  # sample grids during training
+    "sample": ("sampling",),
+    "reference-stats": ("evaluation",),
+    "fid-floor": ("evaluation",),
+    "fid": ("evaluation",),
+    "sample-grid": ("figures",),
+    "figures": ("figures", "report"),
+    "tables": ("report",),
+}
+PACKAGE_DATA: dict[str, list[str]] = {"report": ["paper_results.yaml", "templates"]}
+
+# The subcommand each Snakemake rule runs.
+RULE_COMMANDS: dict[str, str] = {
+    "prepare_data": "prepare-data",
+    "import_autoencoder": "import",
+    "import_reference": "import",
+    "import_weights": "import",
+    "encode_text": "encode-text",
+    "train_autoencoder": "train-autoencoder",
+    "encode_latents": "encode-latents",
+    "train": "train",
+    "sample": "sample",
+    "sample_curve_point": "sample",
+    "sample_pretrained": "sample",
+    "reference_stats": "reference-stats",
+    "fid_floor": "fid-floor",
+    "fid": "fid",
+    "fid_curve_point": "fid",
+    "fid_pretrained": "fid",
+    "sample_grid": "sample-grid",
+    "figures": "figures",
+    "tables": "tables",
+}
+
+
+@functools.cache
+def module_closure(command: str) -> tuple[str, ...]:
+    """Names of the uvit modules a subcommand runs: its entry modules, their transitive uvit imports, the CLI."""
+    seen, todo = {"cli"}, [*ENTRY_MODULES[command], "config", "provenance"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("uvit."):
+                todo.append(node.module.split(".")[1])
+    return tuple(sorted(seen))
+
+
+def code_files(command: str) -> list[Path]:
+    """The source files (and package data) a subcommand's output depends on."""
+    files = [PACKAGE / f"{name}.py" for name in module_closure(command)]
+    for module in ENTRY_MODULES[command]:
+        for entry in PACKAGE_DATA.get(module, []):
+            path = PACKAGE / entry
+            files += sorted(path.rglob("*")) if path.is_dir() else [path]
+    return [f for f in files if f.is_file()]
+
+
+@functools.cache
+def code_hash(command: str) -> str:
+    digest = hashlib.sha256()
+    for path in code_files(command):
+        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _hash(record) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def source_stamp(path: str) -> dict:
+    """A file given from outside the pipeline (weights, reference, autoencoder): replacing it changes the stamp."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return {"path": path, "missing": True}
+    return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def reference_name(ev: dict) -> str:
+    """How a reference is named in paths: a given .npz by its stem, a computed one by split and count."""
+    if ev["reference_npz"]:
+        return Path(ev["reference_npz"]).stem
+    return f"{ev['reference_split']}{ev['reference_images']}"
+
+
+def given_reference(params: dict, ref: str) -> str | None:
+    """The params.yaml path of the given reference .npz named `ref` (None if the pipeline computes it)."""
+    for name in params["experiments"]:
+        path = resolve_experiment(params, name)["evaluation"]["reference_npz"]
+        if path and Path(path).stem == ref:
+            return path
+    return None
+
+
+class Lineage:
+    """Lineage hashes of the DAG's jobs for one params.yaml: hash(rule, settings, code, upstream hashes)."""
+
+    def __init__(self, params: dict):
+        self.params = params
+        self._memo: dict[tuple, str] = {}
+
+    def __call__(self, rule: str, **wildcards) -> str:
+        key = (rule, *sorted(wildcards.items()))
+        if key not in self._memo:
+            settings, upstream = getattr(self, rule)(**wildcards)
+            record = {"rule": rule, "settings": settings, "code": code_hash(RULE_COMMANDS[rule])}
+            record["upstream"] = upstream
+            self._memo[key] = _hash(record)
+        return self._memo[key]
+
+    # -- data ------------------------------------------------------------------------------------------
+    def prepare_data(self, dataset):
+        return self.params["datasets"][dataset], []
+
+    def encode_text(self, dataset, split):
+        cfg = self.params["datasets"][dataset]
+        return {"encoder": cfg["text_encoder"], "tokens": cfg.get("text_tokens", 77), "split": split}, [
+            self("prepare_data", dataset=dataset)
+        ]
+
+    def import_autoencoder(self, autoencoder):
+        return source_stamp(self.params["autoencoders"][autoencoder]["pretrained"]), []
+
+    def train_autoencoder(self, autoencoder):
+        cfg = self.params["autoencoders"][autoencoder]
+        return cfg, [self("prepare_data", dataset=cfg["dataset"])]
+
+    def autoencoder(self, name: str) -> str:
+        cfg = self.params["autoencoders"][name]
+        rule = "import_autoencoder" if "pretrained" in cfg else "train_autoencoder"
+        return self(rule, autoencoder=name)
+
+    def encode_latents(self, autoencoder):
+        cfg = self.params["autoencoders"][autoencoder]
+        return {"scale_factor": cfg.get("scale_factor")}, [
+            self.autoencoder(autoencoder),
+            self("prepare_data", dataset=cfg["dataset"]),
+        ]
+
+    # -- an experiment's jobs --------------------------------------------------------------------------
+    def experiment(self, name: str) -> dict:
+        return resolve_experiment(self.params, name)
+
+    def conditioning(self, exp: dict, stage: str) -> list[str]:
+        """The jobs behind an experiment's data, latents, autoencoder and captions."""
+        up = [self("prepare_data", dataset=exp["dataset"])]
+        if exp["space"] == "latent":
+            up += [
+                self("encode_latents", autoencoder=exp["autoencoder"]),
+                self.autoencoder(exp["autoencoder"]),
+            ]
+        if exp["condition"] == "text":
+            split = "train" if stage == "train" else caption_split(exp)
+            up.append(self("encode_text", dataset=exp["dataset"], split=split))
+        return up
+
+    def train(self, experiment):
+        exp = self.experiment(experiment)
+        return stage_settings(exp, "train"), self.conditioning(exp, "train")
+
+    def sample(self, experiment):
+        exp = self.experiment(experiment)
+        return stage_settings(exp, "sample"), [
+            self("train", experiment=experiment),
+            *self.conditioning(exp, "sample"),
+        ]
+
+    def sample_curve_point(self, experiment, step, nfe):
+        settings, upstream = self.sample(experiment)
+        return {**settings, "step": int(step), "nfe": int(nfe)}, upstream
+
+    def import_weights(self, experiment):
+        return source_stamp(self.experiment(experiment)["evaluation"]["pretrained_weights"]), []
+
+    def sample_pretrained(self, experiment):
+        exp = self.experiment(experiment)
+        up = [self("import_weights", experiment=experiment), *self.conditioning(exp, "sample")]
+        return stage_settings(exp, "sample"), up
+
+    # -- FID -------------------------------------------------------------------------------------------
+    def import_reference(self, ref):
+        return source_stamp(given_reference(self.params, ref)), []
+
+    def reference_stats(self, dataset, split, n):
+        return {"split": split, "n": int(n)}, [self("prepare_data", dataset=dataset)]
+
+    def reference(self, dataset: str, ref: str) -> str:
+        if given_reference(self.params, ref):
+            return self("import_reference", ref=ref)
+        split, n = re.fullmatch(r"(train|test|val)(\d+)", ref).groups()
+        return self("reference_stats", dataset=dataset, split=split, n=n)
+
+    def fid_floor(self, dataset, ref, split, n):
+        return {"split": split, "n": int(n)}, [
+            self("prepare_data", dataset=dataset),
+            self.reference(dataset, ref),
+        ]
+
+    def fid_inputs(self, exp: dict) -> list[str]:
+        ev, ref = exp["evaluation"], reference_name(exp["evaluation"])
+        floor = self(
+            "fid_floor",
+            dataset=exp["dataset"],
+            ref=ref,
+            split=ev["floor_split"],
+            n=exp["sampling"]["num_samples"],
+        )
+        return [self.reference(exp["dataset"], ref), floor]
+
+    def fid(self, experiment):
+        exp = self.experiment(experiment)
+        return stage_settings(exp, "fid"), [self("sample", experiment=experiment), *self.fid_inputs(exp)]
+
+    def fid_curve_point(self, experiment, step, nfe):
+        exp = self.experiment(experiment)
+        up = [self("sample_curve_point", experiment=experiment, step=step, nfe=nfe), *self.fid_inputs(exp)]
+        return {**stage_settings(exp, "fid"), "step": int(step), "nfe": int(nfe)}, up
+
+    def fid_pretrained(self, experiment):
+        exp = self.experiment(experiment)
+        up = [self("sample_pretrained", experiment=experiment), *self.fid_inputs(exp)]
+        return stage_settings(exp, "fid"), up
+
+    # -- tables and figures (their metrics inputs rerun them when they change) -------------------------------
+    def sample_grid(self, experiment):
+        return {}, [self("sample", experiment=experiment)]
+
+    def report_settings(self):
+        return {"targets": self.params["targets"], "ablations": self.params.get("ablations")}, []
+
+    figures = tables = report_settings

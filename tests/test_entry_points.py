@@ -1,0 +1,217 @@
+"""The README's commands where users run them: a killed run, a changed setting or source file, a machine with
+several GPUs, a SLURM login node. Each test drives the real command (snakemake, python -m uvit.devices) in a
+subprocess; fake nvidia-smi / sbatch / squeue / sacct on PATH stand in for the hardware and the scheduler."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, make_project_copy, project_env, run, set_params
+
+from uvit.config import load_params
+from uvit.stages import Lineage, module_closure
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def fake_command(bin_dir: Path, name: str, script: str) -> None:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    path = bin_dir / name
+    path.write_text("#!/usr/bin/env bash\n" + script)
+    path.chmod(0o755)
+
+
+# -- lineage: what a changed setting or source file reruns --------------------------------------------------
+@pytest.fixture(scope="module")
+def params():
+    return load_params(ROOT / "params.yaml")
+
+
+def lineages(params) -> dict[str, str]:
+    lin = Lineage(params)
+    return {
+        "prepare": lin("prepare_data", dataset="digits"),
+        "reference": lin("reference_stats", dataset="digits", split="train", n="96"),
+        "train": lin("train", experiment="smoke_pixel"),
+        "sample": lin("sample", experiment="smoke_pixel"),
+        "fid": lin("fid", experiment="smoke_pixel"),
+        "other_train": lin("train", experiment="smoke_latent"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "changed"),
+    [
+        ("training", "steps", 3000, {"train", "sample", "fid"}),
+        ("model", "depth", 5, {"train", "sample", "fid"}),
+        ("sampling", "steps", 50, {"sample", "fid"}),
+        ("evaluation", "feature_precision", "bf16", {"fid"}),
+    ],
+)
+def test_a_setting_changes_the_lineage_of_its_stage_and_everything_below(
+    params, section, key, value, changed
+):
+    import copy
+
+    before = lineages(params)
+    edited = copy.deepcopy(params)
+    edited["experiments"]["smoke_pixel"].setdefault(section, {})[key] = value
+    after = lineages(edited)
+    assert {name for name in before if before[name] != after[name]} == changed
+
+
+def test_a_defaulted_setting_counts_like_a_written_one(params):
+    import copy
+
+    edited = copy.deepcopy(params)
+    edited["defaults"]["training"]["ema_rate"] = 0.5  # smoke_pixel does not write it
+    before, after = lineages(params), lineages(edited)
+    assert before["train"] != after["train"] and before["prepare"] == after["prepare"]
+
+
+def test_each_stage_hashes_the_code_it_imports():
+    assert "training" in module_closure("train") and "diffusion" in module_closure("sample")
+    assert "training" not in module_closure("prepare-data") and "report" not in module_closure("train")
+    assert "fid" in module_closure("fid") and "sampling" not in module_closure("fid")
+
+
+# -- GPU jobs side by side -----------------------------------------------------------------------------------
+def devices(bin_dir: Path, locks: Path, *args: str, env_extra: dict | None = None) -> subprocess.Popen:
+    env = project_env() | {"PATH": f"{bin_dir}:{project_env()['PATH']}", "UVIT_GPU_LOCKS": str(locks)}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env |= env_extra or {}
+    command = [sys.executable, "-m", "uvit.devices", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_gpu_jobs_each_get_their_own_device(tmp_path):
+    fake_command(
+        tmp_path / "bin", "nvidia-smi", 'echo "GPU 0: H200 (UUID: a)"; echo "GPU 1: H200 (UUID: b)"\n'
+    )
+    show = ["--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES; sleep 2"]
+    first, second = (devices(tmp_path / "bin", tmp_path / "locks", "1", *show) for _ in range(2))
+    seen = {p.communicate(timeout=30)[0].strip() for p in (first, second)}
+    assert seen == {"0", "1"}
+    both = devices(tmp_path / "bin", tmp_path / "locks", "2", *show)
+    assert both.communicate(timeout=30)[0].strip() == "0,1"
+    # SLURM chose the devices already: left as they are.
+    given = devices(tmp_path / "bin", tmp_path / "locks", "1", *show, env_extra={"CUDA_VISIBLE_DEVICES": "5"})
+    assert given.communicate(timeout=30)[0].strip() == "5"
+
+
+def test_a_gpu_job_on_a_machine_without_gpus_is_one_line(tmp_path):
+    fake_command(tmp_path / "bin", "nvidia-smi", "exit 9\n")  # the driver missing
+    job = devices(
+        tmp_path / "bin", tmp_path / "locks", "8", "--key", "experiments.x.resources.gpus", "--", "true"
+    )
+    _, err = job.communicate(timeout=30)
+    assert job.returncode != 0 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "error: experiments.x.resources.gpus: this job asks for 8 GPU(s) but this machine has 0; run it where "
+        "there are GPUs (a GPU machine, or --profile profiles/slurm), or set experiments.x.resources.gpus: 0 to "
+        "run it on the CPU"
+    ]
+
+
+# -- a killed run, through the real command ------------------------------------------------------------------
+def test_profiles_are_where_snakemake_reads_them():
+    """Snakemake reads profiles/default beside the Snakefile by itself (rerun-incomplete: a killed job reruns)."""
+    out = run(["snakemake", "-n", "--cores", "1", "--verbose", "--dry-run"], ROOT, check=False)
+    assert "profiles/default" in out.stdout + out.stderr or (ROOT / "profiles/default/config.yaml").is_file()
+    assert not (ROOT / "workflow" / "profiles").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_run_never_leaves_an_older_result_current(tmp_path):
+    """Train smoke_pixel, change training.steps, SIGKILL the training job midway, run the same command again:
+    it trains on from the last checkpoint and every output is the current settings' (never 'Nothing to be
+    done' over the older FID), and the weights equal an uninterrupted run's bit for bit."""
+    project = make_project_copy(tmp_path / "project", targets=["smoke_pixel"])
+    target = "metrics/smoke_pixel/fid.json"
+    command = ["snakemake", "--cores", "2", target]
+    short = dict(keep_steps=[], checkpoint_every=20, log_every=20)
+    set_params(project, lambda p: p["experiments"]["smoke_pixel"]["training"].update(short | {"steps": 20}))
+    run(command, project, timeout=900)
+    old_fid = json.loads((project / target).read_text())
+    assert old_fid["training_steps"] == 20
+
+    set_params(project, lambda p: p["experiments"]["smoke_pixel"]["training"].update({"steps": 120}))
+    env = project_env() | {"UVIT_SKIP_DVC_COMMIT": "1"}
+    job = subprocess.Popen(
+        command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    checkpoints = project / "results/smoke_pixel/checkpoints"
+    deadline = time.monotonic() + 600
+    while not any(p.name >= "ckpt-0000040.pt" for p in checkpoints.glob("ckpt-*.pt")):
+        assert job.poll() is None and time.monotonic() < deadline, "training ended before it was killed"
+        time.sleep(0.2)
+    trainer = subprocess.run(
+        ["pgrep", "-f", "train --experiment smoke_pixel"], capture_output=True, text=True
+    )
+    for pid in trainer.stdout.split():
+        os.kill(int(pid), signal.SIGKILL)
+    job.wait(timeout=120)
+    assert job.returncode != 0
+
+    again = run(command, project, timeout=900)
+    assert "Nothing to be done" not in again.stdout + again.stderr
+    log = (project / "logs/train/smoke_pixel.log").read_text()
+    assert "resuming" in log.lower(), log[-2000:]
+    fid = json.loads((project / target).read_text())
+    assert fid["training_steps"] == 120 and fid != old_fid
+
+    straight = tmp_path / "straight"
+    train = ["uvit", "train", "--experiment", "smoke_pixel", "--data", "data/prepared/digits"]
+    run([*train, "--out", str(straight), "--metrics", str(straight / "train.json")], project, timeout=900)
+    assert md5(project / "results/smoke_pixel/nnet_ema.pth") == md5(straight / "nnet_ema.pth")
+    assert fid["provenance"]["inputs"]["checkpoint"]["md5"] == md5(straight / "nnet_ema.pth")
+
+
+# -- SLURM from a login node ---------------------------------------------------------------------------------
+FAKE_SLURM = (
+    Path(__file__).parent / "fake_slurm"
+)  # sbatch, sacct, srun, sinfo, scontrol, sacctmgr; torchrun, uvit
+
+
+@pytest.mark.slow
+def test_the_readme_slurm_command_submits_and_retries(tmp_path):
+    """`snakemake --profile profiles/slurm <target>` with no --cores (a login node), against a fake SLURM that
+    runs each job: prepare and encode are submitted with the default resources, the import runs on the login
+    node, training asks for the experiment's 8 A100s, memory, hours and CPUs, sees the devices SLURM gave it,
+    runs under torchrun, and, preempted once, is resubmitted."""
+    project = make_project_copy(tmp_path / "project")
+    state = tmp_path / "slurm"
+    state.mkdir()
+    env = project_env() | {"FAKE_SLURM": str(state), "UVIT_SKIP_DVC_COMMIT": "1"}
+    env["PATH"] = f"{FAKE_SLURM}:{env['PATH']}"
+    command = ["snakemake", "--profile", "profiles/slurm", "results/imagenet256_uvit_h2/nnet_ema.pth"]
+    command += ["--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1"]
+    result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    calls = [json.loads(line) for line in (state / "sbatch.jsonl").read_text().splitlines()]
+    rules = [re.search(r"--comment rule_(\w+?)_wildcards", c["call"]).group(1) for c in calls]
+    assert rules == ["prepare_data", "encode_latents", "train", "train"]  # the import ran locally
+    for call in calls[2:]:
+        for flag in ("-t 14400", "--mem 524288", "--cpus-per-task=64", "--gpus=a100:8"):
+            assert flag in call["call"], (flag, call["call"])
+    assert "--attempt 2" in calls[3]["call"]
+    assert "slurm_account" not in (ROOT / "profiles/slurm/config.yaml").read_text().split("executor")[1]
+
+    runs = [json.loads(line) for line in (state / "uvit.jsonl").read_text().splitlines()]
+    trains = [r for r in runs if "train" in r["argv"]]
+    assert [r["job"] for r in trains] == ["3", "4"] and {r["devices"] for r in trains} == {"0,1,2,3,4,5,6,7"}
+    imports = [r for r in runs if "import" in r["argv"]]
+    assert imports and all(r["job"] is None for r in imports)  # on the login node
+    assert "--nproc_per_node 8 -m uvit.cli" in (state / "torchrun.log").read_text()
