@@ -9,7 +9,8 @@ end-to-end tests or the ones that start subprocesses (a subprocess imports the u
 itself runs only the tests that reach the mutated function. `--max-mutants N` tests an evenly spaced sample
 of N of a module's mutants, in source order (recorded in the JSON as `sampled`). Writes
 benchmarks/results/mutation.json (per module: mutants, killed, survived, score, the survivors with their
-diffs) and prints a table. A survivor is either an equivalent mutant or a missing test: judge each one.
+diffs) and prints a table. A survivor is either an equivalent mutant or a missing test: judge each one and
+write the verdict into the JSON's `notes` (mutant name -> one line); notes are carried over to later runs.
 """
 
 from __future__ import annotations
@@ -128,12 +129,14 @@ def main() -> None:
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="uvit-mutation-"))
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    notes = previous.get("notes", {})
     results = {}
     try:
         for module in args.modules:
             print(f"{module}: mutating against {', '.join(MODULE_TESTS[module])} ...", flush=True)
             results[module] = run_module(module, args.max_mutants, args.jobs, scratch)
-            partial = {"modules": results}
+            partial = {"modules": results, "notes": notes}
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(partial, indent=1) + "\n")  # a killed run keeps what it finished
     finally:
@@ -151,6 +154,7 @@ def main() -> None:
         "jobs": args.jobs,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
         "modules": results,
+        "notes": {name: notes[name] for r in results.values() for name in r["survivors"] if name in notes},
     }
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"\n{'module':<12} {'mutants':>8} {'killed':>7} {'survived':>9} {'no tests':>9} {'score':>6}")
