@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 EMOJI := data/raw/emoji-datasource-google-16.0.0.tgz
 
-.PHONY: setup data demo test lint format dvc-yaml clean
+.PHONY: setup data demo test lint format dvc-yaml mutation clean
 
 setup: $(VENV)/.installed ## create .venv and install the project with its dev tools
 
@@ -45,6 +45,10 @@ format: setup
 	ruff format .
 	ruff check --fix .
 	snakefmt Snakefile workflow/rules
+
+# Not in CI or `make test`: hours on 2 CPU cores for all modules (MUTATION_ARGS="--modules diffusion --max-mutants 60").
+mutation: setup ## mutation testing (mutmut) of the core modules -> benchmarks/results/mutation.json
+	nice -n 19 python benchmarks/mutation.py $(MUTATION_ARGS)
 
 dvc-yaml: setup ## regenerate dvc.yaml from the Snakemake DAG
 	python workflow/scripts/export_dvc.py

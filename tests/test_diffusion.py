@@ -159,6 +159,7 @@ def test_discrete_schedules_follow_their_definitions():
     torch.testing.assert_close(STABLE.betas[[0, -1]], torch.tensor([0.00085, 0.012], dtype=torch.float64))
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     n = torch.tensor([1.0, 2.0, 500.0, 1000.0], dtype=torch.float64)
+    assert torch.equal(STABLE.betas, betas)  # computed in float64, as Stable Diffusion and the authors do
     expected = torch.stack([torch.prod(1 - betas[: int(k)]) for k in n])
     torch.testing.assert_close(STABLE.alpha(n) ** 2, expected)
     torch.testing.assert_close(STABLE.alpha(n) ** 2 + STABLE.sigma(n) ** 2, torch.ones_like(n))
@@ -363,3 +364,17 @@ def test_samplers_recover_the_moments_of_a_gaussian_mixture(sampler, schedule, s
 def test_discrete_samplers_refuse_the_continuous_schedule():
     with pytest.raises(ValueError, match="runs on the schedules"):
         sample(gaussian_eps, SCHEDULE, SeededNoise(0, [0], (1,)), "dpm_solver_pp", 10)
+    with pytest.raises(ValueError, match=r"unknown sampler 'ddim' \(known: euler_maruyama, dpm_solver, "):
+        sample(gaussian_eps, SCHEDULE, SeededNoise(0, [0], (1,)), "ddim", 10)
+
+
+@pytest.mark.parametrize("name", ["vp_linear", "stable"])
+def test_loss_draws_times_and_noise_from_its_generator_only(name):
+    """A seeded generator fixes the loss whatever the global RNG has done (resumable, per-step seeding)."""
+    schedule, x0 = make_schedule(name), torch.randn(64, 1, 4, 4)
+
+    def loss(global_seed: int) -> float:
+        torch.manual_seed(global_seed)
+        return noise_prediction_loss(lambda x, t: x, schedule, x0, torch.Generator().manual_seed(3)).item()
+
+    assert loss(0) == loss(1)

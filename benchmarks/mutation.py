@@ -1,0 +1,172 @@
+"""Mutation testing of the core modules against their fast unit tests (mutmut): `make mutation`.
+
+Usage (from the project root; hours on 2 CPU cores for all modules, so not in CI):
+    python benchmarks/mutation.py [--modules diffusion training ...] [--max-mutants 60] [--jobs 2]
+
+Each module is mutated in a scratch copy of the project (the work tree is never touched) and each mutant is
+run against that module's test files (MODULE_TESTS: its own tests and tests/test_recipe.py) without the slow
+end-to-end tests or the ones that start subprocesses (a subprocess imports the unmutated package). mutmut
+itself runs only the tests that reach the mutated function. `--max-mutants N` tests an evenly spaced sample
+of N of a module's mutants, in source order (recorded in the JSON as `sampled`). Writes
+benchmarks/results/mutation.json (per module: mutants, killed, survived, score, the survivors with their
+diffs) and prints a table. A survivor is either an equivalent mutant or a missing test: judge each one and
+write the verdict into the JSON's `notes` (mutant name -> one line); notes are carried over to later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ("diffusion", "model", "training", "sampling", "data", "autoencoder", "fid", "evaluation")
+MODULE_TESTS = {
+    "diffusion": ["tests/test_diffusion.py", "tests/test_recipe.py"],
+    "model": ["tests/test_model.py"],
+    "training": ["tests/test_training.py", "tests/test_recipe.py"],
+    "sampling": ["tests/test_sampling.py", "tests/test_recipe.py"],
+    "data": ["tests/test_data.py", "tests/test_recipe.py"],
+    "autoencoder": ["tests/test_autoencoder.py", "tests/test_recipe.py"],
+    "fid": ["tests/test_fid.py"],
+    "evaluation": ["tests/test_recipe.py"],  # only the CLI and the slow DAG tests reach evaluation.py
+}
+PYTEST_ARGS = ["-m", "not slow", "-k", "not sigkill and not gloo", "-p", "no:cacheprovider", "-W", "ignore"]
+# mutmut's exit codes (mutmut.stats.status_by_exit_code), grouped.
+KILLED, SURVIVED, NO_TESTS, TIMEOUT = {1, 3, 37}, {0}, {5, 33}, {24, -24, 36, 152, 255}
+COPY_IGNORE = shutil.ignore_patterns(
+    ".venv", ".git", ".snakemake", ".dvc", "data", "results", "logs", "metrics", "paper_tables", "mutants",
+    ".pytest_cache", "__pycache__", ".ruff_cache",
+)  # fmt: skip
+
+
+def mutmut_config(module: str) -> str:
+    tests = ", ".join(json.dumps(t) for t in MODULE_TESTS[module])
+    return (
+        "\n[tool.mutmut]\n"
+        'source_paths = ["src/uvit"]\n'
+        f'only_mutate = ["src/uvit/{module}.py"]\n'
+        f"pytest_add_cli_args_test_selection = [{tests}]\n"
+        f"pytest_add_cli_args = {json.dumps(PYTEST_ARGS)}\n"
+        'also_copy = ["params.yaml", "workflow/"]\n'
+        'process_isolation = "forkserver"\n'  # torch is not fork-safe after pytest has run in the parent
+        "use_git_change_detection = false\n"
+    )
+
+
+def mutmut(work: Path, *args: str, log) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH="")
+    command = [sys.executable, "-m", "mutmut", *args]
+    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+    log.write(f"$ {' '.join(command)}  (rc {result.returncode})\n{result.stdout}\n{result.stderr}\n")
+    return result
+
+
+def exit_codes(work: Path, module: str) -> dict[str, int | None]:
+    meta = work / "mutants" / "src" / "uvit" / f"{module}.py.meta"
+    return json.loads(meta.read_text())["exit_code_by_key"] if meta.is_file() else {}
+
+
+def spread(names: list[str], count: int | None) -> list[str]:
+    """`count` names evenly spaced over the list (all of them without a cap)."""
+    if count is None or count >= len(names):
+        return names
+    return [names[int(i * len(names) / count)] for i in range(count)]
+
+
+def run_module(module: str, max_mutants: int | None, jobs: int, scratch: Path) -> dict:
+    work = scratch / module
+    shutil.copytree(ROOT, work, ignore=COPY_IGNORE)
+    with (work / "pyproject.toml").open("a") as f:
+        f.write(mutmut_config(module))
+    started = time.perf_counter()
+    with (scratch / f"{module}.log").open("w") as log:
+        # Generate the mutants and the test-to-function map; the name matches no mutant, so nothing runs yet.
+        mutmut(work, "run", "--max-children", str(jobs), "no-such-mutant", log=log)
+        names = list(exit_codes(work, module))  # in source order
+        chosen = spread(names, max_mutants)
+        if chosen:
+            mutmut(work, "run", "--max-children", str(jobs), *chosen, log=log)
+    codes = {name: code for name, code in exit_codes(work, module).items() if name in set(chosen)}
+    survivors = sorted(n for n, c in codes.items() if c in SURVIVED)
+    diffs = {}
+    with (scratch / f"{module}.log").open("a") as log:
+        for name in survivors:
+            diffs[name] = mutmut(work, "show", name, log=log).stdout.strip()
+    killed = sum(c in KILLED for c in codes.values())
+    tested = sum(c in KILLED | SURVIVED | TIMEOUT for c in codes.values())
+    return {
+        "tests": MODULE_TESTS[module],
+        "mutants_generated": len(names),
+        "mutants": len(chosen),
+        "sampled": max_mutants is not None and len(chosen) < len(names),
+        "killed": killed,
+        "timeout": sum(c in TIMEOUT for c in codes.values()),
+        "survived": len(survivors),
+        "no_tests": sum(c in NO_TESTS for c in codes.values()),
+        "not_checked": sum(c is None for c in codes.values()),
+        # Killed (a timeout counts as killed, as mutmut counts it) over the mutants some test reached.
+        "score": round((killed + sum(c in TIMEOUT for c in codes.values())) / tested, 4) if tested else None,
+        "seconds": round(time.perf_counter() - started, 1),
+        "survivors": diffs,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--modules", nargs="+", default=list(MODULES), choices=MODULES)
+    parser.add_argument("--max-mutants", type=int, default=None, help="per module: an evenly spaced sample")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.json")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch copies (for `mutmut browse`)")
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="uvit-mutation-"))
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    notes = previous.get("notes", {})
+    results = {}
+    try:
+        for module in args.modules:
+            print(f"{module}: mutating against {', '.join(MODULE_TESTS[module])} ...", flush=True)
+            results[module] = run_module(module, args.max_mutants, args.jobs, scratch)
+            partial = {"modules": results, "notes": notes}
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(partial, indent=1) + "\n")  # a killed run keeps what it finished
+    finally:
+        if args.keep:
+            print(f"scratch copies and logs kept in {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    import mutmut
+
+    report = {
+        "tool": f"mutmut {mutmut.__version__}" if hasattr(mutmut, "__version__") else "mutmut",
+        "pytest_args": PYTEST_ARGS,
+        "max_mutants_per_module": args.max_mutants,
+        "jobs": args.jobs,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
+        "modules": results,
+        "notes": {name: notes[name] for r in results.values() for name in r["survivors"] if name in notes},
+    }
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\n{'module':<12} {'mutants':>8} {'killed':>7} {'survived':>9} {'no tests':>9} {'score':>6}")
+    for module, r in results.items():
+        score = "-" if r["score"] is None else f"{r['score']:.2f}"
+        sampled = f" (of {r['mutants_generated']})" if r["sampled"] else ""
+        print(
+            f"{module:<12} {r['mutants']:>8} {r['killed'] + r['timeout']:>7} {r['survived']:>9} "
+            f"{r['no_tests']:>9} {score:>6}{sampled}"
+        )
+    print(f"\nwritten {args.out}")
+
+
+if __name__ == "__main__":
+    main()
