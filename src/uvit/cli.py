@@ -25,6 +25,13 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def named(params: dict, section: str, name: str) -> dict:
+    """params[section][name], or a UserError listing the names there are."""
+    if name not in params[section]:
+        raise UserError(f"{section}.{name}: not in params.yaml; use one of: {', '.join(params[section])}")
+    return params[section][name]
+
+
 def check_data(params: dict, dataset: str, data_dir: str) -> None:
     """Refuse a prepared folder made from another dataset than the one the experiment names."""
     from uvit.data import check_prepared
@@ -47,6 +54,7 @@ def set_threads(threads: int | None) -> None:
 def cmd_prepare_data(args, params: dict) -> None:
     from uvit.data import prepare_dataset
 
+    named(params, "datasets", args.dataset)
     manifests = prepare_dataset(params["datasets"][args.dataset], args.out)
     for split, manifest in manifests.items():
         log(f"{args.dataset}/{split}: {manifest['count']} images of shape {manifest['shape']}")
@@ -56,7 +64,7 @@ def cmd_train_autoencoder(args, params: dict) -> None:
     from uvit.autoencoder import train_autoencoder
     from uvit.provenance import record, write_json
 
-    cfg = params["autoencoders"][args.autoencoder]
+    cfg = named(params, "autoencoders", args.autoencoder)
     check_data(params, cfg["dataset"], args.data)
     metrics = train_autoencoder(cfg, Path(args.data), Path(args.out), log=log)
     provenance = record(cfg, {"dataset": args.data}, settings_hash(cfg))
@@ -98,6 +106,10 @@ def cmd_train(args, params: dict) -> None:
 
     exp = resolve_experiment(params, args.experiment)
     check_data(params, exp["dataset"], args.data)
+    if exp["space"] == "latent" and not args.latents:
+        raise UserError(
+            f"experiments.{exp['name']}: a latent experiment trains on encoded latents; give --latents"
+        )
     latents = Path(args.latents) if args.latents else None
     preview = training_preview(exp, args) if exp["training"]["sample_every"] else None
     text = Path(args.text) if args.text else None
@@ -342,15 +354,16 @@ class Parser(argparse.ArgumentParser):
 
 
 def positive(kind):
-    """An argparse type: a number of `kind` that is at least 1 (counts, steps, threads)."""
+    """An argparse type: a whole number >= 1 (counts, steps, threads), or a float > 0."""
+    expected = "a whole number >= 1" if kind is int else "a number > 0"
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}") from None
-        if not value >= 1:
-            raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not value > 0:  # an int > 0 is >= 1; a nan float fails too
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
     parse.__name__ = kind.__name__
@@ -558,8 +571,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a file given on the command line or in params.yaml
         if args.debug:
             raise
-        where = f"{err.filename}: {err.strerror}" if err.filename else " ".join(str(err).split())
-        log(f"error: {where}; check the path given and its permissions")
+        if err.filename:
+            log(f"error: {err.filename}: {err.strerror}; check the path given and its permissions")
+        else:
+            log(f"error: {' '.join(str(err).split())}")
         return 2
     except KeyboardInterrupt:
         log(f"error: uvit {args.command}: interrupted; run it again to resume")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -204,8 +205,10 @@ def deep_merge(base: dict, override: dict) -> dict:
 def resolve_experiment(params: dict, name: str) -> dict:
     """The full settings of one experiment: defaults, its overrides, and its zoo model if named."""
     if name not in params["experiments"]:
+        close = difflib.get_close_matches(name, params["experiments"], n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
         known = ", ".join(sorted(params["experiments"]))
-        raise ConfigError(f"params.yaml: experiments.{name}: no such experiment (known: {known})")
+        raise ConfigError(f"params.yaml: experiments.{name}: no such experiment; {hint}(known: {known})")
     exp = deep_merge(params["defaults"], params["experiments"][name])
     exp["model"] = model_settings(params, params["experiments"][name])
     exp["name"] = name

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from uvit.config import settings_hash, stage_settings
-from uvit.data import load_split, read_json
+from uvit.data import DataError, load_split, read_json
 from uvit.fid import (
     InceptionFeatureExtractor,
     feature_statistics,
@@ -92,7 +92,7 @@ def fid_of_samples(
     images = read_image_folder(inputs["samples"])
     expected = exp["sampling"]["num_samples"]
     if len(images) != expected:
-        raise RuntimeError(
+        raise DataError(
             f"{inputs['samples']}: {len(images)} images, sampling.num_samples says {expected}; re-run sample"
         )
     extractor = InceptionFeatureExtractor(precision=exp["evaluation"]["feature_precision"])

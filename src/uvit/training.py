@@ -253,12 +253,12 @@ def read_torch_file(path: Path, expected: str) -> object:
         reason = err.strerror or str(err)
     except Exception as err:  # torch raises several types for truncated, foreign or refused files
         text = str(err)
-        if "Weights only load failed" in text:
+        if "Weights only load failed" in text and "global" in text.lower():
             reason = "refused by the weights-only loader (it carries Python objects, not only tensors)"
         elif "zip archive" in text or "central directory" in text or isinstance(err, EOFError):
             reason = "truncated or damaged"
         else:
-            reason = f"not a torch file ({text.splitlines()[0] if text else type(err).__name__})"
+            reason = "not a torch file"
     raise CheckpointError(f"{path}: {reason}; expected {expected}")
 
 
