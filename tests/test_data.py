@@ -220,6 +220,23 @@ def write_imagenet(root: Path) -> None:
             photo(w, h, i).save(root / "train" / synset / f"{synset}_{i}.JPEG", "JPEG")
 
 
+def test_imagenet_labels_come_from_the_synset_folders_not_the_file_names(tmp_path):
+    for synset, names in {
+        "n01": ["n01_a.JPEG", "x_b.JPEG"],
+        "n02": ["n02_a.JPEG"],
+        "n03": ["y_c.JPEG"],
+    }.items():
+        (tmp_path / "imagenet" / "train" / synset).mkdir(parents=True)
+        for i, name in enumerate(names):
+            photo(80, 80, i).save(tmp_path / "imagenet" / "train" / synset / name, "JPEG")
+    cfg = {"source": "imagenet", "root": str(tmp_path / "imagenet"), "resolution": 32, "shard_size": 10}
+    manifest = prepare_dataset(cfg, tmp_path / "out")["train"]
+    assert manifest["class_counts"] == {0: 2, 1: 1, 2: 1}  # 3 folders, 3 classes
+    photo(80, 80, 0).save(tmp_path / "imagenet" / "train" / "n01_loose.JPEG", "JPEG")
+    with pytest.raises(DataError, match=r"n01_loose.JPEG: not directly in a synset folder"):
+        prepare_dataset(cfg, tmp_path / "out")
+
+
 def test_imagenet_adapter_labels_sorted_synsets_and_crops_like_adm(tmp_path):
     write_imagenet(tmp_path / "imagenet")
     cfg = {"source": "imagenet", "root": str(tmp_path / "imagenet"), "resolution": 64, "shard_size": 10}

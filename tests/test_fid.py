@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from uvit import fid
+from uvit.data import DataError
 from uvit.precision import cpu_has_native_bf16
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
@@ -256,7 +257,7 @@ def test_statistics_round_trip(tmp_path):
 def test_load_statistics_names_missing_key(tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, mu=np.zeros(3), cov=np.eye(3))
-    with pytest.raises(KeyError, match=r"bad\.npz.*sigma"):
+    with pytest.raises(DataError, match=r"bad\.npz: no key .sigma."):
         fid.load_statistics(path)
 
 

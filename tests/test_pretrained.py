@@ -10,10 +10,10 @@ import json
 
 import pytest
 import torch
-from conftest import make_project_copy, run, set_params
+from conftest import ROOT, make_project_copy, run, set_params
 
 from uvit.config import load_params, resolve_experiment
-from uvit.training import model_for
+from uvit.training import CheckpointError, model_for
 
 pytestmark = pytest.mark.slow
 
@@ -54,9 +54,12 @@ class Payload:
 def test_weights_carrying_objects_are_refused(tmp_path):
     from uvit.sampling import import_weights
 
+    params = load_params(ROOT / "params.yaml")
+    exp = resolve_experiment(params, "smoke_pixel")
     bad = tmp_path / "nnet_ema.pth"
     torch.save({"w": torch.zeros(1), "note": Payload()}, bad)
-    with pytest.raises(Exception, match=r"Weights only load failed"):
-        import_weights(bad, tmp_path / "out.pth")
+    with pytest.raises(CheckpointError, match=r"nnet_ema.pth: refused by the weights-only loader"):
+        import_weights(bad, tmp_path / "out.pth", params, exp)
     with pytest.raises(FileNotFoundError, match=r"evaluation\.pretrained_weights"):
-        import_weights(tmp_path / "missing.pth", tmp_path / "out.pth")
+        import_weights(tmp_path / "missing.pth", tmp_path / "out.pth", params, exp)
+    assert not (tmp_path / "out.pth").exists()

@@ -68,8 +68,24 @@ class Payload:
 def test_a_checkpoint_carrying_a_pickled_object_is_refused(digits, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     torch.save({"step": 5, "payload": Payload()}, tmp_path / "checkpoints" / "ckpt-0000005.pt")
-    with pytest.raises(Exception, match="Weights only load failed"):
-        train(smoke_experiment(5), digits, tmp_path, log=lambda m: None)
+    logs = []
+    train(smoke_experiment(5), digits, tmp_path, log=logs.append)  # trains from step 0: never unpickled
+    assert any("ckpt-0000005.pt: refused by the weights-only loader" in m for m in logs)
+    assert not any("resuming" in m for m in logs)
+
+
+def test_a_truncated_newest_checkpoint_is_skipped_for_an_older_intact_one(digits, tmp_path):
+    exp = smoke_experiment(15, keep_checkpoints=3, precision="fp32")
+    train(exp, digits, tmp_path / "straight", log=lambda m: None)
+    train(exp, digits, tmp_path / "cut", log=lambda m: None)
+    newest = tmp_path / "cut" / "checkpoints" / "ckpt-0000015.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    logs = []
+    train(exp, digits, tmp_path / "cut", log=logs.append)
+    assert any(m.startswith("skipping") and "ckpt-0000015.pt: truncated or damaged" in m for m in logs)
+    assert any("resuming from" in m and "step 10" in m for m in logs)
+    final = "nnet_ema.pth"
+    assert (tmp_path / "cut" / final).read_bytes() == (tmp_path / "straight" / final).read_bytes()
 
 
 def test_non_finite_loss_names_step_and_checkpoint(digits, tmp_path):

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from uvit.data import load_split, read_manifest, read_shards, write_manifest, write_shards
+from uvit.errors import UserError
 
 
 def build_autoencoder(cfg: dict, channels: int, resolution: int):
@@ -127,7 +128,7 @@ SD_VAE_CONFIG = dict(
 SD_CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 
 
-class AutoencoderError(RuntimeError):
+class AutoencoderError(UserError, RuntimeError):
     """An autoencoder file that cannot be used; the message names it and what was expected."""
 
 

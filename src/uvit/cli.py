@@ -12,17 +12,31 @@ import sys
 from pathlib import Path
 
 from uvit.config import (
-    ConfigError,
     latent_geometry,
     load_params,
     resolve_experiment,
     settings_hash,
     stage_settings,
 )
+from uvit.errors import UserError
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def named(params: dict, section: str, name: str) -> dict:
+    """params[section][name], or a UserError listing the names there are."""
+    if name not in params[section]:
+        raise UserError(f"{section}.{name}: not in params.yaml; use one of: {', '.join(params[section])}")
+    return params[section][name]
+
+
+def check_data(params: dict, dataset: str, data_dir: str) -> None:
+    """Refuse a prepared folder made from another dataset than the one the experiment names."""
+    from uvit.data import check_prepared
+
+    check_prepared(Path(data_dir) / "train", dataset, params["datasets"][dataset])
 
 
 def set_threads(threads: int | None) -> None:
@@ -40,6 +54,7 @@ def set_threads(threads: int | None) -> None:
 def cmd_prepare_data(args, params: dict) -> None:
     from uvit.data import prepare_dataset
 
+    named(params, "datasets", args.dataset)
     manifests = prepare_dataset(params["datasets"][args.dataset], args.out)
     for split, manifest in manifests.items():
         log(f"{args.dataset}/{split}: {manifest['count']} images of shape {manifest['shape']}")
@@ -49,7 +64,8 @@ def cmd_train_autoencoder(args, params: dict) -> None:
     from uvit.autoencoder import train_autoencoder
     from uvit.provenance import record, write_json
 
-    cfg = params["autoencoders"][args.autoencoder]
+    cfg = named(params, "autoencoders", args.autoencoder)
+    check_data(params, cfg["dataset"], args.data)
     metrics = train_autoencoder(cfg, Path(args.data), Path(args.out), log=log)
     provenance = record(cfg, {"dataset": args.data}, settings_hash(cfg))
     write_json(args.metrics, {"autoencoder": args.autoencoder, **metrics, "provenance": provenance})
@@ -89,6 +105,11 @@ def cmd_train(args, params: dict) -> None:
     from uvit.training import placement, train
 
     exp = resolve_experiment(params, args.experiment)
+    check_data(params, exp["dataset"], args.data)
+    if exp["space"] == "latent" and not args.latents:
+        raise UserError(
+            f"experiments.{exp['name']}: a latent experiment trains on encoded latents; give --latents"
+        )
     latents = Path(args.latents) if args.latents else None
     preview = training_preview(exp, args) if exp["training"]["sample_every"] else None
     text = Path(args.text) if args.text else None
@@ -112,7 +133,10 @@ def training_preview(exp: dict, args):
     from uvit.training import placement
 
     if exp["space"] == "latent" and not args.autoencoder_dir:
-        raise SystemExit("error: training.sample_every needs --autoencoder-dir for a latent experiment")
+        raise UserError(
+            f"experiments.{exp['name']}.training.sample_every: previews of a latent experiment need its decoder; "
+            "give --autoencoder-dir"
+        )
     sampler = ImageSampler(
         exp,
         Path(args.data),
@@ -149,11 +173,14 @@ def cmd_sample(args, params: dict) -> None:
     from uvit.sampling import sample_experiment
 
     exp = resolve_experiment(params, args.experiment)
+    check_data(params, exp["dataset"], args.data)
     geometry = None
     if exp["space"] == "latent" and not args.latents:
         geometry = latent_geometry(params, exp)
         if geometry[1] is None:
-            raise SystemExit(f"error: {exp['autoencoder']} measures its latent scale: give --latents")
+            raise UserError(
+                f"autoencoders.{exp['autoencoder']}: measures its latent scale (no scale_factor); give --latents"
+            )
     sample_experiment(
         exp,
         Path(args.model),
@@ -172,7 +199,7 @@ def cmd_import(args, params: dict) -> None:
     """Check a file given from outside the pipeline and store it as a pipeline artifact (hashed by DVC)."""
     source, out = Path(args.source), Path(args.out)
     if not source.exists():
-        raise FileNotFoundError(f"{source}: not found ({args.kind} given in params.yaml: {args.key})")
+        raise UserError(f"{source}: not found; set {args.key} in params.yaml to the {args.kind} file")
     if args.kind == "reference":
         from uvit.fid import import_statistics
 
@@ -185,7 +212,12 @@ def cmd_import(args, params: dict) -> None:
         from uvit.sampling import import_weights
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        import_weights(source, out)
+        name = args.experiment or (args.key.split(".")[1] if args.key.startswith("experiments.") else None)
+        if name is None:
+            raise UserError(
+                f"{args.key}: cannot tell which experiment the weights are for; give --experiment"
+            )
+        import_weights(source, out, params, resolve_experiment(params, name))
     log(f"imported {args.kind} {source} -> {out}")
 
 
@@ -314,14 +346,43 @@ def cmd_verify(args, params: dict) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
+class Parser(argparse.ArgumentParser):
+    """Command-line mistakes as one line: `error: <what>; <how to fix>`."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
+def positive(kind):
+    """An argparse type: a whole number >= 1 (counts, steps, threads), or a float > 0."""
+    expected = "a whole number >= 1" if kind is int else "a number > 0"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not value > 0:  # an int > 0 is >= 1; a nan float fails too
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="uvit", description=__doc__.splitlines()[0])
+    parser = Parser(prog="uvit", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--params", default="params.yaml", metavar="FILE", help="settings file (default: %(default)s)"
     )
     parser.add_argument(
-        "--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)"
+        "--threads",
+        type=positive(int),
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: torch's)",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
 
     def stage(name: str, func, help_text: str) -> argparse.ArgumentParser:
@@ -349,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="trained folder, or an SD KL-f8 file or folder",
     )
     p.add_argument(
-        "--scale-factor", type=float, metavar="S", help="fixed latent scale (SD: 0.18215; COCO: 0.23010)"
+        "--scale-factor",
+        type=positive(float),
+        metavar="S",
+        help="fixed latent scale (SD: 0.18215; COCO: 0.23010)",
     )
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -365,7 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="local transformers text encoder, or 'minilm' (offline)",
     )
     p.add_argument(
-        "--tokens", type=int, default=77, help="context tokens per caption (default: %(default)s, CLIP's)"
+        "--tokens",
+        type=positive(int),
+        default=77,
+        help="context tokens per caption (default: %(default)s, CLIP's)",
     )
     p.add_argument("--out", required=True, metavar="DIR")
 
@@ -375,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", required=True, choices=["reference", "autoencoder", "weights"])
     p.add_argument("--source", required=True, metavar="PATH")
     p.add_argument("--key", required=True, help="the params.yaml key that names the source (for messages)")
+    p.add_argument(
+        "--experiment", help="whose model the weights must fit (default: the experiment --key names)"
+    )
     p.add_argument("--out", required=True, metavar="PATH")
 
     p = stage("train", cmd_train, "Train (or resume) an experiment's U-ViT.")
@@ -401,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--autoencoder-dir", metavar="DIR")
     p.add_argument("--latents", metavar="DIR")
     p.add_argument("--text", metavar="DIR", help="encoded captions to sample for (text experiments)")
-    p.add_argument("--sampler-steps", type=int, metavar="N", help="instead of sampling.steps")
+    p.add_argument("--sampler-steps", type=positive(int), metavar="N", help="instead of sampling.steps")
     p.add_argument("--out", required=True, metavar="DIR")
 
     for name, func, text in (
@@ -415,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = stage(name, func, text)
         p.add_argument("--data", required=True, metavar="DIR")
         p.add_argument("--split", required=True, help="a prepared split: train, test (val for MS-COCO)")
-        p.add_argument("--count", required=True, type=int, metavar="N")
+        p.add_argument("--count", required=True, type=positive(int), metavar="N")
         p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
         p.add_argument("--out", required=True, metavar="FILE")
         if name == "fid-floor":
@@ -435,10 +505,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="the pipeline output holding --checkpoint, if another (e.g. snapshots/; recorded for provenance)",
     )
-    p.add_argument("--sampler-steps", type=int, metavar="N", help="the samples' steps, if not sampling.steps")
+    p.add_argument(
+        "--sampler-steps", type=positive(int), metavar="N", help="the samples' steps, if not sampling.steps"
+    )
     p.add_argument("--pretrained", action="store_true", help="the checkpoint is the authors' release")
     p.add_argument(
-        "--training-step", type=int, metavar="N", help="the checkpoint's step, if not training.steps"
+        "--training-step",
+        type=positive(int),
+        metavar="N",
+        help="the checkpoint's step, if not training.steps",
     )
     p.add_argument("--metrics", required=True, metavar="FILE")
 
@@ -478,22 +553,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one stage. Every failure ends as one line on stderr and a non-zero exit (the traceback: --debug)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a command-line mistake (already printed as one line)
+        return stop.code
     try:
         params = load_params(args.params)
-    except ConfigError as err:
-        log(f"error: {err}")
-        return 2
-    set_threads(args.threads)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from uvit.autoencoder import AutoencoderError
-    from uvit.data import DataError
-
-    try:
+        set_threads(args.threads)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         args.func(args, params)
-    except (DataError, AutoencoderError, FileNotFoundError) as err:
-        log(f"error: {err}")
+    except UserError as err:
+        if args.debug:
+            raise
+        log(f"error: {' '.join(str(err).split())}")
         return 2
+    except OSError as err:  # a file given on the command line or in params.yaml
+        if args.debug:
+            raise
+        if err.filename:
+            log(f"error: {err.filename}: {err.strerror}; check the path given and its permissions")
+        else:
+            log(f"error: {' '.join(str(err).split())}")
+        return 2
+    except KeyboardInterrupt:
+        log(f"error: uvit {args.command}: interrupted; run it again to resume")
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        first = str(err).splitlines()[0] if str(err) else ""
+        log(
+            f"error: uvit {args.command}: unexpected {type(err).__name__}: {first}; rerun with --debug for the traceback"
+        )
+        return 1
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from uvit.errors import UserError
 from uvit.zoo import MODEL_ZOO
 
 # Which schedules each sampler (uvit.diffusion) runs on; here, torch-free, so the DAG validates it fast.
@@ -39,7 +41,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A problem in params.yaml; the message names the key and what was expected."""
 
 
@@ -48,12 +50,9 @@ def load_params(path: str | Path = "params.yaml", schema_path: str | Path | None
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found (run from the project root or pass --params)")
-    try:
-        params = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    params = read_yaml(path)
     schema_path = Path(schema_path) if schema_path else path.parent / SCHEMA_PATH
-    schema = yaml.safe_load(schema_path.read_text())
+    schema = read_yaml(schema_path)
     validate_against_schema(params, schema, source=str(path))
     expand_ablations(params, source=str(path))
     with ablation_keys_named(params, source=str(path)):
@@ -61,6 +60,54 @@ def load_params(path: str | Path = "params.yaml", schema_path: str | Path | None
         validate_against_schema(written, schema, source=str(path))
         check_references(params, source=str(path))
     return params
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (plain YAML silently keeps the last one)."""
+
+    def construct_document(self, node):
+        refuse_duplicate_keys(node, [], set())
+        return super().construct_document(node)
+
+
+def refuse_duplicate_keys(node: yaml.Node, path: list[str], seen_nodes: set[int]) -> None:
+    """Raise ConfigError naming the first key written twice in a mapping (merge keys `<<:` may be overridden)."""
+    if id(node) in seen_nodes:  # an alias: checked where its anchor is
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            line = key_node.start_mark.line + 1
+            if key in lines and key != "<<":
+                raise ConfigError(
+                    f"{node.start_mark.name}: {_dotted([*path, key])} (line {line}): key given twice (first on "
+                    f"line {lines[key]}); keep one of them (YAML would silently use the last)"
+                )
+            lines[key] = line
+            refuse_duplicate_keys(value_node, [*path, key], seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            refuse_duplicate_keys(item, [*path, str(i)], seen_nodes)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file read safely, refusing duplicate keys; any problem is a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: unreadable ({err}); check the file and its permissions") from None
+    try:
+        loader = UniqueKeyLoader(text)
+        loader.name = str(path)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
 
 
 def ablation_experiment_name(grid: str, axis: str, value: Any) -> str:
@@ -158,8 +205,10 @@ def deep_merge(base: dict, override: dict) -> dict:
 def resolve_experiment(params: dict, name: str) -> dict:
     """The full settings of one experiment: defaults, its overrides, and its zoo model if named."""
     if name not in params["experiments"]:
+        close = difflib.get_close_matches(name, params["experiments"], n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
         known = ", ".join(sorted(params["experiments"]))
-        raise ConfigError(f"params.yaml: experiments.{name}: no such experiment (known: {known})")
+        raise ConfigError(f"params.yaml: experiments.{name}: no such experiment; {hint}(known: {known})")
     exp = deep_merge(params["defaults"], params["experiments"][name])
     exp["model"] = model_settings(params, params["experiments"][name])
     exp["name"] = name

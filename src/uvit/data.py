@@ -36,12 +36,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from uvit.errors import UserError
+
 # --------------------------------------------------------------------------------------------------------
 # Errors and small helpers
 # --------------------------------------------------------------------------------------------------------
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A dataset problem; the message names the file and how to fix it."""
 
 
@@ -418,13 +420,19 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def load_imagenet(cfg: dict) -> dict[str, SplitData]:
-    """ImageNet train: labels index the sorted synsets (the file-name prefix, as the authors read them)."""
+    """ImageNet train: labels index the sorted synset folders (train/<synset>/*.JPEG); file names are not read."""
     root = _require(Path(cfg.get("root", "data/raw/imagenet")), "ImageNet", IMAGENET_LAYOUT)
     train = root / "train" if (root / "train").is_dir() else root
     files = list_images(train)
     if not files:
         raise DataError(f"ImageNet: no images under {train}. Expected {IMAGENET_LAYOUT}")
-    synsets = [f.name.split("_")[0] for f in files]
+    outside = [f for f in files if len(f.relative_to(train).parts) != 2]
+    if outside:
+        raise DataError(
+            f"{outside[0]}: not directly in a synset folder ({len(outside)} such files); expected "
+            f"{IMAGENET_LAYOUT}. Move each image into its class's folder"
+        )
+    synsets = [f.parent.name for f in files]
     index = {name: i for i, name in enumerate(sorted(set(synsets)))}
     items = [(f, index[s], None) for f, s in zip(files, synsets, strict=True)]
     transform = functools.partial(adm_center_crop, size=cfg["resolution"])
@@ -661,7 +669,30 @@ def read_manifest(split_dir: Path) -> dict:
     path = Path(split_dir) / "manifest.json"
     if not path.is_file():
         raise DataError(f"{path}: missing; run the prepare_data stage for this dataset")
-    return json.loads(path.read_text())
+    return read_json(path, f"delete {split_dir} and run the stage that wrote it again")
+
+
+def read_json(path: Path, fix: str) -> dict:
+    """A JSON object from a file a stage wrote; an unreadable or truncated one is a DataError saying `fix`."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a readable JSON file ({err}); {fix}") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object, found {type(value).__name__}; {fix}")
+    return value
+
+
+def check_prepared(split_dir: str | Path, name: str, cfg: dict) -> None:
+    """Refuse a prepared split made from another dataset than `name` (its manifest's source and image size)."""
+    manifest = read_manifest(split_dir)
+    made_from = (manifest.get("source"), manifest.get("shape", [None])[0])
+    if made_from != (cfg["source"], cfg["resolution"]):
+        raise DataError(
+            f"{Path(split_dir) / 'manifest.json'}: prepared from source {made_from[0]!r} at {made_from[1]} px, "
+            f"expected dataset {name!r} (source {cfg['source']!r} at {cfg['resolution']} px); pass the folder "
+            f"`uvit prepare-data --dataset {name}` wrote"
+        )
 
 
 def load_split(split_dir: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:

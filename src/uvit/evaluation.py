@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from uvit.config import settings_hash, stage_settings
-from uvit.data import load_split
+from uvit.data import DataError, load_split, read_json
 from uvit.fid import (
     InceptionFeatureExtractor,
     feature_statistics,
@@ -88,18 +88,17 @@ def fid_of_samples(
     log=print,
 ) -> dict:
     """FID of the experiment's sample folder, with its floor, protocol and provenance."""
-    import json
 
     images = read_image_folder(inputs["samples"])
     expected = exp["sampling"]["num_samples"]
     if len(images) != expected:
-        raise RuntimeError(
+        raise DataError(
             f"{inputs['samples']}: {len(images)} images, sampling.num_samples says {expected}; re-run sample"
         )
     extractor = InceptionFeatureExtractor(precision=exp["evaluation"]["feature_precision"])
     features = extractor.features(images, progress=True, desc=f"FID {exp['name']}")
     fid = frechet_distance(*feature_statistics(features), *load_statistics(inputs["reference"]))
-    floor = json.loads(Path(floor_path).read_text())
+    floor = read_json(Path(floor_path), "run `uvit fid-floor` again")
     settings = stage_settings(exp, "fid")
     metrics = {
         "experiment": exp["name"],

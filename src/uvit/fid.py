@@ -31,6 +31,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import zipfile
 from glob import glob
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from uvit.data import DataError
 
 FEATURE_DIM = 2048
 INCEPTION_SIZE = 299
@@ -412,7 +415,7 @@ def read_image_folder(path: str | os.PathLike) -> np.ndarray:
     """All images under ``path`` as uint8 N x H x W x 3, read like clean-fid (PIL, RGB)."""
     files = list_image_files(path)
     if not files:
-        raise FileNotFoundError(f"no image files found under {path}")
+        raise FileNotFoundError(f"{path}: no image files found; give the folder `uvit sample` wrote")
     images = []
     for f in files:
         with Image.open(f) as img:
@@ -475,19 +478,26 @@ def import_statistics(source: str | os.PathLike, out: str | os.PathLike) -> None
     """Check a given reference .npz (the authors' fid_stats, ADM's reference batches) and store its mu and sigma."""
     mu, sigma = load_statistics(source)
     if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
-        raise ValueError(
-            f"{source}: mu {mu.shape} and sigma {sigma.shape} are not 2048-d Inception pool statistics"
+        raise DataError(
+            f"{source}: mu {mu.shape} and sigma {sigma.shape} are not 2048-d Inception pool statistics; "
+            "give the reference statistics of the 2048-d Inception pool features"
         )
     save_statistics(out, mu, sigma, source=np.array(str(source)))
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) from an .npz with keys ``mu`` and ``sigma``."""
-    with np.load(path) as data:
-        for key in ("mu", "sigma"):
-            if key not in data.files:
-                raise KeyError(f"{path}: missing key {key!r} (found {sorted(data.files)})")
-        return data["mu"], data["sigma"]
+    try:
+        with np.load(path) as data:
+            missing = [key for key in ("mu", "sigma") if key not in data.files]
+            if not missing:
+                return data["mu"], data["sigma"]
+            found = sorted(data.files)
+    except (ValueError, EOFError, zipfile.BadZipFile, AttributeError) as err:
+        raise DataError(
+            f"{path}: not an .npz of reference statistics ({err}); expected keys mu and sigma"
+        ) from None
+    raise DataError(f"{path}: no key {missing[0]!r} (found {found}); expected an .npz with keys mu and sigma")
 
 
 def fid_from_images(

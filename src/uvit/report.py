@@ -15,7 +15,6 @@ resolution, reference statistics) and their provenance: short hashes of checkpoi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,6 +23,7 @@ import jinja2
 import yaml
 
 from uvit.config import ablation_experiment_name, fid_metrics_paths, resolve_experiment
+from uvit.data import read_json
 
 DEMO_NOTE = (
     "**Demo-scale rows are not reproductions of the paper's numbers**: they run the same pipeline on small data "
@@ -97,7 +97,7 @@ def scale_cell(metrics: dict) -> str:
 
 def read_metrics(paths: list[Path | str]) -> dict[str, dict]:
     """Metrics files by path (as given, relative to the project root)."""
-    return {str(p): json.loads(Path(p).read_text()) for p in paths}
+    return {str(p): read_json(Path(p), "run the stage that writes it again") for p in paths}
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -10,31 +10,92 @@ classes). `export_npz` packs a folder into the .npz layout of the ADM evaluation
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from uvit.autoencoder import load_autoencoder, to_uint8
-from uvit.data import atomic_write_bytes, atomic_writer, num_classes, read_manifest
+from uvit.config import settings_hash, token_grid_size
+from uvit.data import atomic_write_bytes, atomic_writer, md5_file, num_classes, read_manifest
 from uvit.diffusion import SeededNoise, guided_noise_predictor, make_schedule, sample
+from uvit.errors import UserError
 from uvit.precision import autocast, choose
 from uvit.text import Contexts
-from uvit.training import model_for, placement
+from uvit.training import CheckpointError, check_state_dict, model_for, placement, read_torch_file
+from uvit.zoo import resolve_model_settings
 
 
 def sample_name(index: int) -> str:
     return f"{index:06d}.png"
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Write an H x W x C uint8 image (grey when C == 1) atomically."""
+RECORD = "sampling.json"  # in a sample folder: what its samples were drawn with
+SETTINGS_CHUNK = "uvit-sampling"  # in each sample: the hash of that record
+
+
+def write_png(path: Path, image: np.ndarray, settings: str | None = None) -> None:
+    """Write an H x W x C uint8 image (grey when C == 1) atomically, with the hash of its settings if given."""
     buffer = io.BytesIO()
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+    info = PngInfo()
+    if settings:
+        info.add_text(SETTINGS_CHUNK, settings)
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG", pnginfo=info)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def sampling_record(exp: dict, model_path: Path, steps: int | None, precision: str) -> dict:
+    """What a sample folder's images depend on besides their index."""
+    cfg = exp["sampling"]
+    return {
+        "experiment": exp["name"],
+        "model_md5": md5_file(model_path),
+        "sampler": cfg["sampler"],
+        "order": cfg["order"],
+        "steps": steps or cfg["steps"],
+        "guidance_scale": cfg["guidance_scale"],
+        "seed": cfg["seed"],
+        "precision": precision,  # as run (auto resolved on this machine)
+    }
+
+
+def sample_is_current(path: Path, settings: str) -> bool:
+    """A sample counts only if it decodes completely and was drawn with these settings (its PNG text chunk)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return getattr(image, "text", {}).get(SETTINGS_CHUNK) == settings
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def clear_stale_samples(out_dir: Path, record: dict, rank: int, world: int, log) -> None:
+    """Remove this process's samples that were drawn with other settings (or are unreadable), saying why."""
+    path = out_dir / RECORD
+    try:
+        previous = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        previous = "unreadable"
+    files = [p for p in sorted(out_dir.glob("*.png")) if p.stem.isdigit() and int(p.stem) % world == rank]
+    if files and previous != record:
+        changed = (
+            ", ".join(f"{k} {previous.get(k)!r} -> {v!r}" for k, v in record.items() if previous.get(k) != v)
+            if isinstance(previous, dict)
+            else f"{RECORD} {previous or 'missing'}"
+        )
+        log(f"{out_dir}: samples drawn with other settings ({changed}); drawing them again")
+    settings = settings_hash(record)
+    stale = [p for p in files if not sample_is_current(p, settings)]
+    for p in stale:
+        p.unlink()
+    if stale:
+        log(f"{out_dir}: removed {len(stale)} samples drawn with other settings or unreadable")
+    atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
 
 
 def load_ema_model(
@@ -46,19 +107,45 @@ def load_ema_model(
 ) -> torch.nn.Module:
     """The experiment's U-ViT with the EMA weights (a plain state_dict, loaded weights-only and strict)."""
     model = model_for(exp, data_shape, classes, context_shape)
-    model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True), strict=True)
+    state = read_torch_file(model_path, f"the EMA weights (nnet_ema.pth) of {exp['name']}")
+    check_state_dict(model_path, state, model, exp["name"])
+    model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)
 
 
-def import_weights(source: Path, out: Path) -> None:
-    """Check the authors' released EMA weights (a plain state_dict, read weights-only) and store a copy."""
+def model_for_weights(params: dict, exp: dict, state: dict) -> torch.nn.Module:
+    """The experiment's U-ViT, taking from the weights only the sizes params.yaml leaves to the prepared data
+    (image channels of a pixel model, number of classes, text encoder width)."""
+    side, patch = token_grid_size(params, exp), resolve_model_settings(exp["model"])["patch_size"]
+    if exp["space"] == "latent":
+        channels = params["autoencoders"][exp["autoencoder"]]["latent_channels"]
+    else:
+        pred = state.get("decoder_pred.weight")
+        channels = max(1, pred.shape[0] // patch**2) if isinstance(pred, torch.Tensor) else 3
+    label_emb = state.get("label_emb.weight")
+    null = 1 if exp["training"]["cond_drop_prob"] > 0 else 0
+    classes = label_emb.shape[0] - null if isinstance(label_emb, torch.Tensor) else 1
+    context = None
+    if exp["condition"] == "text":
+        embed = state.get("context_embed.weight")
+        width = embed.shape[1] if isinstance(embed, torch.Tensor) else 1
+        context = (params["datasets"][exp["dataset"]].get("text_tokens", 77), width)
+    return model_for(exp, (channels, side, side), max(classes, 1), context)
+
+
+def import_weights(source: Path, out: Path, params: dict, exp: dict) -> None:
+    """Check released EMA weights (a plain state_dict, read weights-only) against the experiment's model, key by
+    key and shape by shape, and store a copy."""
     if not source.is_file():
         raise FileNotFoundError(
             f"{source}: no such file (evaluation.pretrained_weights: the authors' nnet_ema.pth)"
         )
-    state = torch.load(source, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{source}: not a state_dict of tensors (expected the authors' nnet_ema.pth)")
+    state = read_torch_file(source, f"the EMA weights (nnet_ema.pth) of {exp['name']}")
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{source}: not a state_dict; expected the EMA weights (nnet_ema.pth) of {exp['name']}"
+        )
+    check_state_dict(source, state, model_for_weights(params, exp, state), exp["name"])
     atomic_write_bytes(out, source.read_bytes())
 
 
@@ -101,7 +188,7 @@ class ImageSampler:
         self.contexts = None
         if exp["condition"] == "text":
             if text_dir is None:
-                raise ValueError(f"{exp['name']}: a text experiment samples from encoded captions (--text)")
+                raise UserError(f"{exp['name']}: a text experiment samples for encoded captions; give --text")
             self.contexts = Contexts(text_dir)
             self.null_class = self.contexts.null
         self.schedule = make_schedule(exp["diffusion"]["schedule"])
@@ -152,6 +239,9 @@ def sample_experiment(
     sampler = ImageSampler(exp, data_dir, ae_dir, latent_dir, device, latent_geometry, text_dir, log)
     model = sampler.load(model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
+    record = sampling_record(exp, model_path, steps, sampler.precision)
+    clear_stale_samples(out_dir, record, rank, world, log)
+    settings = settings_hash(record)
     missing = [i for i in range(cfg["num_samples"]) if not (out_dir / sample_name(i)).exists()]
     if len(missing) < cfg["num_samples"]:
         log(f"resuming: {cfg['num_samples'] - len(missing)} samples already in {out_dir}")
@@ -160,7 +250,7 @@ def sample_experiment(
     for begin in tqdm(range(0, len(todo), cfg["batch_size"]), desc=f"sample {exp['name']}", mininterval=5):
         indices = todo[begin : begin + cfg["batch_size"]]
         for index, image in zip(indices, sampler.images(model, indices, steps), strict=True):
-            write_png(out_dir / sample_name(index), image)
+            write_png(out_dir / sample_name(index), image, settings)
     if todo:
         seconds = time.perf_counter() - start
         log(f"{exp['name']}: {len(todo)} samples in {seconds:.1f} s ({len(todo) / seconds:.2f} images/s)")

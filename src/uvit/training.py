@@ -33,6 +33,7 @@ from uvit.autoencoder import load_latents, to_unit_range
 from uvit.config import settings_hash
 from uvit.data import atomic_write_bytes, load_split, num_classes
 from uvit.diffusion import drop_condition, make_schedule, mix_seed, noise_prediction_loss
+from uvit.errors import UserError
 from uvit.model import UViT, build_model
 from uvit.precision import autocast, choose
 from uvit.text import Contexts
@@ -50,12 +51,16 @@ BOOKKEEPING_KEYS = (
 )
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     pass
 
 
-class TrainingOutOfMemory(RuntimeError):
+class TrainingOutOfMemory(UserError, RuntimeError):
     pass
+
+
+class CheckpointError(UserError):
+    """A weights or checkpoint file that cannot be used; the message names it and why."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -87,7 +92,9 @@ class Processes:
     def share(self, batch_size: int) -> slice:
         """This rank's rows of the global batch."""
         if batch_size % self.world:
-            raise ValueError(f"training.batch_size {batch_size} is not divisible by {self.world} processes")
+            raise UserError(
+                f"training.batch_size: {batch_size} is not divisible by {self.world} processes; change either"
+            )
         per_rank = batch_size // self.world
         return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
 
@@ -200,7 +207,7 @@ class Conditions:
         self.contexts = None
         if self.kind == "text":
             if text_dir is None:
-                raise ValueError(f"{exp['name']}: a text experiment needs its encoded captions (--text)")
+                raise UserError(f"{exp['name']}: a text experiment trains on encoded captions; give --text")
             self.contexts = Contexts(text_dir)
             self.null = self.contexts.null
 
@@ -239,16 +246,67 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def read_torch_file(path: Path, expected: str) -> object:
+    """A torch file loaded weights-only; CheckpointError says why it cannot be (missing, truncated, not a torch
+    file, or carrying Python objects the weights-only loader refuses)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        reason = err.strerror or str(err)
+    except Exception as err:  # torch raises several types for truncated, foreign or refused files
+        text = str(err)
+        if "Weights only load failed" in text and "global" in text.lower():
+            reason = "refused by the weights-only loader (it carries Python objects, not only tensors)"
+        elif "zip archive" in text or "central directory" in text or isinstance(err, EOFError):
+            reason = "truncated or damaged"
+        else:
+            reason = "not a torch file"
+    raise CheckpointError(f"{path}: {reason}; expected {expected}")
+
+
+CHECKPOINT_KEYS = {"step", "trajectory_hash", "model", "ema", "optimizer", "scheduler", "history"}
+
+
+def check_state_dict(path: Path, state: object, model: torch.nn.Module, experiment: str) -> None:
+    """Raise CheckpointError naming the first key of `state` that does not fit `model` (missing, extra or shape)."""
+    fix = f"give the EMA weights (nnet_ema.pth) of {experiment}'s model, or fix its model settings in params.yaml"
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state_dict of tensors; {fix}")
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            raise CheckpointError(f"{path}: no {key!r}, which the model of {experiment} has; {fix}")
+        if state[key].shape != value.shape:
+            raise CheckpointError(
+                f"{path}: {key} has shape {list(state[key].shape)}, the model of {experiment} expects "
+                f"{list(value.shape)}; {fix}"
+            )
+    extra = [key for key in state if key not in expected]
+    if extra:
+        raise CheckpointError(f"{path}: {extra[0]!r} is not in the model of {experiment}; {fix}")
+
+
 def latest_checkpoint(ckpt_dir: Path, expected_hash: str, max_step: int, log) -> dict | None:
-    """The newest checkpoint of this trajectory at or before max_step, or None."""
+    """The newest readable checkpoint of this trajectory at or before max_step, or None; each one skipped
+    (unreadable, or made with other settings) is named with the reason."""
     for path in sorted(ckpt_dir.glob("ckpt-*.pt"), reverse=True):
-        if int(path.stem.split("-")[1]) > max_step:
+        step = path.stem.split("-")[1]
+        if not step.isdigit() or int(step) > max_step:
             continue
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["trajectory_hash"] == expected_hash:
+        try:
+            state = read_torch_file(path, "a training checkpoint")
+        except CheckpointError as err:
+            log(f"skipping {err}")
+            continue
+        if not isinstance(state, dict) or not state.keys() >= CHECKPOINT_KEYS:
+            log(
+                f"skipping {path}: not a training checkpoint of this pipeline (keys: {', '.join(CHECKPOINT_KEYS)})"
+            )
+        elif state["trajectory_hash"] == expected_hash:
             log(f"resuming from {path} (step {state['step']})")
             return state
-        log(f"ignoring {path}: made with other training settings")
+        else:
+            log(f"ignoring {path}: made with other training settings")
     return None
 
 
@@ -283,7 +341,7 @@ def write_snapshots(out_dir: Path, keep_steps: list[int]) -> None:
                 f"training.keep_steps: no checkpoint of step {step} in {ckpt.parent} (it was pruned before this "
                 f"step was listed); delete {ckpt.parent} to train again and keep it"
             )
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = read_torch_file(ckpt, f"the training checkpoint of step {step}; delete it to train it again")
         save_checkpoint(snapshot_path(out_dir, step), state["ema"])
 
 
@@ -291,8 +349,8 @@ def micro_batches(share: slice, accumulation: int) -> list[slice]:
     """Split this rank's share of the global batch into `accumulation` equal micro-batches."""
     size = share.stop - share.start
     if size % accumulation:
-        raise ValueError(
-            f"training.grad_accumulation {accumulation} does not divide the per-process batch {size}"
+        raise UserError(
+            f"training.grad_accumulation: {accumulation} does not divide the per-process batch {size}; change either"
         )
     step = size // accumulation
     return [slice(share.start + i * step, share.start + (i + 1) * step) for i in range(accumulation)]

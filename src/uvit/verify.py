@@ -14,13 +14,13 @@ Three checks, each stopping at the first failure with the table cell it affects:
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from uvit.data import read_json
 from uvit.provenance import dvc_md5
 from uvit.report import Table, build_tables, latex, render, table_metrics_files
 
@@ -196,7 +196,7 @@ def verify(params: dict, root: Path = Path(".")) -> str:
     for path in paths:
         if not (root / path).is_file():
             raise TraceError(f"{path}: missing; the tables need it (run `snakemake --cores all {path}`)")
-    metrics = {path: json.loads((root / path).read_text()) for path in paths}
+    metrics = {path: read_json(root / path, f"run `snakemake --cores all {path}` again") for path in paths}
     tables = build_tables(params, metrics)
     cells = 0
     for table in tables:
