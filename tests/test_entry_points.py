@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT, make_project_copy, project_env, run, set_params
 
 from uvit.config import load_params
@@ -207,7 +208,8 @@ def test_the_readme_slurm_command_submits_and_retries(tmp_path):
         for flag in ("-t 14400", "--mem 524288", "--cpus-per-task=64", "--gpus=a100:8"):
             assert flag in call["call"], (flag, call["call"])
     assert "--attempt 2" in calls[3]["call"]
-    assert "slurm_account" not in (ROOT / "profiles/slurm/config.yaml").read_text().split("executor")[1]
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert not {"slurm_account", "slurm_partition"} & set(profile["default-resources"])  # no placeholders
 
     runs = [json.loads(line) for line in (state / "uvit.jsonl").read_text().splitlines()]
     trains = [r for r in runs if "train" in r["argv"]]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 
 import pytest
 from conftest import ROOT, make_project_copy, run, set_params
@@ -132,28 +131,3 @@ def test_evaluation_only_dry_run_lists_the_papers_protocol(pretrained_project, p
         f"{cfg['num_samples']} samples" in out
     )
     assert f"--source w/{name}.pth" in out
-
-
-def test_slurm_profile_submits_with_the_experiments_resources(params):
-    """The sbatch call the SLURM executor plugin builds for a paper row's training job."""
-    import yaml
-    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
-    from snakemake_executor_plugin_slurm.utils import set_gres_string
-
-    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
-    assert profile["executor"] == "slurm" and profile["retries"] >= 1
-    sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
-    from export_dvc import snakemake_jobs
-
-    job = next(j for j in snakemake_jobs(["metrics/imagenet256_uvit_h2/fid.json"]) if j.rule.name == "train")
-    job_params = {
-        "run_uuid": "u",
-        "slurm_logfile": "log",
-        "comment_str": "rule_train",
-        "account": "-A my_account",
-        "partition": f"-p {profile['default-resources']['slurm_partition']}",
-        "workdir": "/work",
-    }
-    call = get_submit_command(job, job_params) + set_gres_string(job)
-    for flag in ("-p gpu", "-t 14400", "--mem 524288", "--cpus-per-task=64", "--gpus=a100:8"):
-        assert flag in call, (flag, call)

@@ -13,7 +13,6 @@ checkpoints are persistent.
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import io
 import re
@@ -23,26 +22,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGE = ROOT / "src" / "uvit"
+sys.path.insert(0, str(ROOT / "src"))
+from uvit.stages import ENTRY_MODULES, PACKAGE_DATA, module_closure  # noqa: E402
+
 HEADER = "# Generated from the Snakefile by workflow/scripts/export_dvc.py; do not edit (tests check it).\n"
 
-# The uvit modules behind each CLI subcommand; their transitive uvit imports become the stage's code deps.
-ENTRY_MODULES = {
-    "prepare-data": ("data",),
-    "import": ("fid", "autoencoder", "sampling"),
-    "encode-text": ("text",),
-    "train-autoencoder": ("autoencoder",),
-    "encode-latents": ("autoencoder",),
-    "train": ("training", "sampling", "figures"),  # sample grids during training
-    "sample": ("sampling",),
-    "reference-stats": ("evaluation",),
-    "fid-floor": ("evaluation",),
-    "fid": ("evaluation",),
-    "sample-grid": ("figures",),
-    "figures": ("figures", "report"),
-    "tables": ("report",),
-}
-PACKAGE_DATA = {"report": ["src/uvit/paper_results.yaml", "src/uvit/templates"]}
 # Rules that run a stage of uvit.config.STAGE_SECTIONS under another name.
 RULE_STAGES = {
     "sample_curve_point": "sample",
@@ -68,21 +52,6 @@ def snakemake_jobs(targets: list[str] | None = None) -> list:
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()
         return [job for job in workflow.dag.jobs if job.shellcmd]
-
-
-def module_closure(modules: tuple[str, ...]) -> list[str]:
-    """uvit modules imported (transitively) by modules, plus the CLI (whose imports are per stage), as paths."""
-    seen, todo = {"cli"}, [*modules, "config", "provenance"]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("uvit."):
-                todo.append(node.module.split(".")[1])
-    return sorted(f"src/uvit/{name}.py" for name in seen)
 
 
 def dvc_command(shellcmd: str) -> tuple[str, str]:
@@ -126,8 +95,8 @@ def stage_name(job) -> str:
 
 def stage_for(job, params: dict) -> dict:
     command, subcommand = dvc_command(job.shellcmd)
-    modules = ENTRY_MODULES[subcommand]
-    code = module_closure(modules) + [path for m in modules for path in PACKAGE_DATA.get(m, [])]
+    code = [f"src/uvit/{name}.py" for name in module_closure(subcommand)]
+    code += [f"src/uvit/{path}" for m in ENTRY_MODULES[subcommand] for path in PACKAGE_DATA.get(m, [])]
     stage: dict = {"cmd": command, "deps": sorted({str(p) for p in job.input} | set(code))}
     keys = params_read(job, params)
     if keys:
@@ -154,7 +123,6 @@ def stage_for(job, params: dict) -> dict:
 
 
 def render() -> str:
-    sys.path.insert(0, str(ROOT / "src"))
     from uvit.config import load_params
 
     params = load_params(ROOT / "params.yaml")
