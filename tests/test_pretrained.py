@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, make_project_copy, run, set_params
@@ -21,7 +22,9 @@ AUTHORS_KEYS = ("patch_embed.proj.weight", "pos_embed", "in_blocks.0.attn.qkv.we
                 "out_blocks.0.skip_linear.weight", "norm.weight", "decoder_pred.weight", "final_layer.weight")  # fmt: skip
 
 
-def test_authors_weights_evaluate_without_training(tmp_path):
+def test_authors_weights_evaluate_without_training_or_the_dataset(tmp_path):
+    """With the reference statistics given (as ADM's are for the ImageNet rows), nothing is prepared: classes
+    and image shape are read off the weights, and there is no floor (it needs held-out real images)."""
     project = make_project_copy(tmp_path / "project", targets=["smoke_pixel"])
     weights = project / "weights" / "nnet_ema.pth"
     weights.parent.mkdir()
@@ -30,12 +33,12 @@ def test_authors_weights_evaluate_without_training(tmp_path):
     state = model_for(exp, (1, 16, 16), classes=10).state_dict()
     assert set(AUTHORS_KEYS) <= set(state)
     torch.save(state, weights)
-    set_params(
-        project,
-        lambda p: p["experiments"]["smoke_pixel"]["evaluation"].__setitem__(
-            "pretrained_weights", "weights/nnet_ema.pth"
-        ),
-    )
+    rng = np.random.default_rng(0)
+    np.savez(weights.parent / "given_ref.npz", mu=rng.normal(size=2048), sigma=np.eye(2048))
+    given = {"pretrained_weights": "weights/nnet_ema.pth", "reference_npz": "weights/given_ref.npz"}
+    set_params(project, lambda p: p["experiments"]["smoke_pixel"]["evaluation"].update(given))
+    plan = run(["snakemake", "-n", "--cores", "2", "metrics/smoke_pixel/pretrained_fid.json"], project).stdout
+    assert "prepare_data" not in plan and "fid_floor" not in plan and "import_reference" in plan
 
     run(["snakemake", "--cores", "2", "metrics/smoke_pixel/pretrained_fid.json"], project, timeout=900)
     metrics = json.loads((project / "metrics/smoke_pixel/pretrained_fid.json").read_text())
@@ -45,6 +48,8 @@ def test_authors_weights_evaluate_without_training(tmp_path):
     assert (project / "data/external/weights/smoke_pixel.pth").read_bytes() == weights.read_bytes()
     assert not (project / "results/smoke_pixel/nnet_ema.pth").exists()  # nothing was trained
     assert len(list((project / "results/smoke_pixel/pretrained_samples").glob("*.png"))) == 48
+    assert not (project / "data/prepared").exists() and metrics["fid_floor"] is None
+    assert "dataset" not in metrics["provenance"]["inputs"] and "floor" not in metrics["provenance"]["inputs"]
 
 
 class Payload:

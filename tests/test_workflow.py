@@ -124,6 +124,11 @@ def test_evaluation_only_dry_run_lists_the_papers_protocol(pretrained_project, p
     out = dry_run(pretrained_project, f"metrics/{name}/pretrained_fid.json")
     planned = {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+$", out.split("Job stats:")[1], re.M)}
     assert "train" not in planned and "encode_latents" not in planned
+    exp = resolve_experiment(params, name)
+    if (
+        exp["evaluation"]["reference_npz"] and exp["condition"] != "text"
+    ):  # the ImageNet rows: ADM's references
+        assert "prepare_data" not in planned and "fid_floor" not in planned, planned
     assert {"import_weights", "sample_pretrained", "fid_pretrained"} <= planned
     cfg = resolve_experiment(params, name)["sampling"]
     assert (

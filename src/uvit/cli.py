@@ -170,10 +170,15 @@ def write_loss_csv(loss_log: Path, out: Path) -> None:
 
 
 def cmd_sample(args, params: dict) -> None:
-    from uvit.sampling import sample_experiment
+    from uvit.sampling import sample_experiment, weights_geometry
 
     exp = resolve_experiment(params, args.experiment)
-    check_data(params, exp["dataset"], args.data)
+    if args.data:
+        check_data(params, exp["dataset"], args.data)
+    elif exp["condition"] == "text":
+        raise UserError(
+            f"{args.experiment}: a text experiment samples for its prepared captions; give --data"
+        )
     geometry = None
     if exp["space"] == "latent" and not args.latents:
         geometry = latent_geometry(params, exp)
@@ -181,10 +186,11 @@ def cmd_sample(args, params: dict) -> None:
             raise UserError(
                 f"autoencoders.{exp['autoencoder']}: measures its latent scale (no scale_factor); give --latents"
             )
+    weights = None if args.data else weights_geometry(params, exp, Path(args.model))
     sample_experiment(
         exp,
         Path(args.model),
-        Path(args.data),
+        Path(args.data) if args.data else None,
         Path(args.out),
         ae_dir=Path(args.autoencoder_dir) if args.autoencoder_dir else None,
         latent_dir=Path(args.latents) if args.latents else None,
@@ -192,6 +198,7 @@ def cmd_sample(args, params: dict) -> None:
         latent_geometry=geometry,
         text_dir=Path(args.text) if args.text else None,
         log=log,
+        weights_geometry=weights,
     )
 
 
@@ -249,15 +256,20 @@ def cmd_fid(args, params: dict) -> None:
     exp = evaluation_point(
         resolve_experiment(params, args.experiment), args.training_step, args.sampler_steps
     )
+    if not args.floor and not args.pretrained:
+        raise UserError(
+            "uvit fid: --floor is needed for the pipeline's own weights (only --pretrained may omit it)"
+        )
     inputs = {
-        "dataset": args.data,
+        **({"dataset": args.data} if args.data else {}),
         "checkpoint": args.checkpoint,
         "samples": args.samples,
         "reference": args.reference,
     }
     if args.weights_output and Path(args.weights_output) != Path(args.checkpoint):
         inputs["weights_output"] = args.weights_output  # the DVC output the checkpoint file lies in
-    fid_of_samples(exp, inputs, Path(args.floor), Path(args.metrics), pretrained=args.pretrained, log=log)
+    floor = Path(args.floor) if args.floor else None
+    fid_of_samples(exp, inputs, floor, Path(args.metrics), pretrained=args.pretrained, log=log)
 
 
 def cmd_sample_grid(args, params: dict) -> None:
@@ -467,7 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("sample", cmd_sample, "Draw an experiment's samples into a PNG folder (resumable).")
     p.add_argument("--experiment", required=True)
     p.add_argument("--model", required=True, metavar="FILE", help="EMA weights (nnet_ema.pth)")
-    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="prepared dataset (classes, image shape); without it, read off the weights",
+    )
     p.add_argument("--autoencoder-dir", metavar="DIR")
     p.add_argument("--latents", metavar="DIR")
     p.add_argument("--text", metavar="DIR", help="encoded captions to sample for (text experiments)")
@@ -495,8 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", required=True)
     p.add_argument("--samples", required=True, metavar="DIR")
     p.add_argument("--reference", required=True, metavar="FILE")
-    p.add_argument("--floor", required=True, metavar="FILE")
-    p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (recorded for provenance)")
+    p.add_argument(
+        "--floor", metavar="FILE", help="the FID floor (--pretrained with a given reference: none)"
+    )
+    p.add_argument("--data", metavar="DIR", help="prepared dataset (recorded for provenance)")
     p.add_argument(
         "--checkpoint", required=True, metavar="FILE", help="EMA weights (recorded for provenance)"
     )

@@ -82,7 +82,7 @@ def evaluation_point(exp: dict, training_step: int | None = None, sampler_steps:
 def fid_of_samples(
     exp: dict,
     inputs: dict[str, str],
-    floor_path: Path,
+    floor_path: Path | None,
     metrics_path: Path,
     pretrained: bool = False,
     log=print,
@@ -98,7 +98,8 @@ def fid_of_samples(
     extractor = InceptionFeatureExtractor(precision=exp["evaluation"]["feature_precision"])
     features = extractor.features(images, progress=True, desc=f"FID {exp['name']}")
     fid = frechet_distance(*feature_statistics(features), *load_statistics(inputs["reference"]))
-    floor = read_json(Path(floor_path), "run `uvit fid-floor` again")
+    # Released weights scored against a given reference have no floor: it needs held-out real images.
+    floor = read_json(Path(floor_path), "run `uvit fid-floor` again") if floor_path else {"fid_floor": None}
     settings = stage_settings(exp, "fid")
     metrics = {
         "experiment": exp["name"],
@@ -120,8 +121,13 @@ def fid_of_samples(
         "weights": "authors' release (evaluation only)" if pretrained else "trained by this pipeline",
         "model": exp["model"]["name"]
         or f"U-ViT (D={exp['model']['embed_dim']}, depth={exp['model']['depth']}, p={exp['model']['patch_size']})",
-        "provenance": record(settings, {**inputs, "floor": str(floor_path)}, settings_hash(settings)),
+        "provenance": record(
+            settings,
+            {**inputs, **({"floor": str(floor_path)} if floor_path else {})},
+            settings_hash(settings),
+        ),
     }
     write_json(metrics_path, metrics)
-    log(f"{exp['name']}: FID {fid:.3f} (floor {floor['fid_floor']:.3f}, {expected} samples)")
+    floor_text = "no floor" if floor["fid_floor"] is None else f"floor {floor['fid_floor']:.3f}"
+    log(f"{exp['name']}: FID {fid:.3f} ({floor_text}, {expected} samples)")
     return metrics

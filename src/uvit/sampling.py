@@ -133,6 +133,16 @@ def model_for_weights(params: dict, exp: dict, state: dict) -> torch.nn.Module:
     return model_for(exp, (channels, side, side), max(classes, 1), context)
 
 
+def weights_geometry(params: dict, exp: dict, model_path: Path) -> tuple[int, tuple[int, ...]]:
+    """(classes, data shape) of released weights, for evaluating them without the prepared dataset."""
+    state = read_torch_file(model_path, f"the EMA weights (nnet_ema.pth) of {exp['name']}")
+    model = model_for_weights(params, exp, state)
+    null = 1 if exp["training"]["cond_drop_prob"] > 0 else 0
+    classes = model.label_emb.num_embeddings - null if hasattr(model, "label_emb") else 1
+    side = token_grid_size(params, exp)
+    return classes, (model.in_chans, side, side)
+
+
 def import_weights(source: Path, out: Path, params: dict, exp: dict) -> None:
     """Check released EMA weights (a plain state_dict, read weights-only) against the experiment's model, key by
     key and shape by shape, and store a copy."""
@@ -167,11 +177,16 @@ class ImageSampler:
         latent_geometry: tuple[tuple[int, ...], float] | None = None,
         text_dir: Path | None = None,
         log=print,
+        weights_geometry: tuple[int, tuple[int, ...]] | None = None,
     ):
         """Latent experiments read the latent shape and scale from the encoded latents, or, without them
-        (a pretrained autoencoder, evaluation only), take `latent_geometry` = (shape, scale factor)."""
+        (a pretrained autoencoder, evaluation only), take `latent_geometry` = (shape, scale factor). Without
+        the prepared dataset (released weights), classes and image shape come from `weights_geometry`."""
         self.exp, self.cfg, self.device = exp, exp["sampling"], torch.device(device)
-        self.classes = num_classes(data_dir / "train")
+        if data_dir is None:
+            self.classes, pixel_shape = weights_geometry
+        else:
+            self.classes = num_classes(data_dir / "train")
         self.decoder, self.scale = None, 1.0
         if exp["space"] == "latent":
             self.decoder = load_autoencoder(ae_dir).to(self.device)
@@ -181,6 +196,8 @@ class ImageSampler:
                 self.data_shape = (latent["moments_shape"][1] // 2, *latent["moments_shape"][2:])
             else:
                 self.data_shape, self.scale = latent_geometry
+        elif data_dir is None:
+            self.data_shape = pixel_shape
         else:
             height, width, channels = read_manifest(data_dir / "train")["shape"]
             self.data_shape = (channels, height, width)
@@ -223,7 +240,7 @@ class ImageSampler:
 def sample_experiment(
     exp: dict,
     model_path: Path,
-    data_dir: Path,
+    data_dir: Path | None,
     out_dir: Path,
     ae_dir: Path | None = None,
     latent_dir: Path | None = None,
@@ -231,12 +248,15 @@ def sample_experiment(
     latent_geometry: tuple[tuple[int, ...], float] | None = None,
     text_dir: Path | None = None,
     log=print,
+    weights_geometry: tuple[int, tuple[int, ...]] | None = None,
 ) -> None:
     """Draw `sampling.num_samples` images into out_dir (resumes a partial folder); `steps` overrides
     sampling.steps (FID over sampler steps)."""
     cfg = exp["sampling"]
     rank, world, device = placement()  # sampling needs no process group: ranks split samples by index
-    sampler = ImageSampler(exp, data_dir, ae_dir, latent_dir, device, latent_geometry, text_dir, log)
+    sampler = ImageSampler(
+        exp, data_dir, ae_dir, latent_dir, device, latent_geometry, text_dir, log, weights_geometry
+    )
     model = sampler.load(model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = sampling_record(exp, model_path, steps, sampler.precision)

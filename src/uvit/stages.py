@@ -143,7 +143,9 @@ class Lineage:
 
     # -- data ------------------------------------------------------------------------------------------
     def prepare_data(self, dataset):
-        return self.params["datasets"][dataset], []
+        cfg = self.params["datasets"][dataset]
+        # The raw root as found: a replaced archive or an added/removed file reruns preparation.
+        return {**cfg, **({"root_stamp": source_stamp(cfg["root"])} if "root" in cfg else {})}, []
 
     def encode_text(self, dataset, split):
         cfg = self.params["datasets"][dataset]
@@ -207,7 +209,11 @@ class Lineage:
 
     def sample_pretrained(self, experiment):
         exp = self.experiment(experiment)
-        up = [self("import_weights", experiment=experiment), *self.conditioning(exp, "sample")]
+        up = [self("import_weights", experiment=experiment)]
+        if exp["space"] == "latent":
+            up.append(self.autoencoder(exp["autoencoder"]))
+        if exp["condition"] == "text":
+            up.append(self("encode_text", dataset=exp["dataset"], split=caption_split(exp)))
         return stage_settings(exp, "sample"), up
 
     # -- FID -------------------------------------------------------------------------------------------
@@ -251,7 +257,10 @@ class Lineage:
 
     def fid_pretrained(self, experiment):
         exp = self.experiment(experiment)
-        up = [self("sample_pretrained", experiment=experiment), *self.fid_inputs(exp)]
+        ref = self.reference(exp["dataset"], reference_name(exp["evaluation"]))
+        up = [self("sample_pretrained", experiment=experiment), ref]
+        if not exp["evaluation"]["reference_npz"] or exp["condition"] == "text":  # scored with a floor
+            up = [self("sample_pretrained", experiment=experiment), *self.fid_inputs(exp)]
         return stage_settings(exp, "fid"), up
 
     # -- tables and figures (their metrics inputs rerun them when they change) -------------------------------

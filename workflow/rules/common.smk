@@ -100,6 +100,23 @@ def decoder_inputs(wildcards):
     return {"autoencoder": autoencoder_path(exp["autoencoder"])} if exp["space"] == "latent" else {}
 
 
+def needs_dataset(exp):
+    """Released weights are evaluated without preparing the dataset when the reference statistics are given
+    (no floor then: it needs held-out real images) and no captions are needed."""
+    return not exp["evaluation"]["reference_npz"] or exp["condition"] == "text"
+
+
+def pretrained_inputs(wildcards):
+    """The prepared dataset and the floor, where evaluating released weights needs them."""
+    exp = experiment(wildcards)
+    return {"data": prepared(wildcards), "floor": fid_floor(wildcards)} if needs_dataset(exp) else {}
+
+
+def optional_flags(wildcards, input):
+    """--data and --floor for the inputs a job has (evaluation-only jobs may have neither)."""
+    return " ".join(f"--{name} {input[name]}" for name in ("data", "floor") if name in input.keys())
+
+
 def pretrained_weights_source(wildcards):
     path = experiment(wildcards)["evaluation"]["pretrained_weights"]
     if not path:

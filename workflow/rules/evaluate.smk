@@ -108,11 +108,10 @@ rule fid_curve_point:
 
 rule fid_pretrained:
     input:
+        unpack(pretrained_inputs),
         samples="results/{experiment}/pretrained_samples",
         model="data/external/weights/{experiment}.pth",
-        data=prepared,
         reference=reference_stats,
-        floor=fid_floor,
     output:
         "metrics/{experiment}/pretrained_fid.json",
     log:
@@ -132,7 +131,8 @@ rule fid_pretrained:
         lineage=lineage("fid_pretrained"),
         launcher=fid_launcher,
         settings=settings_json("fid"),
+        data=optional_flags,
     shell:
         "{params.launcher} --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples} --pretrained"
-        " --reference {input.reference} --floor {input.floor} --data {input.data} --checkpoint {input.model}"
+        " --reference {input.reference} {params.data} --checkpoint {input.model}"
         " --metrics {output} 2> {log}"

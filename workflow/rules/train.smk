@@ -109,8 +109,8 @@ rule sample_pretrained:
     input:
         unpack(decoder_inputs),
         unpack(text_inputs("sample")),
+        unpack(pretrained_inputs),
         model="data/external/weights/{experiment}.pth",
-        data=prepared,
     output:
         directory("results/{experiment}/pretrained_samples"),
     log:
@@ -132,8 +132,9 @@ rule sample_pretrained:
         settings=settings_json("sample"),
         latents=latent_args,
         protocol=sampling_protocol,
+        data=optional_flags,
     message:
         "{wildcards.experiment}, the authors' weights: {params.protocol}"
     shell:
         "{params.launcher} --threads {threads} sample --experiment {wildcards.experiment} --model {input.model}"
-        " --data {input.data} {params.latents} --out {output} 2> {log}"
+        " {params.data} {params.latents} --out {output} 2> {log}"
