@@ -52,28 +52,56 @@ def dry_run(project, *targets: str) -> str:
     return result.stdout + result.stderr
 
 
-def job_block(out: str, rule: str) -> str:
-    """The dry run's description of the first job of a rule (up to its shell command)."""
-    match = re.search(rf"^(?:local)?rule {rule}:\n(.*?)^Shell command: (.*?)$", out, re.M | re.S)
-    assert match, f"no {rule} job in the plan"
-    return match.group(1) + match.group(2)
+def planned_jobs(project, *targets: str) -> tuple[str, list[dict]]:
+    """One dry run of several targets (one Snakemake start instead of one per target): its text, and its jobs
+    (rule, input and output paths, text up to the shell command). A rule with a `message:` (the sample rules:
+    the sampler protocol) is printed as `Job N: <message>`, its paths only in the reason line."""
+    out = dry_run(project, *targets)
+    jobs = []
+    for block in re.split(r"\n(?=\[\w{3} \w{3} +\d+ [\d:]+ \d{4}\]\n)", out)[1:]:
+        head, _, shell = block.partition("Shell command: ")
+        rule = re.search(r"^(?:local)?rule (\w+):$", head, re.M)
+        if rule:
+            fields = dict(re.findall(r"^\s+(input|output): (.*)$", head, re.M))
+        else:  # Job N: message; Reason: Missing output files: ...; Input files updated by another job: ...
+            updated = re.search(r"updated by another job: ([^;\n]*)", head)
+            missing = re.search(r"Missing output files: ([^;\n]*)", head)
+            fields = {"output": missing.group(1), "input": updated.group(1) if updated else ""}
+        job = {key: set(re.split(r",? ", fields.get(key, ""))) - {""} for key in ("input", "output")}
+        name = rule.group(1) if rule else "sample_pretrained" if "the authors' weights" in head else "sample"
+        jobs.append(job | {"rule": name, "text": head + shell.split("\n")[0]})
+    return out, jobs
+
+
+def jobs_for(jobs: list[dict], target: str) -> list[dict]:
+    """The jobs one target needs (it and everything upstream), out of the plan of several targets."""
+    needed = [next(job for job in jobs if target in job["output"])]
+    for job in needed:
+        needed += [up for up in jobs if up["output"] & job["input"] and up not in needed]
+    return needed
+
+
+@pytest.fixture(scope="module")
+def paper_plan() -> tuple[str, list[dict]]:
+    """One dry run for every paper row (one Snakemake start instead of ten); each test takes its row's jobs."""
+    return planned_jobs(ROOT, *(f"metrics/{name}/fid.json" for name in PAPER_ROWS))
 
 
 @pytest.mark.parametrize("name", PAPER_ROWS)
-def test_paper_row_dry_run_plans_the_recipe_without_data(name, params):
+def test_paper_row_dry_run_plans_the_recipe_without_data(name, params, paper_plan):
     """The plan of a paper row, with no data present: the right rules, the GPU resources params.yaml gives, a
     torchrun launch on multi-GPU nodes, and a GPU-hour estimate."""
     exp = resolve_experiment(params, name)
-    out = dry_run(ROOT, f"metrics/{name}/fid.json")
+    out, jobs = paper_plan
+    jobs = jobs_for(jobs, f"metrics/{name}/fid.json")
     expected = {"prepare_data", "train", "sample", "fid_floor", "fid"}
     if exp["space"] == "latent":
         expected |= {"import_autoencoder", "encode_latents"}
     expected |= {"import_reference"} if exp["evaluation"]["reference_npz"] else {"reference_stats"}
     if exp["condition"] == "text":
         expected |= {"encode_text"}  # the training captions, and the validation captions it samples for
-    planned = {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+$", out.split("Job stats:")[1], re.M)}
-    assert planned - {"job", "total"} == expected
-    train = job_block(out, "train")
+    assert {job["rule"] for job in jobs} == expected
+    (train,) = (job["text"] for job in jobs if job["rule"] == "train")
     res = exp["resources"]
     for resource in (
         f"gpu={res['gpus']}",
@@ -119,10 +147,16 @@ def pretrained_project(tmp_path_factory):
     return project
 
 
+@pytest.fixture(scope="module")
+def pretrained_plan(pretrained_project) -> tuple[str, list[dict]]:
+    return planned_jobs(pretrained_project, *(f"metrics/{name}/pretrained_fid.json" for name in PAPER_ROWS))
+
+
 @pytest.mark.parametrize("name", PAPER_ROWS)
-def test_evaluation_only_dry_run_lists_the_papers_protocol(pretrained_project, params, name):
-    out = dry_run(pretrained_project, f"metrics/{name}/pretrained_fid.json")
-    planned = {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+$", out.split("Job stats:")[1], re.M)}
+def test_evaluation_only_dry_run_lists_the_papers_protocol(pretrained_plan, params, name):
+    out, jobs = pretrained_plan
+    jobs = jobs_for(jobs, f"metrics/{name}/pretrained_fid.json")
+    planned = {job["rule"] for job in jobs}
     assert "train" not in planned and "encode_latents" not in planned
     exp = resolve_experiment(params, name)
     if (
@@ -135,4 +169,4 @@ def test_evaluation_only_dry_run_lists_the_papers_protocol(pretrained_project, p
         f"{name}, the authors' weights: {cfg['sampler']}, {cfg['steps']} steps, guidance {cfg['guidance_scale']}, "
         f"{cfg['num_samples']} samples" in out
     )
-    assert f"--source w/{name}.pth" in out
+    assert any(f"--source w/{name}.pth" in job["text"] for job in jobs)
