@@ -76,13 +76,15 @@ def kernel_inception_distance(
     total = 0.0
     for _ in range(subsets):
         i, j = rng.choice(len(x_all), m, replace=False), rng.choice(len(y_all), m, replace=False)
-        if whole:
-            sxx, syy, sxy = kxx[np.ix_(i, i)], kyy[np.ix_(j, j)], kxy[np.ix_(i, j)]
+        if whole:  # a subset's kernel sums as u^T K v with indicator vectors: no submatrix copies
+            u, v = np.bincount(i, minlength=len(x_all)), np.bincount(j, minlength=len(y_all))
+            xx, yy = u @ kxx @ u - kxx.diagonal()[i].sum(), v @ kyy @ v - kyy.diagonal()[j].sum()
+            xy = u @ kxy @ v
         else:
             x, y = x_all[i], y_all[j]
-            sxx, syy, sxy = _kernel(x, x, d), _kernel(y, y, d), _kernel(x, y, d)
-        within = (sxx.sum() - np.trace(sxx) + syy.sum() - np.trace(syy)) / (m * (m - 1))
-        total += within - 2 * sxy.mean()
+            sxx, syy = _kernel(x, x, d), _kernel(y, y, d)
+            xx, yy, xy = sxx.sum() - np.trace(sxx), syy.sum() - np.trace(syy), _kernel(x, y, d).sum()
+        total += (xx + yy) / (m * (m - 1)) - 2 * xy / m**2
     return float(total / subsets)
 
 
