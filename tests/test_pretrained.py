@@ -36,7 +36,11 @@ def test_authors_weights_evaluate_without_training_or_the_dataset(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(weights.parent / "given_ref.npz", mu=rng.normal(size=2048), sigma=np.eye(2048))
     # Like the authors' fid_stats: mu and sigma only, so FID alone (no sFID, precision, recall or KID).
-    given = {"pretrained_weights": "weights/nnet_ema.pth", "reference_npz": "weights/given_ref.npz", "metrics": []}
+    given = {
+        "pretrained_weights": "weights/nnet_ema.pth",
+        "reference_npz": "weights/given_ref.npz",
+        "metrics": [],
+    }
     set_params(project, lambda p: p["experiments"]["smoke_pixel"]["evaluation"].update(given))
     plan = run(["snakemake", "-n", "--cores", "2", "metrics/smoke_pixel/pretrained_fid.json"], project).stdout
     assert "prepare_data" not in plan and "fid_floor" not in plan and "import_reference" in plan
