@@ -290,6 +290,12 @@ CASES = [
      ("fid.json: not a readable JSON file",), False),
     ("samples-folder-empty", lambda w, t: w.cmd("fid", "--experiment", "smoke_pixel", "--samples", w.run, "--reference", "r.npz", "--floor", "f.json", "--data", w.data, "--checkpoint", w.model, "--metrics", str(t / "out")),
      ("run: no image files found", "give the folder `uvit sample` wrote"), False),
+    ("reference-without-sfid-arrays", lambda w, t: w.cmd("fid", "--experiment", "smoke_pixel", "--samples", w.samples, "--reference", str(npz(t, mu=[0.0], sigma=[[1.0]], protocol="clean")), "--floor", "f.json", "--data", w.data, "--checkpoint", w.model, "--metrics", str(t / "out")),
+     ("ref.npz: no key 'mu_s'", "which sfid needs", "evaluation.metrics"), False),
+    ("reference-other-protocol", lambda w, t: w.cmd("fid", "--experiment", "smoke_pixel", "--samples", w.samples, "--reference", str(npz(t, mu=[0.0], sigma=[[1.0]], mu_s=[0.0], sigma_s=[[1.0]], features=[[0.0]], protocol="adm_tf")), "--floor", "f.json", "--data", w.data, "--checkpoint", w.model, "--metrics", str(t / "out")),
+     ("ref.npz: made with fid_protocol 'adm_tf'", "asks for 'clean'"), False),
+    ("samples-mixed-sizes", lambda w, t: w.cmd("fid", "--experiment", "smoke_pixel", "--samples", mixed_sizes(w, t), "--reference", "r.npz", "--floor", "f.json", "--data", w.data, "--checkpoint", w.model, "--metrics", str(t / "out")),
+     ("000001.png: 8x8 pixels", "a sample folder holds images of one size"), False),
     ("samples-count-differs", lambda w, t: w.cmd("fid", "--experiment", "smoke_pixel", "--samples", one_sample(w, t), "--reference", "r.npz", "--floor", "f.json", "--data", w.data, "--checkpoint", w.model, "--metrics", str(t / "out")),
      ("s: 1 images, sampling.num_samples says 4", "re-run sample"), False),
     ("samples-npz-empty", lambda w, t: w.cmd("samples-npz", "--samples", str(t), "--out", str(t / "out")),
@@ -297,7 +303,7 @@ CASES = [
     ("reference-not-npz", lambda w, t: w.cmd(*import_args(write(t / "ref.npz", "mu, sigma"), t, "reference", "evaluation.reference_npz")),
      ("ref.npz: not an .npz of reference statistics", "expected keys mu and sigma"), False),
     ("reference-missing-key", lambda w, t: w.cmd(*import_args(str(npz(t, mu=[0.0])), t, "reference", "evaluation.reference_npz")),
-     ("ref.npz: no key 'sigma'", "expected an .npz with keys mu and sigma"), False),
+     ("ref.npz: no key 'sigma'", "which fid needs"), False),
     ("reference-wrong-shape", lambda w, t: w.cmd(*import_args(str(npz(t, mu=[0.0], sigma=[[1.0]])), t, "reference", "evaluation.reference_npz")),
      ("are not 2048-d Inception pool statistics",), False),
     ("autoencoder-folder-without-config", lambda w, t: w.cmd(*import_args(str(t), t, "autoencoder", "autoencoders.x.pretrained")),
@@ -345,6 +351,14 @@ CASES = [
 def one_sample(w: World, t: Path) -> str:
     (t / "s").mkdir()
     shutil.copy(Path(w.samples) / "000000.png", t / "s")
+    return str(t / "s")
+
+
+def mixed_sizes(w: World, t: Path) -> str:
+    from PIL import Image
+
+    one_sample(w, t)
+    Image.new("RGB", (8, 8)).save(t / "s" / "000001.png")
     return str(t / "s")
 
 

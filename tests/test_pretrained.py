@@ -35,7 +35,12 @@ def test_authors_weights_evaluate_without_training_or_the_dataset(tmp_path):
     torch.save(state, weights)
     rng = np.random.default_rng(0)
     np.savez(weights.parent / "given_ref.npz", mu=rng.normal(size=2048), sigma=np.eye(2048))
-    given = {"pretrained_weights": "weights/nnet_ema.pth", "reference_npz": "weights/given_ref.npz"}
+    # Like the authors' fid_stats: mu and sigma only, so FID alone (no sFID, precision, recall or KID).
+    given = {
+        "pretrained_weights": "weights/nnet_ema.pth",
+        "reference_npz": "weights/given_ref.npz",
+        "metrics": [],
+    }
     few = {"num_samples": 16, "batch_size": 16}  # few images through Inception: the test is about the plan
 
     def evaluate_only(p):
@@ -51,6 +56,7 @@ def test_authors_weights_evaluate_without_training_or_the_dataset(tmp_path):
     run(["snakemake", "--cores", CORES, "metrics/smoke_pixel/pretrained_fid.json"], project, timeout=900)
     metrics = json.loads((project / "metrics/smoke_pixel/pretrained_fid.json").read_text())
     assert metrics["weights"] == "authors' release (evaluation only)" and metrics["fid"] > 0
+    assert metrics["fid_protocol"] == "clean" and "sfid" not in metrics
     assert metrics["num_samples"] == 16 and metrics["sampler"] == exp["sampling"]["sampler"]
     assert metrics["provenance"]["inputs"]["checkpoint"]["path"] == "data/external/weights/smoke_pixel.pth"
     assert (project / "data/external/weights/smoke_pixel.pth").read_bytes() == weights.read_bytes()

@@ -460,23 +460,36 @@ def test_euler_maruyama_takes_n_steps_on_the_authors_grid(steps):
 
 
 def stable_sigma(n: torch.Tensor) -> torch.Tensor:
-    """sigma_n = sqrt(1 - prod_{i<=n} (1 - beta_i)) for Stable Diffusion's betas, written out here."""
+    """sigma_n = sqrt(1 - alpha_n^2), alpha_n^2 = prod_{i<=n} (1 - beta_i) for Stable Diffusion's betas, written out
+    here; between integer steps log alpha is linear in n (the authors' NoiseScheduleVP 'discrete')."""
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-    return torch.stack([torch.sqrt(1 - torch.prod(1 - betas[: int(k)])) for k in n.flatten()])
+
+    def log_alpha(k: int) -> torch.Tensor:
+        return 0.5 * torch.log(torch.prod(1 - betas[:k]))
+
+    def sigma(t: float) -> torch.Tensor:
+        k = min(int(t), 999)
+        la = log_alpha(k) + (t - k) * (log_alpha(k + 1) - log_alpha(k))
+        return torch.sqrt(1 - torch.exp(2 * la))
+
+    return torch.stack([sigma(float(t)) for t in n.flatten()])
 
 
 @pytest.mark.parametrize("multistep", [True, False])
 @pytest.mark.parametrize("steps", [7, 25])
 def test_dpm_solver_pp_spends_its_steps_on_the_authors_grid(multistep, steps):
     """`steps` evaluations on the authors' time-uniform grid t_i = 1 - i (1 - 1/N) / steps of the discrete
-    model (`dpm_solver.sample(..., eps=1/N, T=1)`, network time N t), rounded to integer steps n: from
-    n = 1000 down, ending at n = 1 with no final denoising jump (x ends at sigma_1 / sigma_1000 x_T)."""
+    model (`dpm_solver.sample(..., eps=1/N, T=1)`, network time N t; the singlestep solver as they run it,
+    2M rounded to integer steps n): from n = 1000 down, ending at n = 1 with no final denoising jump (x ends
+    at sigma_1 / sigma_1000 x_T)."""
     model, noise = Recorder(stable_sigma), CountingNoise()
     x = sample(
         model, DiscreteSchedule.stable(), noise, "dpm_solver_pp_2m" if multistep else "dpm_solver_pp", steps
     )
     assert len(model.times) == steps and noise.draws == 1
     grid = 1000 - np.arange(steps) * 999 / steps
-    assert np.abs(np.array(model.times) - grid).max() <= 0.5 and model.times[0] == 1000
+    assert (
+        np.abs(np.array(model.times) - grid).max() <= (0.5 if multistep else 1e-3) and model.times[0] == 1000
+    )
     ratio = (stable_sigma(torch.tensor([1.0])) / stable_sigma(torch.tensor([1000.0]))).item()
     torch.testing.assert_close(x.double(), ratio * noise.x, rtol=1e-5, atol=1e-9)

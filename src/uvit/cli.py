@@ -210,7 +210,7 @@ def cmd_import(args, params: dict) -> None:
     if args.kind == "reference":
         from uvit.fid import import_statistics
 
-        import_statistics(source, out)
+        import_statistics(source, out, args.protocol)
     elif args.kind == "autoencoder":
         from uvit.autoencoder import import_autoencoder
 
@@ -232,7 +232,13 @@ def cmd_reference_stats(args, params: dict) -> None:
     from uvit.evaluation import reference_statistics
 
     reference_statistics(
-        Path(args.data), args.split, args.count, Path(args.out), precision=args.precision, log=log
+        Path(args.data),
+        args.split,
+        args.count,
+        Path(args.out),
+        precision=args.precision,
+        protocol_name=args.protocol,
+        log=log,
     )
 
 
@@ -455,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, metavar="PATH")
     p.add_argument("--key", required=True, help="the params.yaml key that names the source (for messages)")
     p.add_argument(
+        "--protocol",
+        default="clean",
+        choices=["clean", "pytorch_fid", "adm_tf"],
+        help="reference: the fid_protocol it was made with (recorded in the import)",
+    )
+    p.add_argument(
         "--experiment", help="whose model the weights must fit (default: the experiment --key names)"
     )
     p.add_argument("--out", required=True, metavar="PATH")
@@ -506,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, metavar="FILE")
         if name == "fid-floor":
             p.add_argument("--reference", required=True, metavar="FILE")
+        else:
+            p.add_argument("--protocol", default="clean", choices=["clean", "pytorch_fid", "adm_tf"])
 
     p = stage("fid", cmd_fid, "FID of an experiment's samples against the reference statistics.")
     p.add_argument("--experiment", required=True)

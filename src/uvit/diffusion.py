@@ -15,13 +15,12 @@ Samplers (`sampling.sampler`):
 - `dpm_solver` (continuous; our own, since diffusers has no continuous-time VP solver): DPM-Solver (Lu et al.,
   NeurIPS 2022), singlestep, orders 1-3, the "fast" step pattern (orders 3,...,3,2,1) on uniform log-SNR from
   t=1 to t=1e-4 (Algorithms 1 and 2 and Appendix D.1 of that paper);
-- `dpm_solver_pp` and `dpm_solver_pp_2m` (discrete): DPM-Solver++ (Lu et al. 2022, data prediction), singlestep
-  (order `sampling.order`) and 2M multistep, run by diffusers' DPMSolverSinglestepScheduler and
-  DPMSolverMultistepScheduler. Their grid is the authors' one on integer steps: from n = 1000 to n = 1 (t = 1 to
-  t = 1/N in the authors' continuous-time view), uniform in time, with no final denoising step; diffusers counts
-  steps from 0, so its timestep k is the authors' step n = k + 1. One difference remains for the singlestep
-  solver: diffusers places a third-order step's two inner evaluations on the next two grid points, the authors'
-  copy of DPM-Solver at 1/3 and 2/3 of the step in log-SNR (same order, slightly different error constant).
+- `dpm_solver_pp` (discrete; our own copy of the authors' evaluation sampler, their dpm_solver_pp.py): singlestep
+  DPM-Solver++ with the "fast" order pattern (3, ..., 3, then 2 and/or 1), on a grid uniform in continuous time
+  from t = 1 to t = 1/N, inner evaluations on the grid points, the network fed t * N unrounded and log alpha
+  piecewise linear between integer steps (their NoiseScheduleVP 'discrete'); no final denoising step;
+- `dpm_solver_pp_2m` (discrete): DPM-Solver++(2M) multistep through diffusers' DPMSolverMultistepScheduler on
+  the same grid rounded to integer steps (diffusers counts steps from 0, so its timestep k is step n = k + 1).
 
 Every random draw of sample i comes from a generator seeded with (seed, i), so a sample does not depend on
 the batch it was drawn in.
@@ -102,11 +101,22 @@ class DiscreteSchedule:
         """Ho et al. (2020): betas linear from 1e-4 to 0.02."""
         return cls(torch.linspace(1e-4, 0.02, num_steps, dtype=torch.float64))
 
-    def alpha_bar(self, n: torch.Tensor) -> torch.Tensor:
-        index = n.long() - 1
-        if (index < 0).any() or (index >= self.num_steps).any():
+    def log_alpha(self, n: torch.Tensor) -> torch.Tensor:
+        """log alpha at step n, piecewise linear between the integer steps (the authors' NoiseScheduleVP
+        'discrete': interpolate_fn over knots t = n / N), so that their solver's continuous times t * N have one;
+        equal to 0.5 log alpha_bar_n at every integer n."""
+        if (n < 1).any() or (n > self.num_steps).any():
             raise ValueError(f"discrete steps run from 1 to {self.num_steps}, got {n.min()}..{n.max()}")
-        return self.alphas_cumprod.to(n.device)[index].to(n.dtype if n.is_floating_point() else torch.float32)
+        knots = 0.5 * torch.log(self.alphas_cumprod.to(n.device))
+        x = n.double()
+        left = x.floor().clamp(1, self.num_steps - 1)
+        weight = x - left
+        index = left.long() - 1
+        value = knots[index] * (1 - weight) + knots[index + 1] * weight
+        return value.to(n.dtype if n.is_floating_point() else torch.float32)
+
+    def alpha_bar(self, n: torch.Tensor) -> torch.Tensor:
+        return torch.exp(2.0 * self.log_alpha(n))
 
     def alpha(self, n: torch.Tensor) -> torch.Tensor:
         return torch.sqrt(self.alpha_bar(n))
@@ -339,23 +349,72 @@ def dpm_solver_pp(
     noise: SeededNoise,
     steps: int,
     order: int = 3,
-    multistep: bool = False,
 ) -> torch.Tensor:
-    """DPM-Solver++ (data prediction) for a discrete schedule through diffusers' schedulers: singlestep of
-    `order` (the fast pattern's orders: 1, 2, 3, 1, 2, 3, ..., lower order at the end) or 2M multistep."""
-    from diffusers import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler
+    """The authors' singlestep DPM-Solver++ (their dpm_solver_pp.py, ``DPM_Solver(predict_x0=True).sample(steps,
+    eps=1/N, T=1, order, method='fast', skip_type='time_uniform')``): `steps` + 1 times uniform in continuous
+    time from t = 1 to t = 1/N, the fast order pattern (3, ..., 3, then 2 and/or 1) spending exactly `steps`
+    evaluations, a k-th order step spanning k grid intervals with its inner evaluations on the grid points inside
+    it (r1, r2 from their log-SNR), the network fed t * N (not rounded), no final denoising step."""
+    n = torch.linspace(1.0, 1.0 / schedule.num_steps, steps + 1, dtype=torch.float64) * schedule.num_steps
+    x = noise.draw()
+    i = 0
+    for step_order in dpm_solver_fast_orders(steps, order):
+        x = dpm_solver_pp_step(eps_fn, schedule, x, n[i : i + step_order + 1])
+        i += step_order
+    return x
 
-    scheduler_class = DPMSolverMultistepScheduler if multistep else DPMSolverSinglestepScheduler
-    scheduler = scheduler_class(
+
+def dpm_solver_pp_step(
+    eps_fn: NoisePredictor, schedule: DiscreteSchedule, x: torch.Tensor, times: torch.Tensor
+) -> torch.Tensor:
+    """One singlestep DPM-Solver++ step of order len(times) - 1 from times[0] to times[-1], its inner
+    evaluations at times[1:-1] (Lu et al. 2022b, DPM-Solver++(1S/2S/3S), the `dpm_solver` variant of the
+    authors' copy: x_t = sigma_t/sigma_s x - alpha_t phi_1 x0_s [- (1/2r1) alpha_t phi_1 D | + (1/r2) alpha_t
+    phi_2 D])."""
+    alpha, sigma, lam = schedule.alpha(times), schedule.sigma(times), schedule.log_snr(times)
+    h = (lam[-1] - lam[0]).item()
+    r = [((lam[j] - lam[0]) / h).item() for j in range(len(times) - 1)]  # r[1] = r1, r[2] = r2
+
+    def data(x_: torch.Tensor, j: int) -> torch.Tensor:
+        """x0 prediction at times[j]: (x - sigma eps) / alpha."""
+        return (x_ - sigma[j].item() * eps_fn(x_, times[j].float().reshape(1))) / alpha[j].item()
+
+    def first(x0: torch.Tensor, j: int, rj: float) -> torch.Tensor:
+        """First-order move from times[0] to times[j] (log-SNR step rj h)."""
+        return (sigma[j] / sigma[0]).item() * x - alpha[j].item() * math.expm1(-rj * h) * x0
+
+    order = len(times) - 1
+    x0_s = data(x, 0)
+    x_t = first(x0_s, order, 1.0)
+    if order == 1:
+        return x_t
+    phi_1 = math.expm1(-h)
+    x0_1 = data(first(x0_s, 1, r[1]), 1)
+    if order == 2:
+        return x_t - 0.5 / r[1] * alpha[-1].item() * phi_1 * (x0_1 - x0_s)
+    phi_22 = math.expm1(-r[2] * h) / (r[2] * h) + 1.0
+    x_2 = first(x0_s, 2, r[2]) + r[2] / r[1] * alpha[2].item() * phi_22 * (x0_1 - x0_s)
+    phi_2 = phi_1 / h + 1.0
+    return x_t + alpha[-1].item() * phi_2 / r[2] * (data(x_2, 2) - x0_s)
+
+
+def dpm_solver_pp_2m(
+    eps_fn: NoisePredictor, schedule: DiscreteSchedule, noise: SeededNoise, steps: int
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2) through diffusers' DPMSolverMultistepScheduler, on the
+    integer steps from n = 1000 to n = 1 (the authors' grid rounded), without a final denoising step."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler = DPMSolverMultistepScheduler(
         num_train_timesteps=schedule.num_steps,
         trained_betas=schedule.betas.numpy(),
         algorithm_type="dpmsolver++",
-        solver_order=2 if multistep else order,
+        solver_order=2,
         prediction_type="epsilon",
         lower_order_final=True,
-        # 2M: a first-order last step. Its second-order extrapolation from the short previous step across
+        # A first-order last step: its second-order extrapolation from the short previous step across
         # the long final one (n = 21 -> 1 at 50 steps) overshoots: 2.4x the error on Gaussian data.
-        **({"euler_at_final": True} if multistep else {}),
+        euler_at_final=True,
         final_sigmas_type="sigma_min",  # stop at n = 1 like the authors, without a final denoising jump
     )
     scheduler.set_timesteps(steps)
@@ -385,4 +444,6 @@ def sample(
         return dpm_solver(eps_fn, schedule, noise, steps, order)
     if sampler == "euler_maruyama":
         return euler_maruyama(eps_fn, schedule, noise, steps)
-    return dpm_solver_pp(eps_fn, schedule, noise, steps, order, multistep=sampler == "dpm_solver_pp_2m")
+    if sampler == "dpm_solver_pp_2m":
+        return dpm_solver_pp_2m(eps_fn, schedule, noise, steps)
+    return dpm_solver_pp(eps_fn, schedule, noise, steps, order)

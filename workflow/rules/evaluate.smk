@@ -15,9 +15,10 @@ rule reference_stats:
     threads: DEFAULT_CPUS
     params:
         lineage=lineage("reference_stats"),
+        protocol=stats_protocol,
     shell:
         "uvit --threads {threads} reference-stats --data {input.data} --split {wildcards.split}"
-        " --count {wildcards.n} --out {output} 2> {log}"
+        " --count {wildcards.n} --protocol {params.protocol} --out {output} 2> {log}"
 
 
 rule fid_floor:
