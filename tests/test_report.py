@@ -69,3 +69,32 @@ def test_ablation_verdict_says_whether_the_papers_ordering_holds():
         "The paper's ordering (concat_linear best and none worst) does not hold at this scale."
     )
     assert "not tested here" in ablation_verdict("skip", paper, {"add": {"fid": 1.0}})
+
+
+def test_other_metrics_sit_beside_the_papers_with_the_protocol(params):
+    """The paper's sFID/IS/precision/recall for U-ViT-H/2 as given; ours from the metrics file, '-' where a metric
+    was not computed (or the file predates it); ablation runs stay in their own table."""
+    from uvit.report import other_metrics_table
+
+    base = {"model": "m", "scale": "demo", "resolution": 32, "num_samples": 1000, "fid": 9.5}
+    metrics = {
+        "metrics/fmnist_latent/fid.json": base
+        | {
+            "experiment": "fmnist_latent",
+            "fid_protocol": "clean",
+            "sfid": 12.25,
+            "precision": 0.5,
+            "kid": 0.0125,
+        },
+        "metrics/fmnist_pixel/fid.json": base | {"experiment": "fmnist_pixel"},  # written before protocols
+        "metrics/skip_demo__skip_add/fid.json": base | {"experiment": "skip_demo__skip_add", "sfid": 1.0},
+    }
+    rows = {row.cells[2] or row.cells[1]: row for row in other_metrics_table(params, metrics).rows}
+    h2 = paper_data()["other_metrics"]["imagenet256_uvit_h2"]
+    assert rows["U-ViT-H/2"].cells[7:11] == [
+        str(h2[k]) for k in ("sfid", "inception_score", "precision", "recall")
+    ]
+    latent = rows["`fmnist_latent`"]
+    assert latent.cells[4:] == ["clean", "1000", "9.50", "12.25", "-", "0.5", "-", "0.0125"]
+    assert latent.source == "metrics/fmnist_latent/fid.json"
+    assert rows["`fmnist_pixel`"].cells[4] == "-" and "`skip_demo__skip_add`" not in rows

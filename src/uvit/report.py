@@ -111,6 +111,16 @@ RESULTS_COLUMNS = [
 ]  # fmt: skip
 
 
+def row_experiments(params: dict, paper_row: str) -> list[str]:
+    """Our experiments standing for a paper row (ablation runs have their own table)."""
+    bases = {grid["base"] for grid in (params.get("ablations") or {}).values()}
+    return [
+        name
+        for name, exp in params["experiments"].items()
+        if exp["paper_row"] == paper_row and "ablation" not in exp and name not in bases
+    ]
+
+
 def results_table(params: dict, metrics: dict[str, dict]) -> Table:
     """Each paper row, then our experiments standing for it (measured, or 'not run' with the command)."""
     table = Table(
@@ -134,10 +144,7 @@ def results_table(params: dict, metrics: dict[str, dict]) -> Table:
         table.rows.append(
             Row([paper["setting"], paper["model"], f"{paper['fid']:.2f}{approx}", protocol] + [""] * 13)
         )
-        bases = {grid["base"] for grid in (params.get("ablations") or {}).values()}
-        for name, exp in params["experiments"].items():
-            if exp["paper_row"] != key or "ablation" in exp or name in bases:
-                continue  # ablation runs have their own table
+        for name in row_experiments(params, key):
             measured = [(finals[name], f"`{name}`")] if name in finals else []
             pretrained = f"metrics/{name}/pretrained_fid.json"
             if pretrained in metrics:
@@ -167,6 +174,59 @@ def results_table(params: dict, metrics: dict[str, dict]) -> Table:
                 table.rows.append(
                     Row(["↳", "", "", "", f"`{name}`", "paper", "not run"] + [""] * 9 + [command])
                 )
+    return table
+
+
+OTHER_METRICS = {"sfid": "sFID", "inception_score": "Inception Score", "precision": "Precision", "recall": "Recall",
+                 "kid": "KID"}  # fmt: skip
+OTHER_COLUMNS = ["Paper row", "Model", "Ours: experiment", "Scale", "FID protocol", "Samples", "FID",
+                 *OTHER_METRICS.values()]  # fmt: skip
+
+
+def other_metrics_table(params: dict, metrics: dict[str, dict]) -> Table:
+    """FID beside sFID, Inception Score, precision, recall and KID (ADM's suite), the paper's where it gives them."""
+    table = Table(
+        "other_metrics",
+        "U-ViT: the other metrics of the ADM suite beside FID",
+        [
+            "sFID (spatial features) and KID: lower is better; Inception Score, precision and recall: higher is "
+            "better. All come from the FID stage's one pass of Inception features, with ADM's definitions "
+            "(precision and recall: k = 3 manifolds). " + DEMO_NOTE,
+            "FID protocol: the resize and input range of the Inception features (README, FID); '-' marks metrics "
+            "files written before the protocol was recorded (clean-fid's clean resize, the only one then). "
+            "'-' in a metric column: not computed for that run (the Inception Score needs Inception's logits, "
+            "which the offline weights lack).",
+        ],
+        OTHER_COLUMNS,
+        ["Samples", "FID", *OTHER_METRICS.values()],
+    )
+    finals = {m["experiment"]: (path, m) for path, m in metrics.items() if path.endswith("/fid.json")}
+    others = paper_data()["other_metrics"]
+    for key, paper in paper_data()["rows"].items():
+        ours = [finals[name] for name in row_experiments(params, key) if name in finals]
+        if key not in others and not ours:
+            continue
+        reported = others.get(key, {})
+        values = [str(reported.get(metric, "-")) for metric in OTHER_METRICS]
+        table.rows.append(
+            Row(
+                [
+                    paper["setting"],
+                    paper["model"],
+                    "",
+                    "paper",
+                    "",
+                    str(paper["samples"]),
+                    f"{paper['fid']:.2f}",
+                    *values,
+                ]
+            )
+        )
+        for path, m in ours:
+            values = [fmt(m.get(metric), ".4g") for metric in OTHER_METRICS]
+            protocol = m.get("fid_protocol", "-")
+            row = ["↳", m["model"], f"`{m['experiment']}`", scale_cell(m), protocol, str(m["num_samples"])]
+            table.rows.append(Row([*row, fmt(m["fid"]), *values], source=path))
     return table
 
 
@@ -359,7 +419,13 @@ def ablation_table(params: dict, metrics: dict[str, dict]) -> Table:
     return table
 
 
-TABLE_BUILDERS = (results_table, training_steps_table, sampler_steps_table, ablation_table)
+TABLE_BUILDERS = (
+    results_table,
+    other_metrics_table,
+    training_steps_table,
+    sampler_steps_table,
+    ablation_table,
+)
 
 
 def build_tables(params: dict, metrics: dict[str, dict]) -> list[Table]:

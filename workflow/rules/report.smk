@@ -90,6 +90,12 @@ rule tables:
             category="Ablations",
         ),
         ablations_tex="paper_tables/ablations.tex",
+        other=report(
+            "paper_tables/other_metrics.md",
+            caption="../report/other_metrics.rst",
+            category="Tables",
+        ),
+        other_tex="paper_tables/other_metrics.tex",
     log:
         "logs/tables.log",
     conda:
