@@ -36,12 +36,9 @@ COPY_IGNORE = shutil.ignore_patterns(
 
 
 def pytest_collection_modifyitems(items):
-    """The longest runs first (the smoke DAG, then the other end-to-end runs), so that the workers end together."""
-    items.sort(
-        key=lambda item: (
-            0 if item.get_closest_marker("xdist_group") else 1 if item.get_closest_marker("slow") else 2
-        )
-    )
+    """The end-to-end runs first, so that the workers end together (`make test` hands out whole files:
+    --dist loadfile keeps a module's fixtures, such as the smoke DAG, on one worker)."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -20,7 +20,7 @@ from uvit.config import fid_metrics_paths, load_params
 
 SMOKE = ["smoke_pixel", "smoke_latent"]
 SMOKE_TEXT = "smoke_text"  # a written emoji set, captions through MiniLM, a text-token U-ViT
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke_dag")]  # one worker builds the DAG once
+pytestmark = pytest.mark.slow
 
 
 def planned_jobs(project) -> set[str]:
