@@ -36,9 +36,9 @@ COPY_IGNORE = shutil.ignore_patterns(
 
 
 def pytest_collection_modifyitems(items):
-    """The end-to-end runs first, so that the workers end together (`make test` hands out whole files:
-    --dist loadfile keeps a module's fixtures, such as the smoke DAG, on one worker)."""
-    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
+    """The smoke DAG (the longest file) first, then the other end-to-end runs, so that the workers end together
+    (`make test` hands out whole files in this order: --dist loadfile --no-loadscope-reorder)."""
+    items.sort(key=lambda item: ("test_pipeline.py" not in item.nodeid, not item.get_closest_marker("slow")))
 
 
 @pytest.fixture(scope="session", autouse=True)
