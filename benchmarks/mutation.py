@@ -32,11 +32,12 @@ MODULE_TESTS = {
     "diffusion": ["tests/test_diffusion.py", "tests/test_recipe.py"],
     "model": ["tests/test_model.py"],
     "training": ["tests/test_training.py", "tests/test_recipe.py", "tests/test_mutation_kills_training.py"],
-    "sampling": ["tests/test_sampling.py", "tests/test_recipe.py"],
+    "sampling": ["tests/test_sampling.py", "tests/test_recipe.py", "tests/test_mutation_kills_sampling.py"],
     "data": ["tests/test_data.py", "tests/test_recipe.py"],
     "autoencoder": ["tests/test_autoencoder.py", "tests/test_recipe.py"],
     "fid": ["tests/test_fid.py"],
-    "evaluation": ["tests/test_recipe.py"],  # only the CLI and the slow DAG tests reach evaluation.py
+    # Before tests/test_mutation_kills_evaluation.py only the CLI and the slow DAG tests reached evaluation.py.
+    "evaluation": ["tests/test_recipe.py", "tests/test_mutation_kills_evaluation.py"],
 }
 # torch_compile: fullgraph compilation breaks on mutmut's trampoline (a ContextVar.set), not on the mutant.
 PYTEST_ARGS = [
@@ -117,6 +118,10 @@ def run_module(module: str, max_mutants: int | None, jobs: int, scratch: Path) -
         "not_checked": sum(c is None for c in codes.values()),
         # Killed (a timeout counts as killed, as mutmut counts it) over the mutants some test reached.
         "score": round((killed + sum(c in TIMEOUT for c in codes.values())) / tested, 4) if tested else None,
+        # The same over every sampled mutant: one that no selected test reaches counts as not killed.
+        "score_of_sampled": round((killed + sum(c in TIMEOUT for c in codes.values())) / len(chosen), 4)
+        if chosen
+        else None,
         "seconds": round(time.perf_counter() - started, 1),
         "survivors": diffs,
     }
@@ -134,12 +139,15 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="uvit-mutation-"))
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     notes = previous.get("notes", {})
-    results = {}
+    # Modules not run this time keep their last results (each records the run that made it).
+    results = {m: r for m, r in previous.get("modules", {}).items() if m in MODULES and m not in args.modules}
     try:
         for module in args.modules:
             print(f"{module}: mutating against {', '.join(MODULE_TESTS[module])} ...", flush=True)
-            results[module] = run_module(module, args.max_mutants, args.jobs, scratch)
-            partial = {"modules": results, "notes": notes}
+            results[module] = run_module(module, args.max_mutants, args.jobs, scratch) | {
+                "run": f"--max-mutants {args.max_mutants} --jobs {args.jobs}, {time.strftime('%Y-%m-%d')}"
+            }
+            partial = previous | {"modules": results, "notes": notes}
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(partial, indent=1) + "\n")  # a killed run keeps what it finished
     finally:
@@ -150,23 +158,27 @@ def main() -> None:
 
     import mutmut
 
+    results = {m: results[m] for m in MODULES if m in results}
     report = {
         "tool": f"mutmut {mutmut.__version__}" if hasattr(mutmut, "__version__") else "mutmut",
         "pytest_args": PYTEST_ARGS,
-        "max_mutants_per_module": args.max_mutants,
-        "jobs": args.jobs,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
         "modules": results,
         "notes": {name: notes[name] for r in results.values() for name in r["survivors"] if name in notes},
     }
+    if "run" in previous:
+        report["run"] = previous["run"]  # free text: how the runs were made (machine load, by whom)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\n{'module':<12} {'mutants':>8} {'killed':>7} {'survived':>9} {'no tests':>9} {'score':>6}")
+    print(
+        f"\n{'module':<12} {'mutants':>8} {'killed':>7} {'survived':>9} {'no tests':>9} {'score':>6} {'of all':>7}"
+    )
     for module, r in results.items():
         score = "-" if r["score"] is None else f"{r['score']:.2f}"
+        of_all = "-" if r["score_of_sampled"] is None else f"{r['score_of_sampled']:.2f}"
         sampled = f" (of {r['mutants_generated']})" if r["sampled"] else ""
         print(
             f"{module:<12} {r['mutants']:>8} {r['killed'] + r['timeout']:>7} {r['survived']:>9} "
-            f"{r['no_tests']:>9} {score:>6}{sampled}"
+            f"{r['no_tests']:>9} {score:>6} {of_all:>7}{sampled}"
         )
     print(f"\nwritten {args.out}")
 
