@@ -167,6 +167,12 @@ def test_released_latent_and_text_weights_take_channels_from_params_and_width_fr
     assert model.context_embed.in_features == 24 and model.in_chans == 3
     assert weights_geometry(params, text, path) == (1, (3, 16, 16))
 
+    grey = experiment(params, "smoke_pixel")  # unconditional, one channel: decoder of p^2 outputs
+    assert weights_geometry(params, grey, released(tmp_path, grey, (1, 16, 16), classes=1)) == (
+        1,
+        (1, 16, 16),
+    )
+
 
 def test_released_weights_of_another_shape_are_refused_and_not_copied(params, tmp_path):
     exp = experiment(params, "smoke_pixel")
@@ -187,3 +193,35 @@ def test_released_weights_of_another_shape_are_refused_and_not_copied(params, tm
     with pytest.raises(CheckpointError, match="not a state_dict"):
         import_weights(tmp_path / "list.pth", tmp_path / "copy.pth", params, exp)
     assert not (tmp_path / "copy.pth").exists()
+
+
+def test_a_sampler_without_the_dataset_takes_its_geometry_as_given_and_logs_the_precision(
+    params, monkeypatch
+):
+    """Released weights evaluated without prepared data: classes and shape from the weights, a pretrained
+    autoencoder's latent shape and scale factor from params (no encoded latents)."""
+    import uvit.sampling as sampling
+
+    monkeypatch.setattr(sampling, "load_autoencoder", lambda path: torch.nn.Identity())
+    logs = []
+    latent = experiment(params, "smoke_latent")
+    latent["sampling"]["precision"] = "auto"
+    sampler = sampling.ImageSampler(
+        latent, None, ae_dir=Path("ae"), latent_geometry=((4, 8, 8), 0.3), log=logs.append,
+        weights_geometry=(10, (3, 64, 64)),
+    )  # fmt: skip
+    assert (sampler.data_shape, sampler.scale, sampler.classes, sampler.null_class) == (
+        (4, 8, 8),
+        0.3,
+        10,
+        10,
+    )
+    assert len(logs) == 1 and logs[0].startswith("sampling.precision: auto -> ")
+    pixel = experiment(params, "smoke_pixel")
+    sampler = sampling.ImageSampler(pixel, None, log=logs.append, weights_geometry=(1, (1, 16, 16)))
+    assert (sampler.data_shape, sampler.scale, sampler.decoder, sampler.null_class) == (
+        (1, 16, 16),
+        1.0,
+        None,
+        None,
+    )
