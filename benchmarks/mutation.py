@@ -34,7 +34,11 @@ MODULE_TESTS = {
     "training": ["tests/test_training.py", "tests/test_recipe.py", "tests/test_mutation_kills_training.py"],
     "sampling": ["tests/test_sampling.py", "tests/test_recipe.py", "tests/test_mutation_kills_sampling.py"],
     "data": ["tests/test_data.py", "tests/test_recipe.py"],
-    "autoencoder": ["tests/test_autoencoder.py", "tests/test_recipe.py"],
+    "autoencoder": [
+        "tests/test_autoencoder.py",
+        "tests/test_recipe.py",
+        "tests/test_mutation_kills_autoencoder.py",
+    ],
     "fid": ["tests/test_fid.py"],
     # Before tests/test_mutation_kills_evaluation.py only the CLI and the slow DAG tests reached evaluation.py.
     "evaluation": ["tests/test_recipe.py", "tests/test_mutation_kills_evaluation.py"],
