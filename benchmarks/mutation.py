@@ -33,7 +33,7 @@ MODULE_TESTS = {
     "model": ["tests/test_model.py"],
     "training": ["tests/test_training.py", "tests/test_recipe.py", "tests/test_mutation_kills_training.py"],
     "sampling": ["tests/test_sampling.py", "tests/test_recipe.py", "tests/test_mutation_kills_sampling.py"],
-    "data": ["tests/test_data.py", "tests/test_recipe.py"],
+    "data": ["tests/test_data.py", "tests/test_recipe.py", "tests/test_mutation_kills_data.py"],
     "autoencoder": [
         "tests/test_autoencoder.py",
         "tests/test_recipe.py",
