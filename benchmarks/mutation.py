@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("diffusion", "model", "training", "sampling", "data", "autoencoder", "fid", "evaluation")
 MODULE_TESTS = {
     "diffusion": ["tests/test_diffusion.py", "tests/test_recipe.py"],
-    "model": ["tests/test_model.py"],
+    "model": ["tests/test_model.py", "tests/test_mutation_kills_model.py"],
     "training": ["tests/test_training.py", "tests/test_recipe.py", "tests/test_mutation_kills_training.py"],
     "sampling": ["tests/test_sampling.py", "tests/test_recipe.py", "tests/test_mutation_kills_sampling.py"],
     "data": ["tests/test_data.py", "tests/test_recipe.py", "tests/test_mutation_kills_data.py"],

@@ -10,6 +10,7 @@ and, with stand-in features (channel means) of equal covariance, rFID = |mu1 - m
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +20,7 @@ import pytest
 import torch
 from test_mutation_kills_evaluation import ChannelMeans
 
+import uvit.autoencoder as autoencoder
 import uvit.fid
 from uvit.autoencoder import (
     build_autoencoder,
@@ -73,12 +75,16 @@ def test_held_out_metrics_are_psnr_and_rfid_of_the_posterior_mean_reconstruction
     )  # the constructed reconstruction is exactly two levels up
 
 
-def test_training_takes_adamw_steps_on_mse_plus_weighted_kl_per_element(data, tmp_path):
+def test_training_takes_adamw_steps_on_mse_plus_weighted_kl_per_element(data, tmp_path, monkeypatch):
     root, splits = data
+    clock = iter([10.0, 12.5])  # training starts at 10 s and ends at 12.5 s
+    monkeypatch.setattr(autoencoder, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    (tmp_path / "ae").mkdir()  # a folder left by an earlier run is reused
     logs = []
     metrics = train_autoencoder(CFG, root, tmp_path / "ae", log=logs.append)
     assert metrics["heldout_images"] == CFG["eval_images"] and math.isfinite(metrics["psnr_db"])
-    assert len(logs) == 2 and logs[1].startswith("autoencoder: {")
+    assert logs[0] == "autoencoder: 2.5 s, 3.2 images/s"  # 2 steps x 4 images in 2.5 s
+    assert logs[1] == f"autoencoder: {json.dumps(metrics)}" and len(logs) == 2
 
     # The recipe written out: batches drawn with a generator seeded by `seed`, a posterior sample decoded.
     torch.manual_seed(CFG["seed"])
@@ -96,7 +102,12 @@ def test_training_takes_adamw_steps_on_mse_plus_weighted_kl_per_element(data, tm
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    trained = load_autoencoder(tmp_path / "ae").state_dict()
+    trained_model = load_autoencoder(tmp_path / "ae")
+    assert (
+        trained_model.config.sample_size == 8
+        and trained_model.config.up_block_types == ["UpDecoderBlock2D"] * 2
+    )
+    trained = trained_model.state_dict()
     for name, value in model.state_dict().items():
         torch.testing.assert_close(trained[name], value, rtol=1e-4, atol=1e-6, msg=name)
     assert not torch.equal(
