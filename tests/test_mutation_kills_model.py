@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import uvit.model as model_module
-from uvit.model import build_model
+from uvit.model import UViT, build_model
 
 TINY = {"embed_dim": 32, "depth": 3, "num_heads": 2, "patch_size": 4}
 
@@ -42,3 +42,17 @@ def test_the_attention_setting_picks_the_kernel(setting, sdpa_calls, monkeypatch
     with torch.no_grad():
         model(torch.randn(2, 1, 16, 16), torch.tensor([1.0, 2.0]))
     assert len(calls) == sdpa_calls  # one call per block: 17 tokens (16 patches and the time token) each
+
+
+@pytest.mark.parametrize("key", ["skip", "time_cond", "conv", "patch_embed", "pos_embed"])
+def test_an_unknown_architecture_choice_is_refused_by_name(key):
+    with pytest.raises(ValueError, match=rf"model\.{key}: 'bogus' is not one of"):
+        UViT(16, 1, 32, 3, 2, 4, **{key: "bogus"})
+
+
+def test_context_tokens_count_only_for_a_text_model():
+    """Tokens: [time, (class | contexts), patches]; without a context width there are no context tokens."""
+    grid = (16 // 4) ** 2
+    assert UViT(16, 1, 32, 3, 2, 4, context_tokens=5).pos_embed.shape == (1, 1 + grid, 32)
+    assert UViT(16, 1, 32, 3, 2, 4, context_tokens=5, context_dim=8).pos_embed.shape == (1, 1 + 5 + grid, 32)
+    assert UViT(16, 1, 32, 3, 2, 4, num_classes=3).pos_embed.shape == (1, 2 + grid, 32)
