@@ -151,9 +151,11 @@ def main() -> None:
             results[module] = run_module(module, args.max_mutants, args.jobs, scratch) | {
                 "run": f"--max-mutants {args.max_mutants} --jobs {args.jobs}, {time.strftime('%Y-%m-%d')}"
             }
-            partial = previous | {"modules": results, "notes": notes}
+            # Merged into the file as it is now (another run may have written other modules meanwhile).
+            current = json.loads(args.out.read_text()) if args.out.is_file() else {}
+            results = current.get("modules", {}) | {m: results[m] for m in args.modules if m in results}
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(partial, indent=1) + "\n")  # a killed run keeps what it finished
+            args.out.write_text(json.dumps(current | {"modules": results}, indent=1) + "\n")
     finally:
         if args.keep:
             print(f"scratch copies and logs kept in {scratch}")
@@ -162,7 +164,10 @@ def main() -> None:
 
     import mutmut
 
+    current = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results = current.get("modules", {}) | {m: results[m] for m in args.modules if m in results}
     results = {m: results[m] for m in MODULES if m in results}
+    notes = current.get("notes", {}) | notes
     report = {
         "tool": f"mutmut {mutmut.__version__}" if hasattr(mutmut, "__version__") else "mutmut",
         "pytest_args": PYTEST_ARGS,
@@ -170,15 +175,15 @@ def main() -> None:
         "modules": results,
         "notes": {name: notes[name] for r in results.values() for name in r["survivors"] if name in notes},
     }
-    if "run" in previous:
-        report["run"] = previous["run"]  # free text: how the runs were made (machine load, by whom)
+    if "run" in current:
+        report["run"] = current["run"]  # free text: how the runs were made (machine load, by whom)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(
         f"\n{'module':<12} {'mutants':>8} {'killed':>7} {'survived':>9} {'no tests':>9} {'score':>6} {'of all':>7}"
     )
     for module, r in results.items():
         score = "-" if r["score"] is None else f"{r['score']:.2f}"
-        of_all = "-" if r["score_of_sampled"] is None else f"{r['score_of_sampled']:.2f}"
+        of_all = "-" if r.get("score_of_sampled") is None else f"{r['score_of_sampled']:.2f}"
         sampled = f" (of {r['mutants_generated']})" if r["sampled"] else ""
         print(
             f"{module:<12} {r['mutants']:>8} {r['killed'] + r['timeout']:>7} {r['survived']:>9} "
