@@ -39,7 +39,7 @@ MODULE_TESTS = {
         "tests/test_recipe.py",
         "tests/test_mutation_kills_autoencoder.py",
     ],
-    "fid": ["tests/test_fid.py"],
+    "fid": ["tests/test_fid.py", "tests/test_mutation_kills_fid.py"],
     # Before tests/test_mutation_kills_evaluation.py only the CLI and the slow DAG tests reached evaluation.py.
     "evaluation": ["tests/test_recipe.py", "tests/test_mutation_kills_evaluation.py"],
 }
