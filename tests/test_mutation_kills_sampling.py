@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,10 @@ def test_released_latent_and_text_weights_take_channels_from_params_and_width_fr
     path = released(tmp_path, text, (3, 16, 16), classes=1, context=(tokens, 24))
     model = model_for_weights(params, text, torch.load(path, weights_only=True))
     assert model.context_embed.in_features == 24 and model.in_chans == 3
+    assert (
+        model.pos_embed.shape[1] == 1 + tokens + (16 // 4) ** 2
+    )  # time, the dataset's caption tokens, patches
+    import_weights(path, tmp_path / "text.pth", params, text)
     assert weights_geometry(params, text, path) == (1, (3, 16, 16))
 
     grey = experiment(params, "smoke_pixel")  # unconditional, one channel: decoder of p^2 outputs
@@ -186,12 +191,24 @@ def test_released_weights_of_another_shape_are_refused_and_not_copied(params, tm
     )  # 16 patches + the time token, D = 48 vs 32
     with pytest.raises(
         CheckpointError,
-        match=r"pos_embed has shape \[1, 17, 48\], the model of smoke_pixel expects \[1, 17, 32\]",
+        match=rf"^{re.escape(str(path))}: pos_embed has shape \[1, 17, 48\], the model of smoke_pixel expects \[1, 17, 32\]",
     ):
         import_weights(path, tmp_path / "copy.pth", params, exp)
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="not a state_dict"):
         import_weights(tmp_path / "list.pth", tmp_path / "copy.pth", params, exp)
+    with pytest.raises(
+        FileNotFoundError, match=r"missing.pth: no such file \(evaluation.pretrained_weights: the"
+    ):
+        import_weights(tmp_path / "missing.pth", tmp_path / "copy.pth", params, exp)
+    rgb = experiment(params, "smoke_pixel")
+    state = model_for(rgb, (3, 16, 16), 1).state_dict()
+    del state["decoder_pred.weight"]  # without the decoder, an RGB model is assumed and the key is named
+    torch.save(state, tmp_path / "no_decoder.pth")
+    with pytest.raises(
+        CheckpointError, match=r"no_decoder.pth: no 'decoder_pred.weight', which the model of"
+    ):
+        import_weights(tmp_path / "no_decoder.pth", tmp_path / "copy.pth", params, exp)
     assert not (tmp_path / "copy.pth").exists()
 
 
