@@ -131,6 +131,31 @@ def run_module(module: str, max_mutants: int | None, jobs: int, scratch: Path) -
     }
 
 
+def markdown_table(report: dict) -> str:
+    """The JSON as a table: one row per module, then each survivor with its verdict."""
+    lines = [
+        "# Mutation testing (benchmarks/mutation.py, `make mutation`)",
+        "",
+        f"{report['tool']}, pytest {' '.join(report['pytest_args'])}; {report['machine']}.",
+        "Score: killed over the sampled mutants some selected test reaches; of all: over every sampled mutant.",
+        "",
+        "| module | mutants (total) | sampled | killed | survived | no tests | score | of all | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for module, r in report["modules"].items():
+        score = "-" if r["score"] is None else f"{r['score']:.2f}"
+        of_all = "-" if r.get("score_of_sampled") is None else f"{r['score_of_sampled']:.2f}"
+        lines.append(
+            f"| {module} | {r['mutants_generated']} | {r['mutants']} | {r['killed'] + r['timeout']} | "
+            f"{r['survived']} | {r['no_tests']} | {score} | {of_all} | {r['seconds']:.0f} |"
+        )
+    lines += ["", "## Survivors", ""]
+    for r in report["modules"].values():
+        for name in r["survivors"]:
+            lines.append(f"- `{name}`: {report['notes'].get(name, 'not judged yet')}")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--modules", nargs="+", default=list(MODULES), choices=MODULES)
@@ -178,18 +203,10 @@ def main() -> None:
     if "run" in current:
         report["run"] = current["run"]  # free text: how the runs were made (machine load, by whom)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(
-        f"\n{'module':<12} {'mutants':>8} {'killed':>7} {'survived':>9} {'no tests':>9} {'score':>6} {'of all':>7}"
-    )
-    for module, r in results.items():
-        score = "-" if r["score"] is None else f"{r['score']:.2f}"
-        of_all = "-" if r.get("score_of_sampled") is None else f"{r['score_of_sampled']:.2f}"
-        sampled = f" (of {r['mutants_generated']})" if r["sampled"] else ""
-        print(
-            f"{module:<12} {r['mutants']:>8} {r['killed'] + r['timeout']:>7} {r['survived']:>9} "
-            f"{r['no_tests']:>9} {score:>6} {of_all:>7}{sampled}"
-        )
-    print(f"\nwritten {args.out}")
+    table = markdown_table(report)
+    args.out.with_suffix(".md").write_text(table)
+    print("\n" + table)
+    print(f"written {args.out} and {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
