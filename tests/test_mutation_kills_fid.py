@@ -57,3 +57,9 @@ def test_grey_stored_as_rgb_is_recognised_only_when_all_three_channels_agree():
         other = rgb.copy()
         other[1, 2, 3, channel] ^= 1
         assert not fid._channels_equal(other)
+
+
+def test_an_empty_sample_folder_is_named(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(FileNotFoundError, match=r"no image files found; give the folder `uvit sample` wrote"):
+        fid.read_image_folder(tmp_path)
