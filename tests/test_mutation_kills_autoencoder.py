@@ -113,3 +113,18 @@ def test_training_takes_adamw_steps_on_mse_plus_weighted_kl_per_element(data, tm
     assert not torch.equal(
         trained["encoder.conv_in.weight"], build_autoencoder(CFG, 3, 8).encoder.conv_in.weight
     )
+
+
+def test_damaged_latents_name_the_stage_that_writes_them(tmp_path):
+    from test_recipe import write_latents
+
+    from uvit.autoencoder import load_latents
+    from uvit.data import DataError
+
+    write_latents(tmp_path, torch.zeros(3, 2, 4, 2, 2), torch.zeros(3, dtype=torch.long), 0.5)
+    moments, labels, scale = load_latents(tmp_path)
+    assert moments.shape == (3, 2, 4, 2, 2) and labels.tolist() == [0, 0, 0] and scale == 0.5
+    shard = next(tmp_path.glob("moments-*.npy"))
+    shard.write_bytes(shard.read_bytes()[:-4] + b"\x00\x00\x80\x3f")  # one value changed
+    with pytest.raises(DataError, match=r"checksum mismatch .*; re-run encode_latents"):
+        load_latents(tmp_path)
