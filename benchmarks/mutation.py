@@ -163,7 +163,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.json")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies (for `mutmut browse`)")
+    parser.add_argument(
+        "--table", action="store_true", help="only rewrite the .md table from the JSON (notes)"
+    )
     args = parser.parse_args()
+    if args.table:
+        args.out.with_suffix(".md").write_text(markdown_table(json.loads(args.out.read_text())))
+        return
 
     scratch = Path(tempfile.mkdtemp(prefix="uvit-mutation-"))
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
