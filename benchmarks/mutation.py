@@ -128,6 +128,7 @@ def run_module(module: str, max_mutants: int | None, jobs: int, scratch: Path) -
         else None,
         "seconds": round(time.perf_counter() - started, 1),
         "survivors": diffs,
+        "no_tests_mutants": sorted(n for n, c in codes.items() if c in NO_TESTS),
     }
 
 
@@ -153,6 +154,10 @@ def markdown_table(report: dict) -> str:
     for r in report["modules"].values():
         for name in r["survivors"]:
             lines.append(f"- `{name}`: {report['notes'].get(name, 'not judged yet')}")
+        for name in r.get("no_tests_mutants", []):
+            lines.append(
+                f"- `{name}` (no selected test reached it): {report['notes'].get(name, 'not judged yet')}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -204,7 +209,12 @@ def main() -> None:
         "pytest_args": PYTEST_ARGS,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
         "modules": results,
-        "notes": {name: notes[name] for r in results.values() for name in r["survivors"] if name in notes},
+        "notes": {
+            name: notes[name]
+            for r in results.values()
+            for name in [*r["survivors"], *r.get("no_tests_mutants", [])]
+            if name in notes
+        },
     }
     if "run" in current:
         report["run"] = current["run"]  # free text: how the runs were made (machine load, by whom)
