@@ -259,3 +259,24 @@ def test_text_conditions_are_captions_of_the_batch_images_or_the_null_context(tm
     cond = Conditions(exp, 1, tmp_path).draw(index, torch.zeros(len(index)), torch.Generator().manual_seed(1))
     dropped = (cond == 0).flatten(1).all(1)
     assert 50 < int(dropped.sum()) < 150  # 100 expected, 5 standard deviations ~ 35
+
+
+# --------------------------------------------------------------------------------------------------------
+# Weights files: each refusal says which file and why
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_weights_files_are_refused_with_the_file_and_the_reason(tmp_path):
+    from uvit.training import CheckpointError, check_state_dict, read_torch_file
+
+    (tmp_path / "noise.pth").write_bytes(b"\x80\x02}q\x00." + bytes(range(64)))
+    with pytest.raises(CheckpointError, match=r"noise\.pth: not a torch file; expected the weights"):
+        read_torch_file(tmp_path / "noise.pth", "the weights")
+    model = torch.nn.Linear(2, 3)
+    state = model.state_dict() | {"extra.weight": torch.zeros(1)}
+    with pytest.raises(
+        CheckpointError, match=r"^w\.pth: 'extra\.weight' is not in the model of smoke_pixel; give"
+    ):
+        check_state_dict(Path("w.pth"), state, model, "smoke_pixel")
+    with pytest.raises(CheckpointError, match=r"^w\.pth: not a state_dict of tensors; give the EMA weights"):
+        check_state_dict(Path("w.pth"), {"weight": [1.0]}, model, "smoke_pixel")
