@@ -86,7 +86,9 @@ def test_reference_statistics_are_the_moments_of_the_first_count_images(data, tm
     with np.load(tmp_path / "ref.npz") as npz:
         assert int(npz["count"]) == 25
     assert ChannelMeans.made == ["bf16"]
-    assert logs == [f"reference statistics of 25 train images -> {tmp_path / 'ref.npz'}"]
+    evaluation.reference_statistics(root, "train", 5, tmp_path / "ref5.npz", log=logs.append)
+    assert ChannelMeans.made == ["bf16", "fp32"]  # fp32 features unless asked: published FIDs are fp32
+    assert logs[0] == f"reference statistics of 25 train images -> {tmp_path / 'ref.npz'}"
 
 
 def test_the_floor_is_the_fid_of_held_out_images_against_the_reference(data, tmp_path):
