@@ -280,3 +280,18 @@ def test_weights_files_are_refused_with_the_file_and_the_reason(tmp_path):
         check_state_dict(Path("w.pth"), state, model, "smoke_pixel")
     with pytest.raises(CheckpointError, match=r"^w\.pth: not a state_dict of tensors; give the EMA weights"):
         check_state_dict(Path("w.pth"), {"weight": [1.0]}, model, "smoke_pixel")
+
+
+def test_resume_takes_the_newest_checkpoint_at_or_before_the_last_step(tmp_path):
+    """A run asked for fewer steps than an earlier one resumes from the newest checkpoint it can use."""
+    from uvit.training import CHECKPOINT_KEYS, latest_checkpoint, save_checkpoint
+
+    for step in (5, 10, 15):
+        state = dict.fromkeys(CHECKPOINT_KEYS, torch.zeros(1)) | {"step": step, "trajectory_hash": "h"}
+        save_checkpoint(tmp_path / f"ckpt-{step:07d}.pt", state)
+    (tmp_path / "ckpt-latest.pt").write_bytes(b"")  # not a step: ignored
+    logs = []
+    assert latest_checkpoint(tmp_path, "h", 12, logs.append)["step"] == 10
+    assert logs == [f"resuming from {tmp_path / 'ckpt-0000010.pt'} (step 10)"]
+    assert latest_checkpoint(tmp_path, "h", 15, logs.append)["step"] == 15
+    assert latest_checkpoint(tmp_path, "other", 15, logs.append) is None
