@@ -295,3 +295,15 @@ def test_resume_takes_the_newest_checkpoint_at_or_before_the_last_step(tmp_path)
     assert logs == [f"resuming from {tmp_path / 'ckpt-0000010.pt'} (step 10)"]
     assert latest_checkpoint(tmp_path, "h", 15, logs.append)["step"] == 15
     assert latest_checkpoint(tmp_path, "other", 15, logs.append) is None
+
+
+def test_an_fp16_run_resumes_with_its_gradient_scaler_state(split, tmp_path):
+    """fp16 training (pre-Ampere GPUs) keeps the gradient scaler's scale in each checkpoint and loads it back."""
+    exp = experiment("smoke_pixel", training={"steps": 2, "batch_size": 8, "precision": "fp16"} | LOOP)
+    train(exp, split, tmp_path, log=lambda m: None)
+    exp["training"]["steps"] = 3
+    logs = []
+    train(exp, split, tmp_path, log=logs.append)
+    assert any("resuming from" in m and "(step 2)" in m for m in logs)
+    state = torch.load(tmp_path / "checkpoints" / "ckpt-0000003.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 0 and state["step"] == 3
