@@ -147,9 +147,11 @@ def markdown_table(report: dict) -> str:
         score = "-" if r["score"] is None else f"{r['score']:.2f}"
         of_all = "-" if r.get("score_of_sampled") is None else f"{r['score_of_sampled']:.2f}"
         lines.append(
-            f"| {module} | {r['mutants_generated']} | {r['mutants']} | {r['killed'] + r['timeout']} | "
+            f"| {module} | {r['mutants_generated']} | {r['mutants']}{' (partial)' if r.get('partial') else ''} | "
+            f"{r['killed'] + r['timeout']} | "
             f"{r['survived']} | {r['no_tests']} | {score} | {of_all} | {r['seconds']:.0f} |"
         )
+    lines += [f"\n{m}: {r['partial']}" for m, r in report["modules"].items() if r.get("partial")]
     lines += ["", "## Survivors", ""]
     for r in report["modules"].values():
         for name in r["survivors"]:
