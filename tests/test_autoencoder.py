@@ -124,3 +124,19 @@ def test_latent_scale_factor_is_measured_or_taken_from_the_config(tmp_path):
     )
     assert fixed["scale_factor"] == 0.18215 and fixed["scale_factor_source"] == "config"
     assert fixed["measured_scale_factor"] == pytest.approx(measured["scale_factor"])
+
+
+def test_a_checkpoint_missing_a_weight_is_refused_not_filled_at_random(sd_vae, tmp_path):
+    """Loading is strict: a KL-f8 file without one of its weights must not load with that layer left at its
+    random initialisation (found by mutation testing: strict=False passed the other tests)."""
+    ldm = to_ldm_names(sd_vae.state_dict())
+    del ldm["encoder.down.0.block.0.conv1.weight"]
+    torch.save(ldm, tmp_path / "autoencoder_kl.pth")
+    with pytest.raises(
+        RuntimeError, match=r"Missing key\(s\).*encoder\.down_blocks\.0\.resnets\.0\.conv1\.weight"
+    ):
+        load_autoencoder(tmp_path / "autoencoder_kl.pth")
+    with pytest.raises(
+        AutoencoderError, match=r"a checkpoint file \(\.ckpt, \.pt, \.pth, \.bin, \.safetensors\)"
+    ):
+        load_autoencoder(tmp_path / "weights.npz")

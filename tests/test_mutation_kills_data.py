@@ -1,0 +1,91 @@
+"""Data-stage details that mutation testing (benchmarks/mutation.py) found unchecked: IDX dimensions read as
+32-bit big-endian integers (the MNIST format's definition), the Fashion-MNIST download and its messages, the
+default CIFAR-10 location, and the message of an unreadable JSON file. Network access is replaced by a fake
+urlopen; all files are a few KB.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import urllib.request
+
+import numpy as np
+import pytest
+from test_data import cifar_batch, write_idx
+
+import uvit.data as data
+from uvit.data import DataError, read_idx, read_json
+
+FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+         "t10k-labels-idx1-ubyte.gz")  # fmt: skip
+
+
+def test_idx_dimensions_are_32_bit_big_endian_integers(tmp_path):
+    """The IDX header: magic 0 0 8 ndim, then ndim 4-byte big-endian sizes; a size above 65535 needs all 4."""
+    array = np.arange(70_000, dtype=np.int64).astype(np.uint8).reshape(1, 1, 70_000)
+    write_idx(tmp_path / "wide.gz", array)
+    assert read_idx(tmp_path / "wide.gz").shape == (1, 1, 70_000)
+    np.testing.assert_array_equal(read_idx(tmp_path / "wide.gz"), array)
+
+
+def test_missing_fashion_mnist_without_download_names_all_four_files(tmp_path):
+    with pytest.raises(DataError) as err:
+        data.ensure_fashion_mnist(tmp_path / "nowhere", download=False)
+    message = str(err.value)
+    assert message.startswith(f"Fashion-MNIST: {tmp_path / 'nowhere' / FILES[0]} not found")
+    assert all(name in message for name in FILES) and "apt-get install dataset-fashion-mnist" in message
+    assert data.FASHION_MNIST_URL in message
+
+
+class Response(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_a_missing_file_is_downloaded_from_the_official_url_then_checked(tmp_path, monkeypatch):
+    calls = []
+
+    def urlopen(url, timeout):
+        calls.append((url, timeout))
+        return Response(b"not the published file")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    with pytest.raises(DataError, match="checksum differs from the published Fashion-MNIST file"):
+        data.ensure_fashion_mnist(tmp_path / "fm")
+    assert calls == [(data.FASHION_MNIST_URL + FILES[0], 60)]
+    assert (tmp_path / "fm" / FILES[0]).read_bytes() == b"not the published file"
+
+    def offline(url, timeout):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(
+        DataError, match=r"t10k.* not found and could not download https?://\S+ \(network unreachable\)"
+    ):
+        data._download(data.FASHION_MNIST_URL + FILES[2], tmp_path / FILES[2])
+    assert not (tmp_path / FILES[2]).exists()
+
+
+def test_cifar10_is_read_from_its_documented_default_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "data" / "raw" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        (folder / name).write_bytes(pickle.dumps(cifar_batch(2, i), protocol=2))
+    monkeypatch.chdir(tmp_path)
+    splits = data.load_cifar10({})
+    assert splits["train"][0].shape == (10, 32, 32, 3) and splits["test"][0].shape == (2, 32, 32, 3)
+
+
+def test_an_unreadable_json_file_is_named_with_the_fix(tmp_path):
+    (tmp_path / "m.json").write_text('{"fid": ')
+    with pytest.raises(DataError, match=r"m\.json: not a readable JSON file \(.*\); run it again$"):
+        read_json(tmp_path / "m.json", "run it again")
+    (tmp_path / "l.json").write_text("[1]")
+    with pytest.raises(DataError, match=r"l\.json: expected a JSON object, found list; run it again$"):
+        read_json(tmp_path / "l.json", "run it again")
+    (tmp_path / "d.json").write_text('{"a": 1}')
+    assert read_json(tmp_path / "d.json", "") == {"a": 1}
