@@ -34,12 +34,29 @@ class ChannelMeans:
 
     made: ClassVar[list[str]] = []  # the precisions it was built with (reset per test)
 
-    def __init__(self, precision: str = "fp32"):
+    def __init__(self, precision: str = "fp32", protocol_name: str = "clean"):
         ChannelMeans.made.append(precision)
 
     def features(self, images: np.ndarray, progress: bool = False, desc: str = "") -> np.ndarray:
         assert images.dtype == np.uint8 and images.ndim == 4
         return images[..., :2].astype(np.float64).mean((1, 2))
+
+    def all_features(
+        self, images: np.ndarray, progress: bool = False, desc: str = ""
+    ) -> dict[str, np.ndarray]:
+        """One pass: the pool features and (here the same numbers) ADM's spatial features."""
+        pool = self.features(images, progress, desc)
+        return {"pool": pool, "spatial": pool.copy()}
+
+
+def save_reference(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A reference as the FID stage writes one (clean protocol; the stand-in's spatial features equal its pool
+    features); returns its (mu, sigma)."""
+    features = images[..., :2].astype(np.float64).mean((1, 2))
+    reference = moments(images)
+    save_statistics(path, *reference, mu_s=reference[0], sigma_s=reference[1], features=features,
+                    protocol=np.array("clean"))  # fmt: skip
+    return reference
 
 
 def moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,13 +105,12 @@ def test_reference_statistics_are_the_moments_of_the_first_count_images(data, tm
     assert ChannelMeans.made == ["bf16"]
     evaluation.reference_statistics(root, "train", 5, tmp_path / "ref5.npz", log=logs.append)
     assert ChannelMeans.made == ["bf16", "fp32"]  # fp32 features unless asked: published FIDs are fp32
-    assert logs[0] == f"reference statistics of 25 train images -> {tmp_path / 'ref.npz'}"
+    assert logs[0] == f"reference statistics of 25 train images (clean) -> {tmp_path / 'ref.npz'}"
 
 
 def test_the_floor_is_the_fid_of_held_out_images_against_the_reference(data, tmp_path):
     root, splits = data
-    reference = moments(splits["train"])
-    save_statistics(tmp_path / "ref.npz", *reference)
+    reference = save_reference(tmp_path / "ref.npz", splits["train"])
     logs = []
     evaluation.fid_floor(root, "test", 30, tmp_path / "ref.npz", tmp_path / "floor.json", "fp32", logs.append)
     floor = json.loads((tmp_path / "floor.json").read_text())
@@ -112,9 +128,13 @@ def test_the_floor_is_the_fid_of_held_out_images_against_the_reference(data, tmp
 
 def test_reference_label_and_evaluation_points():
     exp = experiment("smoke_pixel")
-    assert evaluation.reference_label(exp["evaluation"]) == "96 train"
+    count = exp["evaluation"]["reference_images"]
+    assert evaluation.reference_label(exp["evaluation"]) == f"{count} train"
     given = exp["evaluation"] | {"reference_npz": "/x/fid_stats_cifar10.npz"}
-    assert evaluation.reference_label(given).startswith("fid_stats_cifar10.npz (given;")
+    assert (
+        evaluation.reference_label(given)
+        == f"fid_stats_cifar10.npz (given, {exp['evaluation']['fid_protocol']})"
+    )
     before = copy.deepcopy(exp)
     point = evaluation.evaluation_point(exp, training_step=7, sampler_steps=3)
     assert point["training"]["steps"] == 7 and point["sampling"]["steps"] == 3
@@ -130,8 +150,7 @@ def test_fid_of_samples_records_the_fid_its_floor_and_what_made_it(pretrained, d
     samples = np.random.default_rng(1).integers(0, 200, (12, SIZE, SIZE, 3), dtype=np.uint8)
     for i, image in enumerate(samples):
         write_png(tmp_path / "samples" / f"{i:06d}.png", image)
-    reference = moments(splits["train"])
-    save_statistics(tmp_path / "ref.npz", *reference)
+    reference = save_reference(tmp_path / "ref.npz", splits["train"])
     exp = experiment(
         "smoke_pixel",
         sampling={"num_samples": 12, "guidance_scale": 0.7},
@@ -160,12 +179,16 @@ def test_fid_of_samples_records_the_fid_its_floor_and_what_made_it(pretrained, d
         exp["sampling"]["sampler"], exp["sampling"]["steps"], 0.7,
     )  # fmt: skip
     assert metrics["training_steps"] == 11
+    count = exp["evaluation"]["reference_images"]
     assert (metrics["reference_images"], metrics["reference_split"], metrics["reference"]) == (
-        96,
+        count,
         "train",
-        "96 train",
+        f"{count} train",
     )
-    assert metrics["feature_network"] == evaluation.FEATURE_NETWORK
+    assert (
+        metrics["feature_network"] == evaluation.feature_network("clean")
+        and metrics["fid_protocol"] == "clean"
+    )
     assert metrics["weights"] == (
         "authors' release (evaluation only)" if pretrained else "trained by this pipeline"
     )
@@ -177,7 +200,8 @@ def test_fid_of_samples_records_the_fid_its_floor_and_what_made_it(pretrained, d
     )
     assert provenance["inputs"]["samples"]["md5"] == dvc_md5(tmp_path / "samples")
     floor_text = "no floor" if pretrained else "floor 1.250"
-    assert logs == [f"smoke_pixel: FID {expected:.3f} ({floor_text}, 12 samples)"]
+    others = ", ".join(f"{k} {metrics[k]}" for k in ("sfid", "precision", "recall", "kid"))
+    assert logs == [f"smoke_pixel: FID {expected:.3f} ({floor_text}, 12 samples, clean), {others}"]
 
     exp["sampling"]["num_samples"] = 13
     with pytest.raises(DataError, match=r"samples: 12 images, sampling.num_samples says 13; re-run sample"):

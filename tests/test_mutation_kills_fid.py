@@ -18,18 +18,19 @@ def test_a_given_reference_is_checked_for_2048_d_statistics_and_stored_with_its_
     rng = np.random.default_rng(0)
     mu, a = rng.normal(size=2048), rng.normal(size=(2048, 4))
     np.savez(tmp_path / "given.npz", mu=mu, sigma=a @ a.T, extra=np.zeros(3))
-    fid.import_statistics(tmp_path / "given.npz", tmp_path / "ref.npz")
+    fid.import_statistics(tmp_path / "given.npz", tmp_path / "ref.npz", "pytorch_fid")
     with np.load(tmp_path / "ref.npz") as npz:
-        assert sorted(npz.files) == ["mu", "sigma", "source"]
+        assert sorted(npz.files) == ["extra", "mu", "protocol", "sigma", "source"]  # stored whole
+        assert str(npz["protocol"]) == "pytorch_fid"
         np.testing.assert_array_equal(npz["mu"], mu)
         np.testing.assert_array_equal(npz["sigma"], a @ a.T)
         assert str(npz["source"]) == str(tmp_path / "given.npz")
     np.savez(tmp_path / "small.npz", mu=mu[:64], sigma=np.eye(64))
     with pytest.raises(DataError, match=r"small\.npz: mu \(64,\) and sigma \(64, 64\) are not 2048-d"):
-        fid.import_statistics(tmp_path / "small.npz", tmp_path / "ref2.npz")
+        fid.import_statistics(tmp_path / "small.npz", tmp_path / "ref2.npz", "clean")
     np.savez(tmp_path / "flat.npz", mu=mu, sigma=np.eye(64))
     with pytest.raises(DataError, match=r"flat\.npz: mu \(2048,\) and sigma \(64, 64\)"):
-        fid.import_statistics(tmp_path / "flat.npz", tmp_path / "ref2.npz")
+        fid.import_statistics(tmp_path / "flat.npz", tmp_path / "ref2.npz", "clean")
     assert not (tmp_path / "ref2.npz").exists()
 
 
@@ -71,6 +72,7 @@ def test_grey_stored_as_rgb_is_resized_once_as_one_plane():
     stem one plane (its first convolution sums the three channels' weights): 1/3 of the resize work."""
     extractor = fid.InceptionFeatureExtractor.__new__(fid.InceptionFeatureExtractor)  # no network needed
     extractor.resizer, extractor.device = fid.BicubicResizer(), torch.device("cpu")
+    extractor.protocol = fid.protocol("clean")
     grey = np.random.default_rng(1).integers(0, 256, (2, 8, 8), dtype=np.uint8)
     as_rgb = extractor._prepare(np.repeat(grey[..., None], 3, axis=-1))
     assert as_rgb.shape == (2, 1, 299, 299)
