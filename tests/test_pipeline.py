@@ -8,15 +8,17 @@ the tests below share that run. Tests that change a file restore it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import make_project_copy, run, set_params, write_emoji_package
 
-from uvit.config import fid_metrics_paths, load_params
+from uvit.config import deep_merge, fid_metrics_paths, load_params
 
 SMOKE = ["smoke_pixel", "smoke_latent"]
 SMOKE_TEXT = "smoke_text"  # a written emoji set, captions through MiniLM, a text-token U-ViT
@@ -180,22 +182,195 @@ def test_verify_names_a_stale_metrics_file(project):
     assert verify(project).returncode == 0
 
 
+def dvc_changed(project) -> set[str]:
+    """The stages of the targets' dvc.yaml that DVC finds changed."""
+    return set(json.loads(run(["dvc", "status", "--json", "dvc.yaml"], project).stdout))
+
+
+def lock_outputs(project) -> dict[str, str]:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    return {out["path"]: out["md5"] for stage in lock.values() for out in stage.get("outs", [])}
+
+
+# One key per section, each set to a value it does not have (written or defaulted): the stages DVC must find
+# changed (those whose settings record holds the key) and the rules Snakemake must plan (those and everything
+# downstream of them).
+SMOKE_PIXEL_DOWNSTREAM = {"sample", "sample_curve_point", "fid", "fid_curve_point", "sample_grid"}
+REPORT = {"figures", "tables", "all"}
+KEYS = {
+    "data": (
+        {"datasets": {"digits": {"shard_size": 500}}},
+        {"prepare_data-digits"},
+        {"prepare_data", "train_autoencoder", "encode_latents", "train", "reference_stats", "fid_floor"}
+        | SMOKE_PIXEL_DOWNSTREAM
+        | REPORT,
+    ),
+    "autoencoder": (
+        {"autoencoders": {"digits_kl": {"kl_weight": 1.0e-5}}},
+        {"train_autoencoder-digits_kl"},
+        {"train_autoencoder", "encode_latents", "train", "sample", "fid", "sample_grid"} | REPORT,
+    ),
+    "model": (
+        {"experiments": {"smoke_pixel": {"model": {"mlp_ratio": 2.0}}}},
+        {
+            "train-smoke_pixel",
+            "sample-smoke_pixel",
+            "sample_curve_point-smoke_pixel-10-5",
+            "sample_curve_point-smoke_pixel-20-3",
+        },
+        {"train"} | SMOKE_PIXEL_DOWNSTREAM | REPORT,
+    ),
+    "diffusion": (
+        # a discrete schedule needs a discrete sampler: sampling (FID's too) changes with it
+        {
+            "experiments": {
+                "smoke_text": {
+                    "diffusion": {"schedule": "ddpm_linear"},
+                    "sampling": {"sampler": "dpm_solver_pp"},
+                }
+            }
+        },
+        {"train-smoke_text", "sample-smoke_text", "fid-smoke_text"},
+        {"train", "sample", "fid", "sample_grid"} | REPORT,
+    ),
+    "training": (
+        {"experiments": {"smoke_latent": {"training": {"seed": 7}}}},
+        {"train-smoke_latent"},
+        {"train", "sample", "fid", "sample_grid"} | REPORT,
+    ),
+    "sampling": (
+        {"experiments": {"smoke_text": {"sampling": {"seed": 3}}}},
+        {"sample-smoke_text", "fid-smoke_text"},
+        {"sample", "fid", "sample_grid"} | REPORT,
+    ),
+    "evaluation": (
+        {"experiments": {"smoke_text": {"evaluation": {"feature_precision": "bf16"}}}},
+        {"fid-smoke_text"},
+        {"fid"} | REPORT,
+    ),
+}
+
+
 def test_both_engines_agree_and_reruns_are_minimal(project):
     assert planned_jobs(project) == set()
-    status = run(["dvc", "status"], project).stdout
-    assert "up to date" in status.lower() or status.strip() == ""
+    assert dvc_changed(project) == set()
     repro = run(["dvc", "repro"], project).stdout
     assert "Running stage" not in repro, repro
 
-    # A sampling setting reruns only sampling, FID, figures and tables.
-    set_params(project, lambda p: p["experiments"]["smoke_pixel"]["sampling"].__setitem__("steps", 4))
-    assert planned_jobs(project) == {
-        "sample",
-        "fid",
-        "sample_curve_point",
-        "fid_curve_point",
-        "sample_grid",
-        "figures",
-        "tables",
-        "all",
-    }
+
+@pytest.mark.parametrize("section", KEYS)
+def test_a_key_reruns_exactly_the_stages_that_read_it(project, section):
+    """Under both engines, for a key of each section (written or defaulted)."""
+    edit, dvc_stages, snakemake_rules = KEYS[section]
+    path = project / "params.yaml"
+    original = path.read_text()
+    try:
+        set_params(project, lambda p: p.update(deep_merge(p, edit)))
+        assert planned_jobs(project) == snakemake_rules
+        run(["uvit", "settings"], project)  # what the DVC stage `settings` runs first
+        assert dvc_changed(project) == {"settings"} | dvc_stages
+    finally:
+        path.write_text(original)
+        run(["uvit", "settings"], project)
+    assert dvc_changed(project) == set()
+
+
+def test_a_metrics_file_edited_by_hand_is_never_recorded(project):
+    """Launder test: edit a number, run snakemake (the tables re-render from it): dvc.lock does not take the
+    edit, `dvc status` shows it and `uvit verify` names the file."""
+    path = project / "metrics" / "smoke_pixel" / "fid.json"
+    keep = [path, project / "dvc.lock", *(project / "paper_tables").rglob("*.*")]
+    backup = {p: p.read_bytes() for p in keep}
+    times = {p: p.stat().st_mtime_ns for p in keep}
+    try:
+        metrics = json.loads(path.read_text())
+        path.unlink()
+        path.write_text(json.dumps(metrics | {"fid": metrics["fid"] - 1.0}, indent=2, sort_keys=True) + "\n")
+        out = run(["snakemake", "--cores", "2"], project, timeout=600).stderr
+        assert "not recorded: fid-smoke_pixel" in out and "not recorded: tables" in out
+        assert {"fid-smoke_pixel", "tables"} <= dvc_changed(project)
+        result = verify(project, check=False)
+        assert result.returncode == 1 and "metrics/smoke_pixel/fid.json is stale" in result.stderr
+    finally:
+        for p, data in backup.items():
+            p.unlink(missing_ok=True)
+            p.write_bytes(data)
+            os.utime(p, ns=(times[p], times[p]))
+    assert verify(project).returncode == 0
+
+
+def test_verify_refuses_stale_settings_and_a_dirty_tree(project):
+    path = project / "params.yaml"
+    original = path.read_text()
+    try:
+        set_params(project, lambda p: p["experiments"]["smoke_latent"]["sampling"].__setitem__("seed", 5))
+        result = verify(project, check=False)
+        assert result.returncode == 1
+        assert "metrics/smoke_latent/fid.json is stale: computed with sampling.seed = 0" in result.stderr
+        assert "now resolves it to 5" in result.stderr and "snakemake --cores all" in result.stderr
+    finally:
+        path.write_text(original)
+    metrics_path = project / "metrics" / "smoke_latent" / "fid.json"
+    original = metrics_path.read_text()
+    tables = {p: p.read_text() for p in (project / "paper_tables").glob("*.*")}
+    try:
+        metrics = json.loads(original)
+        metrics["provenance"]["dirty"] = True
+        metrics_path.unlink()
+        metrics_path.write_text(json.dumps(metrics, indent=2))
+        params = load_params(project / "params.yaml")
+        files = [f for name in params["targets"] for f in fid_metrics_paths(params, name)]
+        run(["uvit", "tables", "--metrics", *files, "--out-dir", "paper_tables"], project)
+        result = verify(project, check=False)
+        assert (
+            result.returncode == 1
+            and "metrics/smoke_latent/fid.json was computed from a dirty tree" in result.stderr
+        )
+    finally:
+        metrics_path.unlink()
+        metrics_path.write_text(original)
+        for p, text in tables.items():
+            p.write_text(text)
+
+
+def test_verify_traces_snapshot_checkpoints_through_the_directory_listing(project):
+    out = verify(project).stderr
+    assert re.search(r"(\d+) found in the directory's listing, 0 whose listing is not", out), out
+    assert int(re.search(r"(\d+) found in the directory's listing", out).group(1)) >= 1
+
+
+def test_dvc_repro_from_scratch_gives_snakemakes_hashes_and_push_pull_restores(project, tmp_path):
+    """A fresh clone: `dvc repro` of smoke_pixel's training and sampling from nothing gives the bytes
+    Snakemake gave; another clone restores every artifact with `dvc pull` from the local remote."""
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke run"], project)
+    scratch = project.parent / "scratch"
+    run(["git", "clone", "-q", str(project), str(scratch)], tmp_path)
+    (scratch / "dvc.lock").unlink()
+    out = run(["dvc", "repro", "sample-smoke_pixel"], scratch, timeout=600).stdout
+    assert "Running stage 'train-smoke_pixel'" in out
+    ours, theirs = lock_outputs(scratch), lock_outputs(project)
+    for path in ("data/prepared/digits", "results/smoke_pixel/nnet_ema.pth", "results/smoke_pixel/samples"):
+        assert ours[path] == theirs[path], path
+
+    run(["dvc", "push"], project)
+    clone = project.parent / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)
+    assert dvc_changed(clone) == set()
+    assert (clone / "results/smoke_latent/nnet_ema.pth").read_bytes() == (
+        project / "results/smoke_latent/nnet_ema.pth"
+    ).read_bytes()
+
+
+def test_dvc_exp_run_of_a_sampling_key_reruns_sampling_not_training(project):
+    """Last: leaves the project at the experiment's settings."""
+    out = run(
+        ["dvc", "exp", "run", "-S", "experiments.smoke_text.sampling.seed=2"], project, timeout=600
+    ).stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert {"sample-smoke_text", "fid-smoke_text", "tables"} <= ran and "train-smoke_text" not in ran, out
+    fid = json.loads((project / "metrics/smoke_text/fid.scores.json").read_text())["fid"]
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    text = json.dumps(shown)
+    assert str(fid) in text and "experiments.smoke_text.sampling.seed" in text

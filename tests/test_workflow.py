@@ -16,20 +16,37 @@ def test_snakemake_lint_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_settings_records_are_what_params_yaml_resolves_to():
+    """Every stage's settings/<stage>.json, in both DVC files, is the record uvit.stages computes now."""
+    from uvit.config import load_params
+    from uvit.stages import Lineage, dvc_stages, settings_text
+
+    lineage, stages = Lineage(load_params(ROOT / "params.yaml")), dvc_stages(ROOT)
+    assert len(stages) > 400 and "train-cifar10_uvit_s2" in stages  # the paper rows too
+    for name, (rule, wildcards) in stages.items():
+        path = ROOT / "settings" / f"{name}.json"
+        assert path.read_text() == settings_text(lineage.settings(rule, **wildcards)), name
+    assert sorted(p.stem for p in (ROOT / "settings").glob("*.json")) == sorted(stages)
+
+
 def test_dvc_yaml_is_generated_from_the_snakefile():
     result = run(["python", "workflow/scripts/export_dvc.py", "--check"], ROOT, check=False)
     assert result.returncode == 0, result.stderr
 
 
-def test_dvc_yaml_declares_params_code_and_persistent_checkpoints():
+def test_dvc_yaml_declares_settings_code_and_persistent_checkpoints():
     import yaml
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     train = stages["train-fmnist_pixel"]
     assert "src/uvit/training.py" in train["deps"] and "src/uvit/model.py" in train["deps"]
-    assert "experiments.fmnist_pixel.training" in train["params"] and "defaults.training" in train["params"]
+    assert "settings/train-fmnist_pixel.json" in train["deps"] and "params" not in train
+    assert stages["settings"]["outs"] == [{"settings": {"cache": False}}]
     assert {"results/fmnist_pixel/checkpoints": {"persist": True}} in train["outs"]
-    assert stages["fid-fmnist_pixel"]["metrics"] == [{"metrics/fmnist_pixel/fid.json": {"cache": False}}]
+    assert stages["fid-fmnist_pixel"]["metrics"] == [
+        {"metrics/fmnist_pixel/fid.scores.json": {"cache": False}}
+    ]
+    assert {"metrics/fmnist_pixel/fid.json": {"cache": False}} in stages["fid-fmnist_pixel"]["outs"]
     assert "--threads" not in train["cmd"] and "2>" not in train["cmd"]
 
 

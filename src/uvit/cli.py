@@ -251,7 +251,9 @@ def cmd_fid_floor(args, params: dict) -> None:
 
 
 def cmd_fid(args, params: dict) -> None:
-    from uvit.evaluation import evaluation_point, fid_of_samples
+    from uvit.config import evaluation_point
+    from uvit.evaluation import fid_of_samples
+    from uvit.provenance import scores, scores_path, write_json
 
     exp = evaluation_point(
         resolve_experiment(params, args.experiment), args.training_step, args.sampler_steps
@@ -269,7 +271,8 @@ def cmd_fid(args, params: dict) -> None:
     if args.weights_output and Path(args.weights_output) != Path(args.checkpoint):
         inputs["weights_output"] = args.weights_output  # the DVC output the checkpoint file lies in
     floor = Path(args.floor) if args.floor else None
-    fid_of_samples(exp, inputs, floor, Path(args.metrics), pretrained=args.pretrained, log=log)
+    metrics = fid_of_samples(exp, inputs, floor, Path(args.metrics), pretrained=args.pretrained, log=log)
+    write_json(scores_path(args.metrics), scores(metrics))
 
 
 def cmd_sample_grid(args, params: dict) -> None:
@@ -341,6 +344,19 @@ def cmd_plan(args, params: dict) -> None:
     ]
     for name in names:
         print(describe(params, name))
+
+
+def cmd_settings(args, params: dict) -> None:
+    from uvit.stages import Lineage, dvc_stages
+
+    stages = dvc_stages()
+    if not stages:
+        raise UserError("dvc.yaml: no generated stages; run `python workflow/scripts/export_dvc.py`")
+    changed = Lineage(params).write_settings(stages, Path(args.out))
+    log(
+        f"settings of {len(stages)} stages in {args.out}/: {len(changed)} changed"
+        + "".join(f"\n  {name}" for name in changed[:20])
+    )
 
 
 def cmd_verify(args, params: dict) -> None:
@@ -560,6 +576,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("plan", cmd_plan, "Estimated A100-hours to train and sample experiments (no data needed).")
     p.add_argument("--experiment", nargs="*", help="experiments (default: every paper-scale one)")
+
+    p = stage(
+        "settings",
+        cmd_settings,
+        "Write each DVC stage's resolved settings to settings/<stage>.json (rewriting only those that changed).",
+    )
+    p.add_argument("--out", default="settings", metavar="DIR", help="(default: %(default)s)")
 
     p = stage(
         "verify",

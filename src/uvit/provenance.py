@@ -62,6 +62,22 @@ def record(settings: dict, inputs: dict[str, str | Path], settings_hash: str) ->
     }
 
 
+def scores(record: dict) -> dict:
+    """The numbers of a metrics record a person compares across runs: its numeric top-level values (FID,
+    floor, counts, steps; any score added to the record joins them), without the provenance around them."""
+    return {
+        key: value
+        for key, value in sorted(record.items())
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
+def scores_path(path: str | Path) -> Path:
+    """Where the scores of a metrics record live: metrics/x/fid.json -> metrics/x/fid.scores.json (DVC metrics)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.scores.json")
+
+
 def write_json(path: str | Path, payload: dict) -> None:
     """Atomically write a JSON metrics file (sorted keys, trailing newline)."""
     path = Path(path)
