@@ -50,5 +50,5 @@ format: setup
 mutation: setup ## mutation testing (mutmut) of the core modules -> benchmarks/results/mutation.json
 	nice -n 19 python benchmarks/mutation.py $(MUTATION_ARGS)
 
-dvc-yaml: setup ## regenerate dvc.yaml from the Snakemake DAG
+dvc-yaml: setup ## regenerate dvc.yaml, experiments/dvc.yaml and settings/ from the Snakemake DAG
 	python workflow/scripts/export_dvc.py
