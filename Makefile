@@ -39,7 +39,7 @@ lint: setup
 
 test: setup data lint ## lint, trace the committed tables (uvit verify), then the test suite (includes the smoke DAG)
 	uvit verify
-	pytest -q
+	pytest -q -n auto --maxprocesses 4 --dist loadgroup
 
 format: setup
 	ruff format .

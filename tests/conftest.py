@@ -11,6 +11,13 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# `make test` runs one pytest-xdist worker per core. Each worker and everything it starts (Snakemake jobs, `uvit`
+# commands) then runs one torch thread: two 2-thread processes on 2 cores spin at torch's thread barriers and run
+# several times slower than two 1-thread ones. Alone, a DAG test gives Snakemake 2 cores.
+PARALLEL = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
+if PARALLEL:
+    os.environ["OMP_NUM_THREADS"] = "1"
+CORES = "1" if PARALLEL else "2"
 BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 COPY_IGNORE = shutil.ignore_patterns(
     ".venv",
@@ -26,6 +33,23 @@ COPY_IGNORE = shutil.ignore_patterns(
     ".ruff_cache",
     "dvc.lock",
 )
+
+
+def pytest_collection_modifyitems(items):
+    """The longest runs first (the smoke DAG, then the other end-to-end runs), so that the workers end together."""
+    items.sort(
+        key=lambda item: (
+            0 if item.get_closest_marker("xdist_group") else 1 if item.get_closest_marker("slow") else 2
+        )
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_worker():
+    if PARALLEL:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, make_project_copy, project_env, run, set_params
+from conftest import CORES, ROOT, make_project_copy, project_env, run, set_params
 
 from uvit.config import load_params
 from uvit.stages import Lineage, module_closure
@@ -43,7 +43,7 @@ def lineages(params) -> dict[str, str]:
     lin = Lineage(params)
     return {
         "prepare": lin("prepare_data", dataset="digits"),
-        "reference": lin("reference_stats", dataset="digits", split="train", n="96"),
+        "reference": lin("reference_stats", dataset="digits", split="train", n="32"),
         "train": lin("train", experiment="smoke_pixel"),
         "sample": lin("sample", experiment="smoke_pixel"),
         "fid": lin("fid", experiment="smoke_pixel"),
@@ -140,9 +140,15 @@ def test_a_killed_run_never_leaves_an_older_result_current(tmp_path):
     done' over the older FID), and the weights equal an uninterrupted run's bit for bit."""
     project = make_project_copy(tmp_path / "project", targets=["smoke_pixel"])
     target = "metrics/smoke_pixel/fid.json"
-    command = ["snakemake", "--cores", "2", target]
-    short = dict(keep_steps=[], checkpoint_every=20, log_every=20)
-    set_params(project, lambda p: p["experiments"]["smoke_pixel"]["training"].update(short | {"steps": 20}))
+    command = ["snakemake", "--cores", CORES, target]
+    short = dict(keep_steps=[], checkpoint_every=20, log_every=20, steps=20)
+
+    def small(p):  # few images through Inception: the test is about what reruns, not about the FID
+        p["experiments"]["smoke_pixel"]["training"].update(short)
+        p["experiments"]["smoke_pixel"]["sampling"].update(num_samples=16, batch_size=16)
+        p["experiments"]["smoke_pixel"]["evaluation"].update(reference_images=32, sampler_steps=[])
+
+    set_params(project, small)
     run(command, project, timeout=900)
     old_fid = json.loads((project / target).read_text())
     assert old_fid["training_steps"] == 20

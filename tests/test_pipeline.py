@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_project_copy, run, set_params, write_emoji_package
+from conftest import CORES, make_project_copy, run, set_params, write_emoji_package
 
 from uvit.config import deep_merge, fid_metrics_paths, load_params
 
 SMOKE = ["smoke_pixel", "smoke_latent"]
 SMOKE_TEXT = "smoke_text"  # a written emoji set, captions through MiniLM, a text-token U-ViT
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke_dag")]  # one worker builds the DAG once
 
 
 def planned_jobs(project) -> set[str]:
-    out = run(["snakemake", "-n", "--cores", "2"], project).stdout
+    out = run(["snakemake", "-n", "--cores", CORES], project).stdout
     if "Nothing to be done" in out:
         return set()
     table = out.split("Job stats:")[1].split("total")[0]
@@ -40,7 +40,7 @@ def project(tmp_path_factory) -> Path:
     run(["python", "workflow/scripts/export_dvc.py"], project)
     run(["git", "add", "-A"], project)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke targets"], project)
-    run(["snakemake", "--cores", "2"], project, timeout=1200)
+    run(["snakemake", "--cores", CORES], project, timeout=1200)
     return project
 
 
@@ -52,7 +52,7 @@ def test_smoke_dag_end_to_end(project):
     table = (project / "paper_tables" / "results.md").read_text()
     for name in SMOKE:
         metrics = json.loads((project / "metrics" / name / "fid.json").read_text())
-        assert metrics["fid"] > 0 and metrics["fid_floor"] > 0 and metrics["num_samples"] == 48
+        assert metrics["fid"] > 0 and metrics["fid_floor"] > 0 and metrics["num_samples"] == 16
         assert metrics["provenance"]["dirty"] is False and len(metrics["provenance"]["commit"]) == 40
         row = next(line for line in table.splitlines() if f"`{name}`" in line)
         assert f"{metrics['fid']:.2f}" in row and "demo" in row

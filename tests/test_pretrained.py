@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, make_project_copy, run, set_params
+from conftest import CORES, ROOT, make_project_copy, run, set_params
 
 from uvit.config import load_params, resolve_experiment
 from uvit.training import CheckpointError, model_for
@@ -36,18 +36,26 @@ def test_authors_weights_evaluate_without_training_or_the_dataset(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(weights.parent / "given_ref.npz", mu=rng.normal(size=2048), sigma=np.eye(2048))
     given = {"pretrained_weights": "weights/nnet_ema.pth", "reference_npz": "weights/given_ref.npz"}
-    set_params(project, lambda p: p["experiments"]["smoke_pixel"]["evaluation"].update(given))
-    plan = run(["snakemake", "-n", "--cores", "2", "metrics/smoke_pixel/pretrained_fid.json"], project).stdout
+    few = {"num_samples": 16, "batch_size": 16}  # few images through Inception: the test is about the plan
+
+    def evaluate_only(p):
+        p["experiments"]["smoke_pixel"]["evaluation"].update(given)
+        p["experiments"]["smoke_pixel"]["sampling"].update(few)
+
+    set_params(project, evaluate_only)
+    plan = run(
+        ["snakemake", "-n", "--cores", CORES, "metrics/smoke_pixel/pretrained_fid.json"], project
+    ).stdout
     assert "prepare_data" not in plan and "fid_floor" not in plan and "import_reference" in plan
 
-    run(["snakemake", "--cores", "2", "metrics/smoke_pixel/pretrained_fid.json"], project, timeout=900)
+    run(["snakemake", "--cores", CORES, "metrics/smoke_pixel/pretrained_fid.json"], project, timeout=900)
     metrics = json.loads((project / "metrics/smoke_pixel/pretrained_fid.json").read_text())
     assert metrics["weights"] == "authors' release (evaluation only)" and metrics["fid"] > 0
-    assert metrics["num_samples"] == 48 and metrics["sampler"] == exp["sampling"]["sampler"]
+    assert metrics["num_samples"] == 16 and metrics["sampler"] == exp["sampling"]["sampler"]
     assert metrics["provenance"]["inputs"]["checkpoint"]["path"] == "data/external/weights/smoke_pixel.pth"
     assert (project / "data/external/weights/smoke_pixel.pth").read_bytes() == weights.read_bytes()
     assert not (project / "results/smoke_pixel/nnet_ema.pth").exists()  # nothing was trained
-    assert len(list((project / "results/smoke_pixel/pretrained_samples").glob("*.png"))) == 48
+    assert len(list((project / "results/smoke_pixel/pretrained_samples").glob("*.png"))) == 16
     assert not (project / "data/prepared").exists() and metrics["fid_floor"] is None
     assert "dataset" not in metrics["provenance"]["inputs"] and "floor" not in metrics["provenance"]["inputs"]
 

@@ -40,9 +40,9 @@ def check_data(params: dict, dataset: str, data_dir: str) -> None:
 
 
 def set_threads(threads: int | None) -> None:
-    import torch
+    if threads:  # torch only when asked: `uvit settings`, `uvit verify` and `uvit tables` start without it
+        import torch
 
-    if threads:
         torch.set_num_threads(threads)
 
 
@@ -347,14 +347,12 @@ def cmd_plan(args, params: dict) -> None:
 
 
 def cmd_settings(args, params: dict) -> None:
-    from uvit.stages import Lineage, dvc_stages
+    from uvit.stages import SETTINGS_DIR, Lineage, all_jobs
 
-    stages = dvc_stages()
-    if not stages:
-        raise UserError("dvc.yaml: no generated stages; run `python workflow/scripts/export_dvc.py`")
-    changed = Lineage(params).write_settings(stages, Path(args.out))
+    jobs = all_jobs(params)
+    changed = Lineage(params).write_settings(jobs, Path(args.root))
     log(
-        f"settings of {len(stages)} stages in {args.out}/: {len(changed)} changed"
+        f"settings of {len(jobs)} stages in {Path(args.root) / SETTINGS_DIR}/: {len(changed)} changed"
         + "".join(f"\n  {name}" for name in changed[:20])
     )
 
@@ -580,9 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage(
         "settings",
         cmd_settings,
-        "Write each DVC stage's resolved settings to settings/<stage>.json (rewriting only those that changed).",
+        "Write each DVC stage's resolved settings to settings/<rule>/<key>.json (rewriting only those that changed).",
     )
-    p.add_argument("--out", default="settings", metavar="DIR", help="(default: %(default)s)")
+    p.add_argument("--root", default=".", metavar="DIR", help="project root (default: %(default)s)")
 
     p = stage(
         "verify",

@@ -45,6 +45,8 @@ def record_runs(since: float, root: Path = Path(".")) -> tuple[list[str], list[s
         for stage in reversed(list(nx.topological_sort(graph))):
             if not stage.cmd or not stage.changed():
                 continue
+            if stage.name != SETTINGS_STAGE and not any(out.exists for out in stage.outs if not out.persist):
+                continue  # never made here (a paper row, an experiment not run): nothing to record or name
             dirty = [up for up in graph.successors(stage) if up in unrecorded]
             if stage.name != SETTINGS_STAGE and not ran_in_this_run(stage, since):
                 reason = "its outputs were not written by this run (changed by hand, or by another command)"
@@ -66,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--since", type=float, required=True, help="when the Snakemake run started (epoch s)")
     args = parser.parse_args(argv)
     from uvit.config import load_params
-    from uvit.stages import SETTINGS_DIR, Lineage, dvc_stages
+    from uvit.stages import Lineage, all_jobs
 
-    Lineage(load_params("params.yaml")).write_settings(dvc_stages(), Path(SETTINGS_DIR))
+    params = load_params("params.yaml")
+    Lineage(params).write_settings(all_jobs(params))
     started = time.time()
     recorded, left = record_runs(args.since)
     print(
