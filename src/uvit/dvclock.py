@@ -43,10 +43,12 @@ def record_runs(since: float, root: Path = Path(".")) -> tuple[list[str], list[s
     with Repo(str(root)) as repo, repo.lock:
         graph = repo.index.graph
         for stage in reversed(list(nx.topological_sort(graph))):
-            if not stage.cmd or not stage.changed():
+            if not stage.cmd:
                 continue
             if stage.name != SETTINGS_STAGE and not any(out.exists for out in stage.outs if not out.persist):
                 continue  # never made here (a paper row, an experiment not run): nothing to record or name
+            if not stage.changed():
+                continue
             dirty = [up for up in graph.successors(stage) if up in unrecorded]
             if stage.name != SETTINGS_STAGE and not ran_in_this_run(stage, since):
                 reason = "its outputs were not written by this run (changed by hand, or by another command)"

@@ -18,8 +18,13 @@ from uvit.data import atomic_write_bytes, md5_file
 GENERATED_PATHS = ("metrics", "paper_tables", "dvc.lock")
 
 
+# Files DVC does not hash inside a directory output (.dvcignore): the marker Snakemake leaves in each directory
+# output it made, so both engines give a directory the same hash.
+DVC_IGNORED = {".snakemake_timestamp"}
+
+
 def dvc_md5(path: str | Path) -> str:
-    """DVC's content hash of a file or directory."""
+    """DVC's content hash of a file or directory (files named in .dvcignore left out, as DVC leaves them)."""
     path = Path(path)
     if path.is_file():
         return md5_file(path)
@@ -29,7 +34,7 @@ def dvc_md5(path: str | Path) -> str:
         (
             {"md5": md5_file(p), "relpath": p.relative_to(path).as_posix()}
             for p in path.rglob("*")
-            if p.is_file()
+            if p.is_file() and p.name not in DVC_IGNORED
         ),
         key=lambda e: e["relpath"],
     )

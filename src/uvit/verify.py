@@ -17,6 +17,7 @@ Checks, each stopping at the first failure with the table cell it affects:
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +147,12 @@ def listed_md5(root: Path, directory_md5: str, relpath: str) -> str | None:
     listing = root / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
     if not listing.is_file():
         return None
-    entries = {e["relpath"]: e["md5"] for e in read_json(listing, "run `dvc fetch` to restore the cache")}
+    try:  # DVC writes the listing as a JSON list of {"md5", "relpath"}
+        entries = {e["relpath"]: e["md5"] for e in json.loads(listing.read_text())}
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as err:
+        raise TraceError(
+            f"{listing}: not a DVC directory listing ({err!r}); run `dvc fetch` to restore the cache"
+        ) from None
     return entries.get(relpath, "not listed")
 
 
