@@ -8,16 +8,28 @@ export HF_HUB_OFFLINE := 1
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 EMOJI := data/raw/emoji-datasource-google-16.0.0.tgz
 
-.PHONY: setup data demo test lint format dvc-yaml mutation clean
+.PHONY: setup lock data demo test lint format dvc-yaml mutation clean
 
 setup: $(VENV)/.installed ## create .venv and install the project with its dev tools
 
-$(VENV)/.installed: pyproject.toml
+# The exact versions of requirements.lock, each checked against its sha256, then the project itself.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]' 2>&1 | grep -v 'is ignored' || true
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	$(BIN)/python -c "import uvit, torch, torchvision, cleanfid, snakemake, dvc"
 	touch $@
+
+# Resolve pyproject.toml afresh in a throwaway venv, freeze it and record each distribution's sha256 from the index.
+lock: ## refresh requirements.lock (exact versions with hashes) from pyproject.toml
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet -e '.[dev]'
+	.lock-venv/bin/pip freeze --exclude-editable > .lock-venv/freeze.txt
+	.lock-venv/bin/pip install --quiet --dry-run --ignore-installed --no-deps --report .lock-venv/report.json \
+		-r .lock-venv/freeze.txt
+	.lock-venv/bin/python workflow/scripts/lock_env.py .lock-venv/report.json > requirements.lock
+	rm -rf .lock-venv
 
 data: ## Fashion-MNIST from Debian when possible (the loader downloads it otherwise)
 	@if [ ! -d $(FASHION_MNIST) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
@@ -50,5 +62,5 @@ format: setup
 mutation: setup ## mutation testing (mutmut) of the core modules -> benchmarks/results/mutation.json
 	nice -n 19 python benchmarks/mutation.py $(MUTATION_ARGS)
 
-dvc-yaml: setup ## regenerate dvc.yaml from the Snakemake DAG
+dvc-yaml: setup ## regenerate dvc.yaml and experiments/dvc.yaml (templated) from the jobs of params.yaml
 	python workflow/scripts/export_dvc.py

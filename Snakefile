@@ -2,7 +2,7 @@
 # rules live in workflow/rules/*.smk; every rule calls the `uvit` command line.
 #   snakemake --cores all                      # the experiments listed under `targets` in params.yaml
 #   snakemake --cores all metrics/<experiment>/fid.json
-# dvc.yaml is generated from this DAG: python workflow/scripts/export_dvc.py
+# dvc.yaml runs the same jobs (python workflow/scripts/export_dvc.py; tests compare it with `snakemake -n -p`)
 
 
 include: "workflow/rules/common.smk"

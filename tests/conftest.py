@@ -32,6 +32,7 @@ COPY_IGNORE = shutil.ignore_patterns(
     "__pycache__",
     ".ruff_cache",
     "dvc.lock",
+    "settings",
 )
 
 

@@ -8,12 +8,14 @@ the tests below share that run. Tests that change a file restore it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import CORES, make_project_copy, run, set_params, write_emoji_package
 
 from uvit.config import fid_metrics_paths, load_params
@@ -123,7 +125,10 @@ def test_snakemake_report_has_every_figure_and_table(project):
 def test_verify_passes_on_the_pipeline_outputs(project):
     from uvit.report import TABLE_BUILDERS
 
-    assert f"verified {len(TABLE_BUILDERS)} tables" in verify(project).stderr
+    out = verify(project).stderr
+    assert f"verified {len(TABLE_BUILDERS)} tables" in out
+    # smoke_pixel's curve point at step 10 samples a snapshot: traced through snapshots/' listing in the cache
+    assert re.search(r"[1-9]\d* found in the directory's listing, 0 whose listing is not", out), out
 
 
 def test_verify_names_a_tampered_table_cell(project):
@@ -156,48 +161,136 @@ def test_verify_names_the_cell_of_a_changed_checkpoint(project):
         backup.rename(path)
 
 
-def test_verify_names_a_stale_metrics_file(project):
-    """A metrics file edited (or left from another run) and the tables re-rendered from it: the table
-    agrees with the metrics, but dvc.lock recorded another file."""
+def dvc_changed(project) -> set[str]:
+    """The stages of the targets' dvc.yaml that DVC finds changed."""
+    return set(json.loads(run(["dvc", "status", "--json", "dvc.yaml"], project).stdout))
+
+
+def lock_outputs(project) -> dict[str, str]:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    return {out["path"]: out["md5"] for stage in lock.values() for out in stage.get("outs", [])}
+
+
+def test_both_engines_agree_and_reruns_are_minimal(project):
+    """After the Snakemake run, neither engine has anything to do: dvc.lock recorded every stage it made."""
+    assert planned_jobs(project) == set()
+    assert dvc_changed(project) == set()
+
+
+def test_a_metrics_file_edited_by_hand_is_never_recorded(project):
+    """Launder test: edit a number, run snakemake (the tables re-render from it): dvc.lock does not take the
+    edit, `dvc status` shows it and `uvit verify` names the file."""
     path = project / "metrics" / "smoke_pixel" / "fid.json"
-    original = path.read_text()
-    tables = {p: p.read_text() for p in (project / "paper_tables").glob("*.*")}
+    keep = [path, project / "dvc.lock", *(project / "paper_tables").rglob("*.*")]
+    backup = {p: p.read_bytes() for p in keep}
+    times = {p: p.stat().st_mtime_ns for p in keep}
     try:
-        metrics = json.loads(original)
+        metrics = json.loads(path.read_text())
         path.unlink()
-        path.write_text(json.dumps(metrics | {"fid": metrics["fid"] + 1.0}, indent=2))
-        params = load_params(project / "params.yaml")
-        files = [f for name in params["targets"] for f in fid_metrics_paths(params, name)]
-        run(["uvit", "tables", "--metrics", *files, "--out-dir", "paper_tables"], project)
+        path.write_text(json.dumps(metrics | {"fid": metrics["fid"] - 1.0}, indent=2, sort_keys=True) + "\n")
+        out = run(["snakemake", "--cores", CORES, "paper_tables/results.md"], project).stderr
+        assert "not recorded: fid@smoke_pixel" in out and "not recorded: tables" in out
+        assert {"fid@smoke_pixel", "tables"} <= dvc_changed(project)
         result = verify(project, check=False)
         assert result.returncode == 1
         assert (
             "metrics/smoke_pixel/fid.json is stale" in result.stderr and "column 'Our FID'" in result.stderr
         )
     finally:
-        path.unlink()
-        path.write_text(original)
-        for p, text in tables.items():
-            p.write_text(text)
+        for p, data in backup.items():
+            p.unlink(missing_ok=True)
+            p.write_bytes(data)
+            os.utime(p, ns=(times[p], times[p]))
     assert verify(project).returncode == 0
 
 
-def test_both_engines_agree_and_reruns_are_minimal(project):
-    assert planned_jobs(project) == set()
-    status = run(["dvc", "status"], project).stdout
-    assert "up to date" in status.lower() or status.strip() == ""
-    repro = run(["dvc", "repro"], project).stdout
-    assert "Running stage" not in repro, repro
+def test_verify_refuses_stale_settings_and_a_dirty_tree(project):
+    path = project / "params.yaml"
+    original = path.read_text()
+    try:
+        set_params(project, lambda p: p["experiments"]["smoke_latent"]["sampling"].__setitem__("seed", 5))
+        result = verify(project, check=False)
+        assert result.returncode == 1
+        assert "metrics/smoke_latent/fid.json is stale: computed with sampling.seed = 0" in result.stderr
+        assert "now resolves it to 5" in result.stderr and "snakemake --cores all" in result.stderr
+    finally:
+        path.write_text(original)
+    metrics_path = project / "metrics" / "smoke_latent" / "fid.json"
+    original = metrics_path.read_text()
+    tables = {p: p.read_text() for p in (project / "paper_tables").glob("*.*")}
+    try:
+        metrics = json.loads(original)
+        metrics["provenance"]["dirty"] = True
+        metrics_path.unlink()
+        metrics_path.write_text(json.dumps(metrics, indent=2))
+        params = load_params(project / "params.yaml")
+        files = [f for name in params["targets"] for f in fid_metrics_paths(params, name)]
+        run(["uvit", "tables", "--metrics", *files, "--out-dir", "paper_tables"], project)
+        result = verify(project, check=False)
+        assert (
+            result.returncode == 1
+            and "metrics/smoke_latent/fid.json was computed from a dirty tree" in result.stderr
+        )
+    finally:
+        metrics_path.unlink()
+        metrics_path.write_text(original)
+        for p, text in tables.items():
+            p.write_text(text)
 
-    # A sampling setting reruns only sampling, FID, figures and tables.
-    set_params(project, lambda p: p["experiments"]["smoke_pixel"]["sampling"].__setitem__("steps", 4))
-    assert planned_jobs(project) == {
-        "sample",
-        "fid",
-        "sample_curve_point",
-        "fid_curve_point",
-        "sample_grid",
-        "figures",
-        "tables",
-        "all",
-    }
+
+def test_dvc_repro_from_scratch_gives_snakemakes_hashes_and_push_pull_restores(project, tmp_path):
+    """A fresh clone: `dvc repro` of smoke_pixel's training and sampling from nothing gives the bytes
+    Snakemake gave; another clone restores every artifact with `dvc pull` from the local remote."""
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke run"], project)
+    scratch = project.parent / "scratch"
+    run(["git", "clone", "-q", str(project), str(scratch)], tmp_path)
+    (scratch / "dvc.lock").unlink()
+    out = run(["dvc", "repro", "sample@smoke_pixel"], scratch, timeout=600).stdout
+    assert "Running stage 'train@smoke_pixel'" in out
+    ours, theirs = lock_outputs(scratch), lock_outputs(project)
+    for path in ("data/prepared/digits", "results/smoke_pixel/nnet_ema.pth", "results/smoke_pixel/samples"):
+        assert ours[path] == theirs[path], path
+
+    run(["dvc", "push", "dvc.yaml"], project)  # the targets' artifacts (paper rows never ran here)
+    clone = project.parent / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["dvc", "pull", "dvc.yaml"], clone)
+    assert dvc_changed(clone) == set()
+    assert (clone / "results/smoke_latent/nnet_ema.pth").read_bytes() == (
+        project / "results/smoke_latent/nnet_ema.pth"
+    ).read_bytes()
+
+
+def shown_experiments(shown) -> list[dict]:
+    """The records of `dvc exp show --json` (the workspace's, each commit's and each experiment's)."""
+    if isinstance(shown, dict):
+        found = [shown] if {"rev", "params", "metrics"} <= shown.keys() else []
+        return found + [r for value in shown.values() for r in shown_experiments(value)]
+    return [r for value in shown for r in shown_experiments(value)] if isinstance(shown, list) else []
+
+
+def test_a_sampling_key_reruns_sampling_not_training_under_both_engines(project):
+    """The same key (left to its default in params.yaml) through both engines: Snakemake's dry run plans sampling,
+    FID and the report, not training; `dvc exp run -S` of the tables reruns exactly sampling, FID and tables, and
+    `dvc exp show` lists the experiment with its FID. Last: leaves the project at the experiment's settings."""
+    path, original = project / "params.yaml", (project / "params.yaml").read_text()
+    set_params(project, lambda p: p["experiments"]["smoke_text"]["sampling"].__setitem__("seed", 2))
+    assert planned_jobs(project) == {"sample", "fid", "sample_grid", "figures", "tables", "all"}
+    path.write_text(original)
+    # `+`: a key params.yaml leaves to its default (Hydra's syntax, which `dvc exp run -S` takes)
+    out = run(
+        ["dvc", "exp", "run", "-S", "+experiments.smoke_text.sampling.seed=2", "tables"], project
+    ).stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == {"settings", "sample@smoke_text", "fid@smoke_text", "tables"}, out
+    fid = json.loads((project / "metrics/smoke_text/fid.scores.json").read_text())["fid"]
+    shown = shown_experiments(json.loads(run(["dvc", "exp", "show", "--json"], project).stdout))
+    params = [r["params"]["params.yaml"]["data"]["experiments"]["smoke_text"]["sampling"] for r in shown]
+    scores = [
+        (r.get("metrics") or {}).get("metrics/smoke_text/fid.scores.json", {}).get("data", {}) for r in shown
+    ]
+    assert any(
+        r["rev"] != "workspace" and p.get("seed") == 2 and m.get("fid") == fid
+        for r, p, m in zip(shown, params, scores, strict=True)
+    )

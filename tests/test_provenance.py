@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import run
+from conftest import ROOT, run
 
 from uvit.provenance import dvc_md5, git_state
 
 
 def test_dvc_md5_equals_dvc_for_files_and_directories(tmp_path):
+    """Snakemake's marker in a directory output is left out, as the project's .dvcignore tells DVC."""
     (tmp_path / "d" / "sub").mkdir(parents=True)
     (tmp_path / "d" / "a.txt").write_text("alpha\n")
     (tmp_path / "d" / "sub" / "b.bin").write_bytes(bytes(range(256)))
+    (tmp_path / "d" / ".snakemake_timestamp").write_text("")
     (tmp_path / "f.txt").write_text("file\r\n")
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     run(["dvc", "init", "-q"], tmp_path)
+    (tmp_path / ".dvcignore").write_bytes((ROOT / ".dvcignore").read_bytes())
     run(["dvc", "add", "-q", "d", "f.txt"], tmp_path)
     import yaml
 

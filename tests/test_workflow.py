@@ -16,21 +16,157 @@ def test_snakemake_lint_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dvc_yaml_is_generated_from_the_snakefile():
+def test_dvc_yaml_is_generated_from_params_yaml():
     result = run(["python", "workflow/scripts/export_dvc.py", "--check"], ROOT, check=False)
     assert result.returncode == 0, result.stderr
+    assert len((ROOT / "dvc.yaml").read_text().splitlines()) < 300
 
 
-def test_dvc_yaml_declares_params_code_and_persistent_checkpoints():
+def test_dvc_yaml_declares_settings_code_and_persistent_checkpoints():
     import yaml
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    train = stages["train-fmnist_pixel"]
+    train = stages["train"]["do"]
     assert "src/uvit/training.py" in train["deps"] and "src/uvit/model.py" in train["deps"]
-    assert "experiments.fmnist_pixel.training" in train["params"] and "defaults.training" in train["params"]
-    assert {"results/fmnist_pixel/checkpoints": {"persist": True}} in train["outs"]
-    assert stages["fid-fmnist_pixel"]["metrics"] == [{"metrics/fmnist_pixel/fid.json": {"cache": False}}]
+    assert "settings/train/${key}.json" in train["deps"] and "params" not in train
+    assert stages["settings"]["outs"] == ["settings"]  # cached by DVC, not committed
+    assert {"results/${key}/checkpoints": {"persist": True}} in train["outs"]
+    fid = stages["fid"]["do"]
+    assert fid["metrics"] == [{"metrics/${key}/fid.scores.json": {"cache": False}}]
+    assert {"metrics/${key}/fid.json": {"cache": False}} in fid["outs"]
     assert "--threads" not in train["cmd"] and "2>" not in train["cmd"]
+
+
+def dvc_stages(project) -> dict[str, tuple[str, set, set]]:
+    """{command: (stage, deps less settings and code, outs)} of every stage DVC expands from both files."""
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        stages = [stage for stage in repo.index.stages if stage.cmd and stage.name != "settings"]
+        return {
+            " ".join(stage.cmd.split()): (
+                stage.addressing,
+                {d.def_path for d in stage.deps}
+                - {d.def_path for d in stage.deps if re.match("settings/|src/uvit/", d.def_path)},
+                {o.def_path for o in stage.outs if not o.persist},  # checkpoints: DVC keeps them for resuming
+            )
+            for stage in stages
+        }
+
+
+def assert_engines_agree(project, jobs: list[dict], every_stage: bool = True) -> None:
+    """Each job Snakemake plans is a DVC stage with its command (less --threads and the log), inputs and outputs."""
+    dvc = dvc_stages(project)
+    commands = set()
+    for job in jobs:
+        command = re.sub(r" --threads \d+| 2> \S+$", "", " ".join(job["shell"].split()))
+        commands.add(command)
+        assert command in dvc, f"{job['rule']}: no DVC stage runs {command}"
+        name, deps, outs = dvc[command]
+        if job["rule"] not in ("sample", "sample_pretrained"):  # their paths are printed in part only
+            assert (deps, outs) == (job["input"], job["output"]), name
+        else:
+            assert job["output"] <= outs and job["input"] <= deps, name
+    if every_stage:
+        assert commands == set(dvc), sorted(set(dvc) - commands)[:5]
+
+
+# One key per section, each set to a value it does not have (written or defaulted), with the smoke experiments
+# as targets: the DVC stages whose settings record changes (those DVC reruns) and the rules Snakemake reruns
+# (those whose lineage param changes, and the tables and figures their metrics feed).
+SMOKE_TARGETS = ["smoke_pixel", "smoke_latent", "smoke_text"]
+SMOKE_PIXEL_DOWNSTREAM = {"sample", "sample_curve_point", "fid", "fid_curve_point", "sample_grid"}
+KEYS = {
+    "data": (
+        {"datasets": {"digits": {"shard_size": 500}}},
+        {"prepare_data@digits"},
+        {"prepare_data", "train_autoencoder", "encode_latents", "train", "reference_stats", "fid_floor"}
+        | SMOKE_PIXEL_DOWNSTREAM,
+    ),
+    "autoencoder": (
+        {"autoencoders": {"digits_kl": {"kl_weight": 1.0e-5}}},
+        {"train_autoencoder@digits_kl"},
+        {"train_autoencoder", "encode_latents", "train", "sample", "fid", "sample_grid"},
+    ),
+    "model": (
+        {"experiments": {"smoke_pixel": {"model": {"mlp_ratio": 2.0}}}},
+        {
+            "train@smoke_pixel",
+            "sample@smoke_pixel",
+            "sample_curve_point@smoke_pixel-step10-nfe5",
+            "sample_curve_point@smoke_pixel-step20-nfe3",
+        },
+        {"train"} | SMOKE_PIXEL_DOWNSTREAM,
+    ),
+    "diffusion": (  # a discrete schedule needs a discrete sampler: sampling (FID's too) changes with it
+        {
+            "experiments": {
+                "smoke_text": {
+                    "diffusion": {"schedule": "ddpm_linear"},
+                    "sampling": {"sampler": "dpm_solver_pp"},
+                }
+            }
+        },
+        {"train@smoke_text", "sample@smoke_text", "fid@smoke_text"},
+        {"train", "sample", "fid", "sample_grid"},
+    ),
+    "training": (
+        {"experiments": {"smoke_latent": {"training": {"seed": 7}}}},
+        {"train@smoke_latent"},
+        {"train", "sample", "fid", "sample_grid"},
+    ),
+    "sampling": (
+        {"experiments": {"smoke_text": {"sampling": {"seed": 3}}}},
+        {"sample@smoke_text", "fid@smoke_text"},
+        {"sample", "fid", "sample_grid"},
+    ),
+    "evaluation": (
+        {"experiments": {"smoke_text": {"evaluation": {"feature_precision": "bf16"}}}},
+        {"fid@smoke_text"},
+        {"fid"},
+    ),
+}
+
+
+@pytest.mark.parametrize("section", KEYS)
+def test_a_key_changes_exactly_the_settings_and_lineage_of_the_stages_that_read_it(section, tmp_path):
+    """Torch-free, for a key of each section: the settings records (DVC's deps) and lineage hashes (Snakemake's
+    params) that change. tests/test_pipeline.py runs a sampling key through both engines' real dry runs."""
+    import yaml
+
+    from uvit.config import deep_merge, load_params
+    from uvit.stages import Lineage, dag_jobs
+
+    edit, dvc_expected, snakemake_expected = KEYS[section]
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text()) | {"targets": SMOKE_TARGETS}
+    (tmp_path / "workflow/schemas").mkdir(parents=True)
+    (tmp_path / "workflow/schemas/params.schema.yaml").write_bytes(
+        (ROOT / "workflow/schemas/params.schema.yaml").read_bytes()
+    )
+    before, after = ({}, {})
+    for params, edited in ((before, raw), (after, deep_merge(raw, edit))):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        params |= load_params(tmp_path / "params.yaml")
+    old, new = Lineage(before), Lineage(after)
+    jobs = dag_jobs(before, SMOKE_TARGETS, report=True)
+    assert jobs.keys() == dag_jobs(after, SMOKE_TARGETS, report=True).keys()
+    settings = {
+        name for name, (rule, wc) in jobs.items() if old.settings(rule, **wc) != new.settings(rule, **wc)
+    }
+    lineage = {rule for name, (rule, wc) in jobs.items() if old(rule, **wc) != new(rule, **wc)}
+    assert settings == dvc_expected
+    assert lineage == snakemake_expected
+
+
+def test_settings_records_are_written_per_stage(tmp_path):
+    run(["uvit", "settings", "--root", str(tmp_path)], ROOT)
+    records = sorted(tmp_path.glob("settings/**/*.json"))
+    assert (
+        len(records) > 400 and (tmp_path / "settings/train/cifar10_uvit_s2.json").is_file()
+    )  # paper rows too
+    (tmp_path / "settings/train/gone.json").write_text("{}")
+    out = run(["uvit", "settings", "--root", str(tmp_path)], ROOT).stderr
+    assert "1 changed" in out and not (tmp_path / "settings/train/gone.json").exists()
 
 
 PAPER_ROWS = [
@@ -69,7 +205,9 @@ def planned_jobs(project, *targets: str) -> tuple[str, list[dict]]:
             fields = {"output": missing.group(1), "input": updated.group(1) if updated else ""}
         job = {key: set(re.split(r",? ", fields.get(key, ""))) - {""} for key in ("input", "output")}
         name = rule.group(1) if rule else "sample_pretrained" if "the authors' weights" in head else "sample"
-        jobs.append(job | {"rule": name, "text": head + shell.split("\n")[0]})
+        command = shell.split("\n")[0]
+        shell = "" if command == "None" else command  # the `all` rule
+        jobs.append(job | {"rule": name, "text": head + command, "shell": shell})
     return out, jobs
 
 
@@ -82,9 +220,22 @@ def jobs_for(jobs: list[dict], target: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def paper_plan() -> tuple[str, list[dict]]:
-    """One dry run for every paper row (one Snakemake start instead of ten); each test takes its row's jobs."""
-    return planned_jobs(ROOT, *(f"metrics/{name}/fid.json" for name in PAPER_ROWS))
+def paper_plan(tmp_path_factory, params) -> tuple[str, list[dict]]:
+    """One dry run of every experiment in params.yaml and of the default target, in a copy without outputs
+    (one Snakemake start for all): each paper-row test takes its row's jobs, the DVC test all of them."""
+    from uvit.config import fid_metrics_paths
+
+    project = make_project_copy(tmp_path_factory.mktemp("plan") / "project")
+    targets = [path for name in params["experiments"] for path in fid_metrics_paths(params, name)]
+    return project, *planned_jobs(project, "all", *targets)
+
+
+def test_dvc_stages_are_the_snakemake_jobs_of_every_experiment(paper_plan):
+    """The stages DVC expands from dvc.yaml and experiments/dvc.yaml are the jobs `snakemake -n` plans for every
+    experiment (paper rows included) and the default target: same commands, inputs and outputs."""
+    project, _, jobs = paper_plan
+    assert len(jobs) > 400
+    assert_engines_agree(project, [job for job in jobs if job["shell"]])
 
 
 @pytest.mark.parametrize("name", PAPER_ROWS)
@@ -92,7 +243,7 @@ def test_paper_row_dry_run_plans_the_recipe_without_data(name, params, paper_pla
     """The plan of a paper row, with no data present: the right rules, the GPU resources params.yaml gives, a
     torchrun launch on multi-GPU nodes, and a GPU-hour estimate."""
     exp = resolve_experiment(params, name)
-    out, jobs = paper_plan
+    _, out, jobs = paper_plan
     jobs = jobs_for(jobs, f"metrics/{name}/fid.json")
     expected = {"prepare_data", "train", "sample", "fid_floor", "fid"}
     if exp["space"] == "latent":
@@ -150,6 +301,12 @@ def pretrained_project(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pretrained_plan(pretrained_project) -> tuple[str, list[dict]]:
     return planned_jobs(pretrained_project, *(f"metrics/{name}/pretrained_fid.json" for name in PAPER_ROWS))
+
+
+def test_dvc_stages_of_released_weights_are_the_snakemake_jobs(pretrained_project, pretrained_plan):
+    run(["python", "workflow/scripts/export_dvc.py"], pretrained_project)
+    _, jobs = pretrained_plan
+    assert_engines_agree(pretrained_project, [job for job in jobs if job["shell"]], every_stage=False)
 
 
 @pytest.mark.parametrize("name", PAPER_ROWS)

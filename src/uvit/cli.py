@@ -40,9 +40,9 @@ def check_data(params: dict, dataset: str, data_dir: str) -> None:
 
 
 def set_threads(threads: int | None) -> None:
-    import torch
+    if threads:  # torch only when asked: `uvit settings`, `uvit verify` and `uvit tables` start without it
+        import torch
 
-    if threads:
         torch.set_num_threads(threads)
 
 
@@ -257,7 +257,9 @@ def cmd_fid_floor(args, params: dict) -> None:
 
 
 def cmd_fid(args, params: dict) -> None:
-    from uvit.evaluation import evaluation_point, fid_of_samples
+    from uvit.config import evaluation_point
+    from uvit.evaluation import fid_of_samples
+    from uvit.provenance import scores, scores_path, write_json
 
     exp = evaluation_point(
         resolve_experiment(params, args.experiment), args.training_step, args.sampler_steps
@@ -275,7 +277,8 @@ def cmd_fid(args, params: dict) -> None:
     if args.weights_output and Path(args.weights_output) != Path(args.checkpoint):
         inputs["weights_output"] = args.weights_output  # the DVC output the checkpoint file lies in
     floor = Path(args.floor) if args.floor else None
-    fid_of_samples(exp, inputs, floor, Path(args.metrics), pretrained=args.pretrained, log=log)
+    metrics = fid_of_samples(exp, inputs, floor, Path(args.metrics), pretrained=args.pretrained, log=log)
+    write_json(scores_path(args.metrics), scores(metrics))
 
 
 def cmd_sample_grid(args, params: dict) -> None:
@@ -347,6 +350,17 @@ def cmd_plan(args, params: dict) -> None:
     ]
     for name in names:
         print(describe(params, name))
+
+
+def cmd_settings(args, params: dict) -> None:
+    from uvit.stages import SETTINGS_DIR, Lineage, all_jobs
+
+    jobs = all_jobs(params)
+    changed = Lineage(params).write_settings(jobs, Path(args.root))
+    log(
+        f"settings of {len(jobs)} stages in {Path(args.root) / SETTINGS_DIR}/: {len(changed)} changed"
+        + "".join(f"\n  {name}" for name in changed[:20])
+    )
 
 
 def cmd_verify(args, params: dict) -> None:
@@ -574,6 +588,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("plan", cmd_plan, "Estimated A100-hours to train and sample experiments (no data needed).")
     p.add_argument("--experiment", nargs="*", help="experiments (default: every paper-scale one)")
+
+    p = stage(
+        "settings",
+        cmd_settings,
+        "Write each DVC stage's resolved settings to settings/<rule>/<key>.json (rewriting only those that changed).",
+    )
+    p.add_argument("--root", default=".", metavar="DIR", help="project root (default: %(default)s)")
 
     p = stage(
         "verify",

@@ -355,6 +355,16 @@ def caption_split(exp: dict) -> str:
     return exp["sampling"].get("caption_split", "test")
 
 
+def evaluation_point(exp: dict, training_step: int | None = None, sampler_steps: int | None = None) -> dict:
+    """The experiment as evaluated at an earlier checkpoint or another sampler step count (curve points)."""
+    exp = copy.deepcopy(exp)
+    if training_step is not None:
+        exp["training"]["steps"] = training_step
+    if sampler_steps is not None:
+        exp["sampling"]["steps"] = sampler_steps
+    return exp
+
+
 def stage_settings(exp: dict, stage: str) -> dict:
     """The parts of a resolved experiment that one stage reads."""
     return {section: exp[section] for section in STAGE_SECTIONS[stage]}

@@ -7,7 +7,6 @@ same number of held-out real images against the same reference statistics.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -107,16 +106,6 @@ def reference_label(ev: dict) -> str:
     if ev["reference_npz"]:
         return f"{Path(ev['reference_npz']).name} (given, {ev['fid_protocol']})"
     return f"{ev['reference_images']} {ev['reference_split']}"
-
-
-def evaluation_point(exp: dict, training_step: int | None = None, sampler_steps: int | None = None) -> dict:
-    """The experiment as evaluated at an earlier checkpoint or another sampler step count (curve points)."""
-    exp = copy.deepcopy(exp)
-    if training_step is not None:
-        exp["training"]["steps"] = training_step
-    if sampler_steps is not None:
-        exp["sampling"]["steps"] = sampler_steps
-    return exp
 
 
 def fid_of_samples(

@@ -18,8 +18,13 @@ from uvit.data import atomic_write_bytes, md5_file
 GENERATED_PATHS = ("metrics", "paper_tables", "dvc.lock")
 
 
+# Files DVC does not hash inside a directory output (.dvcignore): the marker Snakemake leaves in each directory
+# output it made, so both engines give a directory the same hash.
+DVC_IGNORED = {".snakemake_timestamp"}
+
+
 def dvc_md5(path: str | Path) -> str:
-    """DVC's content hash of a file or directory."""
+    """DVC's content hash of a file or directory (files named in .dvcignore left out, as DVC leaves them)."""
     path = Path(path)
     if path.is_file():
         return md5_file(path)
@@ -29,7 +34,7 @@ def dvc_md5(path: str | Path) -> str:
         (
             {"md5": md5_file(p), "relpath": p.relative_to(path).as_posix()}
             for p in path.rglob("*")
-            if p.is_file()
+            if p.is_file() and p.name not in DVC_IGNORED
         ),
         key=lambda e: e["relpath"],
     )
@@ -60,6 +65,22 @@ def record(settings: dict, inputs: dict[str, str | Path], settings_hash: str) ->
         "settings": settings,
         "inputs": {name: {"path": str(p), "md5": dvc_md5(p)} for name, p in sorted(inputs.items())},
     }
+
+
+def scores(record: dict) -> dict:
+    """The numbers of a metrics record a person compares across runs: its numeric top-level values (FID,
+    floor, counts, steps; any score added to the record joins them), without the provenance around them."""
+    return {
+        key: value
+        for key, value in sorted(record.items())
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
+def scores_path(path: str | Path) -> Path:
+    """Where the scores of a metrics record live: metrics/x/fid.json -> metrics/x/fid.scores.json (DVC metrics)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.scores.json")
 
 
 def write_json(path: str | Path, payload: dict) -> None:

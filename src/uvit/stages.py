@@ -5,6 +5,11 @@ A rule's params carry its lineage hash, so Snakemake reruns a job whenever anyth
 a setting (written or defaulted) or a source file, even when the intermediate outputs in between are gone
 (a killed run): an output of older settings is never reported as up to date. dvc.yaml lists the same modules
 as code deps (workflow/scripts/export_dvc.py).
+
+`Lineage.settings` is the one record of what a job reads (defaults and zoo entries merged, nothing implicit):
+Snakemake rules carry it as their `settings` param, and `uvit settings` (the first DVC stage) writes it to
+settings/<rule>/<key>.json, a dependency of the same DVC stage, so both engines rerun exactly the jobs whose
+settings changed. `dag_jobs` walks the same lineage to list the jobs, from which dvc.yaml is generated.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ ENTRY_MODULES: dict[str, tuple[str, ...]] = {
     "sample-grid": ("figures",),
     "figures": ("figures", "report"),
     "tables": ("report",),
+    "settings": ("stages",),
 }
 PACKAGE_DATA: dict[str, list[str]] = {"report": ["paper_results.yaml", "templates"]}
 
@@ -97,6 +103,77 @@ def code_hash(command: str) -> str:
     return digest.hexdigest()[:16]
 
 
+SETTINGS_DIR = "settings"
+# Rules whose settings are a file given from outside the pipeline: the record names the file, the lineage also
+# stamps its size and time (replacing the file reruns the import).
+IMPORT_RULES = ("import_autoencoder", "import_reference", "import_weights")
+# A job's DVC stage is `<rule>@<key>` (one `foreach` entry of dvc.yaml per job), its settings record
+# settings/<rule>/<key>.json; the key is the job's wildcard value(s), as its log file is named. A rule without
+# wildcards (tables, figures) is one stage of that name, its record settings/<rule>.json.
+STAGE_KEYS = {
+    "encode_text": "{dataset}-{split}",
+    "reference_stats": "{dataset}-{split}{n}",
+    "fid_floor": "{dataset}-{ref}-{split}{n}",
+    "sample_curve_point": "{experiment}-step{step}-nfe{nfe}",
+    "fid_curve_point": "{experiment}-step{step}-nfe{nfe}",
+}
+
+
+def stage_key(rule: str, wildcards: dict) -> str:
+    if not wildcards:
+        return ""
+    pattern = STAGE_KEYS.get(rule)
+    return pattern.format(**wildcards) if pattern else "-".join(map(str, wildcards.values()))
+
+
+def stage_name(rule: str, wildcards: dict) -> str:
+    """A job's DVC stage name (what `dvc repro` and dvc.lock call it)."""
+    key = stage_key(rule, wildcards)
+    return f"{rule}@{key}" if key else rule
+
+
+def settings_path(rule: str, wildcards: dict) -> str:
+    key = stage_key(rule, wildcards)
+    return f"{SETTINGS_DIR}/{rule}/{key}.json" if key else f"{SETTINGS_DIR}/{rule}.json"
+
+
+def experiment_jobs(params: dict, name: str) -> list[tuple[str, dict]]:
+    """An experiment's final jobs (its FID metrics files): the jobs upstream of them follow from the lineage."""
+    from uvit.config import curve_points
+
+    exp = resolve_experiment(params, name)
+    jobs = [("fid", {"experiment": name})]
+    for step, nfe in curve_points(exp):
+        jobs.append(("fid_curve_point", {"experiment": name, "step": str(step), "nfe": str(nfe)}))
+    if exp["evaluation"]["pretrained_weights"]:
+        jobs.append(("fid_pretrained", {"experiment": name}))
+    return jobs
+
+
+def dag_jobs(params: dict, experiments, report: bool = False) -> dict[str, tuple[str, dict]]:
+    """{stage name: (rule, wildcards)} of every job the experiments' metrics need (upstream first), plus the
+    targets' sample grids, tables and figures when `report` (the DAG of `snakemake`'s default target)."""
+    lineage = Lineage(params)
+    for name in experiments:
+        for rule, wildcards in experiment_jobs(params, name):
+            lineage(rule, **wildcards)
+    if report:
+        for name in params["targets"]:
+            lineage("sample_grid", experiment=name)
+        lineage("figures")
+        lineage("tables")
+    return lineage.jobs
+
+
+def all_jobs(params: dict) -> dict[str, tuple[str, dict]]:
+    """Every job of every experiment in params.yaml (paper rows included) and of the default target."""
+    return dag_jobs(params, params["experiments"], report=True)
+
+
+def settings_text(settings: dict) -> str:
+    return json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n"
+
+
 def _hash(record) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -149,6 +226,9 @@ class Lineage:
     def __init__(self, params: dict):
         self.params = params
         self._memo: dict[tuple, str] = {}
+        self.jobs: dict[str, tuple[str, dict]] = {}  # every job hashed, upstream first
+        self._experiments: dict[str, dict] = {}
+        self._given: dict[str, str] | None = None
 
     def __call__(self, rule: str, **wildcards) -> str:
         key = (rule, *sorted(wildcards.items()))
@@ -157,7 +237,34 @@ class Lineage:
             record = {"rule": rule, "settings": settings, "code": code_hash(RULE_COMMANDS[rule])}
             record["upstream"] = upstream
             self._memo[key] = _hash(record)
+            wildcards = {name: str(value) for name, value in wildcards.items()}
+            self.jobs.setdefault(stage_name(rule, wildcards), (rule, wildcards))
         return self._memo[key]
+
+    def settings(self, rule: str, **wildcards) -> dict:
+        """The complete settings a job reads, as its engines' params (outside files by path, not by stamp)."""
+        settings, _ = getattr(self, rule)(**wildcards)
+        if rule in IMPORT_RULES:
+            return {"source": settings["path"]}
+        return {key: value for key, value in settings.items() if key != "root_stamp"}
+
+    def write_settings(self, jobs: dict[str, tuple[str, dict]], root: Path = Path(".")) -> list[str]:
+        """Write each job's settings record (settings/<rule>/<key>.json), rewriting only those whose settings
+        changed (DVC compares contents) and removing the records of jobs no longer in the DAG."""
+        changed, keep = [], set()
+        for name, (rule, wildcards) in jobs.items():
+            path = root / settings_path(rule, wildcards)
+            keep.add(path)
+            text = settings_text(self.settings(rule, **wildcards))
+            if not path.is_file() or path.read_text() != text:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+                changed.append(name)
+        for path in sorted((root / SETTINGS_DIR).rglob("*.json")):
+            if path not in keep:
+                path.unlink()
+                changed.append(str(path.relative_to(root)))
+        return changed
 
     # -- data ------------------------------------------------------------------------------------------
     def prepare_data(self, dataset):
@@ -192,7 +299,19 @@ class Lineage:
 
     # -- an experiment's jobs --------------------------------------------------------------------------
     def experiment(self, name: str) -> dict:
-        return resolve_experiment(self.params, name)
+        if name not in self._experiments:
+            self._experiments[name] = resolve_experiment(self.params, name)
+        return self._experiments[name]
+
+    def given_reference(self, ref: str) -> str | None:
+        """given_reference, resolving each experiment once."""
+        if self._given is None:
+            self._given = {}
+            for name in self.params["experiments"]:
+                path = self.experiment(name)["evaluation"]["reference_npz"]
+                if path:
+                    self._given.setdefault(Path(path).stem, path)
+        return self._given.get(ref)
 
     def conditioning(self, exp: dict, stage: str) -> list[str]:
         """The jobs behind an experiment's data, latents, autoencoder and captions."""
@@ -237,7 +356,7 @@ class Lineage:
     # -- FID -------------------------------------------------------------------------------------------
     def import_reference(self, ref):
         return {
-            **source_stamp(given_reference(self.params, ref)),
+            **source_stamp(self.given_reference(ref)),
             "protocol": reference_protocol(self.params, ref),
         }, []
 
@@ -246,7 +365,7 @@ class Lineage:
         return {"split": split, "n": int(n), "protocol": protocol}, [self("prepare_data", dataset=dataset)]
 
     def reference(self, dataset: str, ref: str) -> str:
-        if given_reference(self.params, ref):
+        if self.given_reference(ref):
             return self("import_reference", ref=ref)
         split, n = re.fullmatch(r"(train|test|val)(\d+)", ref).groups()
         return self("reference_stats", dataset=dataset, split=split, n=n)

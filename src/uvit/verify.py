@@ -1,25 +1,30 @@
 """`uvit verify`: every number in paper_tables/ traces back to the metrics files, dvc.lock and the artifacts.
 
-Three checks, each stopping at the first failure with the table cell it affects:
+Checks, each stopping at the first failure with the table cell it affects:
 1. The tables rebuilt from the metrics files equal the committed Markdown and LaTeX files, cell by cell
    (a number edited by hand, or a table not re-rendered after the metrics changed).
-2. Each metrics file behind a row is the one dvc.lock records (a stale metrics file: the pipeline's last
-   run produced another one).
-3. Each input a metrics file records (checkpoint, samples, reference statistics, floor, dataset) has the
-   content hash dvc.lock records for it, and the file present in the workspace, if any, still has that hash
-   (a checkpoint changed after its FID was computed). A fresh clone has no artifacts: then only dvc.lock is
-   checked, and the report says so.
+2. Each metrics file was computed from a clean tree (committed code and settings) with the settings
+   params.yaml resolves to now (a setting changed since: the number is stale). `auto` precision matches the
+   concrete precision a record names: the hardware chooses it, and the record says what ran.
+3. Each metrics file behind a row is the one dvc.lock records (one edited by hand, or left from another run).
+4. Each input a metrics file records (checkpoint, samples, reference statistics, floor, dataset) has the
+   content hash dvc.lock records for it; a file inside a directory output (a snapshot of a kept checkpoint)
+   is found in that directory's listing in the DVC cache. Every artifact present in the workspace is
+   re-hashed and must still have that hash. A fresh clone has no artifacts: the summary says how many were
+   absent and checked against dvc.lock only.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from uvit.config import evaluation_point, resolve_experiment, stage_settings
 from uvit.data import read_json
 from uvit.provenance import dvc_md5
 from uvit.report import Table, build_tables, latex, render, table_metrics_files
@@ -120,17 +125,81 @@ def locked_hashes(lock_path: Path) -> dict[str, str]:
 
 
 class Workspace:
-    """Content hashes of files present under root, computed once each."""
+    """Content hashes of the artifacts present under root, computed once each; counts present and absent."""
 
     def __init__(self, root: Path):
-        self.root, self.cache, self.present = root, {}, 0
+        self.root, self.cache = root, {}
 
     def md5(self, path: str) -> str | None:
         if path not in self.cache:
             full = self.root / path
             self.cache[path] = dvc_md5(full) if full.exists() else None
-            self.present += self.cache[path] is not None
         return self.cache[path]
+
+    def counts(self) -> tuple[int, int]:
+        present = sum(md5 is not None for md5 in self.cache.values())
+        return present, len(self.cache) - present
+
+
+def listed_md5(root: Path, directory_md5: str, relpath: str) -> str | None:
+    """The md5 a directory output's listing in the DVC cache gives a file inside it (None: listing absent)."""
+    digest = directory_md5
+    listing = root / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
+    if not listing.is_file():
+        return None
+    try:  # DVC writes the listing as a JSON list of {"md5", "relpath"}
+        entries = {e["relpath"]: e["md5"] for e in json.loads(listing.read_text())}
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as err:
+        raise TraceError(
+            f"{listing}: not a DVC directory listing ({err!r}); run `dvc fetch` to restore the cache"
+        ) from None
+    return entries.get(relpath, "not listed")
+
+
+PRECISION_KEYS = ("precision", "feature_precision")
+
+
+def settings_differences(recorded, current, key: str = "") -> list[tuple[str, object, object]]:
+    """(key, recorded, current) where the recorded settings differ from the current ones (auto precision
+    matches the concrete precision recorded)."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return [
+            diff
+            for k in sorted(set(recorded) | set(current))
+            for diff in settings_differences(recorded.get(k), current.get(k), f"{key}.{k}".lstrip("."))
+        ]
+    if recorded == current or (key.rsplit(".", 1)[-1] in PRECISION_KEYS and current == "auto"):
+        return []
+    return [(key, recorded, current)]
+
+
+def current_fid_settings(params: dict, m: dict) -> dict:
+    """The settings params.yaml now resolves to for the FID a metrics file records (a curve point: its
+    checkpoint step and sampler steps)."""
+    exp = evaluation_point(
+        resolve_experiment(params, m["experiment"]), m["training_steps"], m["sampler_steps"]
+    )
+    return stage_settings(exp, "fid")
+
+
+def check_settings(params: dict, source: str, m: dict, cell: Cell) -> bool:
+    """Check 2; returns whether `auto` precision stood for a recorded concrete one."""
+    prov = m["provenance"]
+    if prov["dirty"] is not False:
+        state = "uncommitted changes" if prov["dirty"] else "no git state"
+        raise TraceError(
+            f"{cell}: {source} was computed from a dirty tree (commit {str(prov['commit'])[:8]} with {state}); "
+            "commit the code and settings, then re-run `snakemake --cores all`"
+        )
+    current = current_fid_settings(params, m)
+    diffs = settings_differences(prov["settings"], current)
+    if diffs:
+        key, was, now = diffs[0]
+        raise TraceError(
+            f"{cell}: {source} is stale: computed with {key} = {was!r}, params.yaml now resolves it to {now!r} "
+            f"({len(diffs)} setting(s) differ); re-run `snakemake --cores all` (or `dvc repro`)"
+        )
+    return prov["settings"] != current
 
 
 def first_cell(tables: list[Table], source: str, root: Path, column: str | None = None) -> Cell:
@@ -142,47 +211,66 @@ def first_cell(tables: list[Table], source: str, root: Path, column: str | None 
     raise TraceError(f"{source}: no table row comes from it")
 
 
-def recorded_container(path: str, inputs: dict, locked: dict[str, str]) -> bool:
-    """Whether path lies in a directory output that dvc.lock records and the same metrics file records too."""
-    return any(
-        path.startswith(entry["path"].rstrip("/") + "/") and entry["path"].rstrip("/") in locked
-        for entry in inputs.values()
-    )
+def container(path: str, inputs: dict, locked: dict[str, str]) -> str | None:
+    """The directory output recorded in dvc.lock (and by the same metrics file) that path lies in."""
+    for entry in inputs.values():
+        directory = entry["path"].rstrip("/")
+        if path.startswith(directory + "/") and directory in locked:
+            return directory
+    return None
 
 
-def check_provenance(tables: list[Table], metrics: dict[str, dict], root: Path, workspace: Workspace) -> int:
-    """Checks 2 and 3; returns the number of input hashes checked."""
+def check_input(root: Path, locked: dict, source: str, name: str, entry: dict, inputs: dict, cell) -> str:
+    """One recorded input against dvc.lock; returns how: "lock", "listing" (a file in a directory output,
+    found in its cached listing) or "no listing" (that listing is not in the local DVC cache)."""
+    path, recorded = entry["path"].rstrip("/"), entry["md5"]
+    directory = None if path in locked else container(path, inputs, locked)
+    if directory is None:
+        if locked.get(path) != recorded:
+            raise TraceError(
+                f"{cell}: {source} was computed from {path} with md5 {recorded}, but dvc.lock records "
+                f"{locked.get(path)} (the {name} changed after this FID; re-run the pipeline)"
+            )
+        return "lock"
+    listed = listed_md5(root, locked[directory], path[len(directory) + 1 :])
+    if listed is not None and listed != recorded:
+        raise TraceError(
+            f"{cell}: {source} was computed from {path} with md5 {recorded}, but the listing of {directory} "
+            f"that dvc.lock records gives {listed} (re-run the pipeline)"
+        )
+    return "listing" if listed is not None else "no listing"
+
+
+def check_provenance(
+    params: dict, tables: list[Table], metrics: dict[str, dict], root: Path, ws: Workspace
+) -> dict:
+    """Checks 2, 3 and 4; returns counts of what was checked."""
     locked = locked_hashes(root / "dvc.lock")
-    checked = 0
+    counts = {"inputs": 0, "listing": 0, "no listing": 0, "lock": 0, "auto": 0}
     for source, m in metrics.items():
         cell = first_cell(tables, source, root)
+        counts["auto"] += check_settings(params, source, m, cell)
         if source not in locked:
             raise TraceError(f"{cell}: {source} is not an output recorded in dvc.lock")
-        if workspace.md5(source) != locked[source]:
+        if ws.md5(source) != locked[source]:
             raise TraceError(
-                f"{cell}: {source} is stale: its md5 {workspace.md5(source)} is not the {locked[source]} dvc.lock "
+                f"{cell}: {source} is stale: its md5 {ws.md5(source)} is not the {locked[source]} dvc.lock "
                 "records (re-run the pipeline, or restore the file with `dvc checkout`)"
             )
         inputs = m["provenance"]["inputs"]
         for name, entry in inputs.items():
             column = {"checkpoint": "Checkpoint", "samples": "Samples hash"}.get(name)
             cell = first_cell(tables, source, root, column if column in cell.table.columns else None)
+            counts[check_input(root, locked, source, name, entry, inputs, cell)] += 1
             path, recorded = entry["path"].rstrip("/"), entry["md5"]
-            if path not in locked and recorded_container(path, inputs, locked):
-                pass  # a file inside a directory output (snapshots/): that directory is checked as an input
-            elif locked.get(path) != recorded:
-                raise TraceError(
-                    f"{cell}: {source} was computed from {path} with md5 {recorded}, but dvc.lock records "
-                    f"{locked.get(path)} (the {name} changed after this FID; re-run the pipeline)"
-                )
-            present = workspace.md5(path)
+            present = ws.md5(path)
             if present is not None and present != recorded:
                 raise TraceError(
                     f"{cell}: {path} in the workspace has md5 {present}, not the {recorded} {source} was "
                     f"computed from (the {name} changed; re-run the pipeline or `dvc checkout {path}`)"
                 )
-            checked += 1
-    return checked
+            counts["inputs"] += 1
+    return counts
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -204,13 +292,21 @@ def verify(params: dict, root: Path = Path(".")) -> str:
             check_table_file(root / "paper_tables" / f"{table.name}.{ext}", table, ext, text)
         cells += sum(len(r.cells) for r in table.rows) * 2
     workspace = Workspace(root)
-    inputs = check_provenance(tables, metrics, root, workspace)
-    artifacts = (
-        f"{workspace.present} of them present in the workspace and re-hashed"
-        if workspace.present > len(metrics)
-        else "artifacts not present here (fresh clone?): checked against dvc.lock only"
+    counts = check_provenance(params, tables, metrics, root, workspace)
+    present, absent = workspace.counts()
+    artifacts = len(workspace.cache) - len(metrics)
+    auto = (
+        f" ({counts['auto']} recorded a concrete precision where params.yaml now says auto: accepted)"
+        if counts["auto"]
+        else ""
     )
     return (
-        f"verified {len(tables)} tables ({cells} Markdown and LaTeX cells) against {len(metrics)} metrics files, "
-        f"and {inputs} recorded input hashes against dvc.lock; {artifacts}"
+        f"verified {len(tables)} tables ({cells} Markdown and LaTeX cells) against {len(metrics)} metrics files "
+        f"(each from a clean tree with the settings params.yaml resolves to now{auto}, each the output dvc.lock "
+        f"records), and {counts['inputs']} recorded inputs against dvc.lock ({counts['lock']} as outputs it records, "
+        f"{counts['listing'] + counts['no listing']} as files inside a directory output it records: "
+        f"{counts['listing']} found in the directory's listing, {counts['no listing']} whose listing is not in "
+        f"the local DVC cache); of {artifacts} "
+        f"artifacts, {present - len(metrics)} present here and re-hashed, {absent} absent (checked against "
+        "dvc.lock only)"
     )

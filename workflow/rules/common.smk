@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from uvit.config import (
     ConfigError,
@@ -10,7 +11,6 @@ from uvit.config import (
     fid_metrics_paths,
     load_params,
     resolve_experiment,
-    stage_settings,
 )
 from uvit.plan import estimate
 from uvit.stages import Lineage, given_reference, reference_name, reference_protocol
@@ -28,6 +28,7 @@ TRAINED_AUTOENCODERS = sorted(set(AUTOENCODERS) - set(PRETRAINED_AUTOENCODERS))
 
 
 LINEAGE = Lineage(PARAMS)
+RUN_STARTED = time.time()  # outputs written after this were made by this run (uvit.dvclock)
 # Threads of the jobs that belong to no experiment (data preparation, encoding, reference statistics); capped
 # at --cores locally, asked of SLURM as --cpus-per-task.
 DEFAULT_CPUS = PARAMS["defaults"]["resources"]["cpus"]
@@ -47,21 +48,14 @@ def experiment(wildcards):
     return resolve_experiment(PARAMS, wildcards.experiment)
 
 
-def settings_json(stage):
-    """The settings a stage reads, passed as params so that Snakemake re-runs the stage when they change."""
+def settings(rule):
+    """A job's complete settings (defaults and zoo merged: uvit.stages.Lineage.settings) as a param; DVC's stage
+    depends on the same record, written to settings/<stage>.json by `uvit settings`."""
 
-    def params(wildcards):
-        return json.dumps(stage_settings(experiment(wildcards), stage), sort_keys=True)
+    def param(wildcards):
+        return json.dumps(LINEAGE.settings(rule, **dict(wildcards.items())), sort_keys=True)
 
-    return params
-
-
-def autoencoder_json(wildcards):
-    return json.dumps(PARAMS["autoencoders"][wildcards.autoencoder], sort_keys=True)
-
-
-def dataset_json(wildcards):
-    return json.dumps(PARAMS["datasets"][wildcards.dataset], sort_keys=True)
+    return param
 
 
 def prepared(wildcards):
@@ -294,12 +288,8 @@ def target_loss_curves(wildcards):
 
 
 def sync_dvc_lock():
-    """After Snakemake ran jobs, record the new outputs in dvc.lock so `dvc status` agrees (one DAG, two engines)."""
+    """After Snakemake ran jobs, record in dvc.lock the DVC stages this run made, and only those (uvit.dvclock):
+    an output changed by hand stays unrecorded, so `dvc status` and `uvit verify` name it."""
     if os.environ.get("UVIT_SKIP_DVC_COMMIT") or not os.path.isdir(".dvc"):
         return
-    lock_time = os.path.getmtime("dvc.lock") if os.path.exists("dvc.lock") else 0.0
-    newest = max(
-        (os.path.getmtime(p) for p in target_metrics(None) + all_targets() if os.path.exists(p)), default=0.0
-    )
-    if newest > lock_time:
-        subprocess.run(["dvc", "commit", "--force", "--quiet", "--no-relink"], check=False)
+    subprocess.run([sys.executable, "-m", "uvit.dvclock", "--since", str(RUN_STARTED)], check=False)

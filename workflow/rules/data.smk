@@ -12,7 +12,7 @@ rule prepare_data:
         "../envs/uvit.yaml"
     params:
         lineage=lineage("prepare_data"),
-        settings=dataset_json,
+        settings=settings("prepare_data"),
     shell:
         "uvit prepare-data --dataset {wildcards.dataset} --out {output} 2> {log}"
 
@@ -31,6 +31,7 @@ rule encode_text:
     threads: DEFAULT_CPUS
     params:
         lineage=lineage("encode_text"),
+        settings=settings("encode_text"),
         encoder=text_encoder_args,
     shell:
         "uvit --threads {threads} encode-text --data {input.data}/{wildcards.split} {params.encoder}"
@@ -48,6 +49,7 @@ rule import_autoencoder:
         "../envs/uvit.yaml"
     params:
         lineage=lineage("import_autoencoder"),
+        settings=settings("import_autoencoder"),
         source=pretrained_autoencoder_source,
     shell:
         "uvit import --kind autoencoder --source {params.source} --out {output}"
@@ -63,6 +65,7 @@ rule import_reference:
         "../envs/uvit.yaml"
     params:
         lineage=lineage("import_reference"),
+        settings=settings("import_reference"),
         source=given_reference_source,
         protocol=stats_protocol,
     shell:
@@ -79,6 +82,7 @@ rule import_weights:
         "../envs/uvit.yaml"
     params:
         lineage=lineage("import_weights"),
+        settings=settings("import_weights"),
         source=pretrained_weights_source,
     shell:
         "uvit import --kind weights --source {params.source} --out {output}"
@@ -102,7 +106,7 @@ rule train_autoencoder:
     threads: DEFAULT_CPUS
     params:
         lineage=lineage("train_autoencoder"),
-        settings=autoencoder_json,
+        settings=settings("train_autoencoder"),
     shell:
         "uvit --threads {threads} train-autoencoder --autoencoder {wildcards.autoencoder} --data {input.data}"
         " --out {output.model} --metrics {output.metrics} 2> {log}"
@@ -123,6 +127,7 @@ rule encode_latents:
     threads: DEFAULT_CPUS
     params:
         lineage=lineage("encode_latents"),
+        settings=settings("encode_latents"),
         scale=scale_factor_flag,
     shell:
         "uvit --threads {threads} encode-latents --autoencoder-dir {input.autoencoder} --data {input.data}"

@@ -16,6 +16,7 @@ rule reference_stats:
     params:
         lineage=lineage("reference_stats"),
         protocol=stats_protocol,
+        settings=settings("reference_stats"),
     shell:
         "uvit --threads {threads} reference-stats --data {input.data} --split {wildcards.split}"
         " --count {wildcards.n} --protocol {params.protocol} --out {output} 2> {log}"
@@ -36,6 +37,7 @@ rule fid_floor:
     threads: DEFAULT_CPUS
     params:
         lineage=lineage("fid_floor"),
+        settings=settings("fid_floor"),
     shell:
         "uvit --threads {threads} fid-floor --data {input.data} --split {wildcards.split} --count {wildcards.n}"
         " --reference {input.reference} --out {output} 2> {log}"
@@ -49,7 +51,8 @@ rule fid:
         reference=reference_stats,
         floor=fid_floor,
     output:
-        "metrics/{experiment}/fid.json",
+        metrics="metrics/{experiment}/fid.json",
+        scores="metrics/{experiment}/fid.scores.json",
     log:
         "logs/fid/{experiment}.log",
     benchmark:
@@ -65,12 +68,12 @@ rule fid:
         cpus_per_task=cpus_per_task,
     params:
         lineage=lineage("fid"),
+        settings=settings("fid"),
         launcher=fid_launcher,
-        settings=settings_json("fid"),
     shell:
         "{params.launcher} --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples}"
         " --reference {input.reference} --floor {input.floor} --data {input.data} --checkpoint {input.model}"
-        " --metrics {output} 2> {log}"
+        " --metrics {output.metrics} 2> {log}"
 
 
 rule fid_curve_point:
@@ -81,7 +84,8 @@ rule fid_curve_point:
         reference=reference_stats,
         floor=fid_floor,
     output:
-        "metrics/{experiment}/curve/step{step}-nfe{nfe}.json",
+        metrics="metrics/{experiment}/curve/step{step}-nfe{nfe}.json",
+        scores="metrics/{experiment}/curve/step{step}-nfe{nfe}.scores.json",
     log:
         "logs/fid/{experiment}-step{step}-nfe{nfe}.log",
     benchmark:
@@ -97,14 +101,14 @@ rule fid_curve_point:
         cpus_per_task=cpus_per_task,
     params:
         lineage=lineage("fid_curve_point"),
+        settings=settings("fid_curve_point"),
         launcher=fid_launcher,
-        settings=settings_json("fid"),
         model=curve_model,
     shell:
         "{params.launcher} --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples}"
         " --training-step {wildcards.step} --sampler-steps {wildcards.nfe} --reference {input.reference}"
         " --floor {input.floor} --data {input.data} --checkpoint {params.model} --weights-output {input.model}"
-        " --metrics {output} 2> {log}"
+        " --metrics {output.metrics} 2> {log}"
 
 
 rule fid_pretrained:
@@ -114,7 +118,8 @@ rule fid_pretrained:
         model="data/external/weights/{experiment}.pth",
         reference=reference_stats,
     output:
-        "metrics/{experiment}/pretrained_fid.json",
+        metrics="metrics/{experiment}/pretrained_fid.json",
+        scores="metrics/{experiment}/pretrained_fid.scores.json",
     log:
         "logs/fid/{experiment}-pretrained.log",
     benchmark:
@@ -130,10 +135,10 @@ rule fid_pretrained:
         cpus_per_task=cpus_per_task,
     params:
         lineage=lineage("fid_pretrained"),
+        settings=settings("fid_pretrained"),
         launcher=fid_launcher,
-        settings=settings_json("fid"),
         data=optional_flags,
     shell:
         "{params.launcher} --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples} --pretrained"
         " --reference {input.reference} {params.data} --checkpoint {input.model}"
-        " --metrics {output} 2> {log}"
+        " --metrics {output.metrics} 2> {log}"

@@ -18,6 +18,7 @@ rule sample_grid:
         "../envs/uvit.yaml"
     params:
         lineage=lineage("sample_grid"),
+        settings=settings("sample_grid"),
         stem="paper_tables/figures/{experiment}_samples",
     shell:
         "uvit sample-grid --experiment {wildcards.experiment} --data {input.data} --samples {input.samples}"
@@ -62,6 +63,7 @@ rule figures:
         "../envs/uvit.yaml"
     params:
         lineage=lineage("figures"),
+        settings=settings("figures"),
     shell:
         "uvit figures --metrics {input.metrics} --loss {input.loss} --out-dir paper_tables/figures 2> {log}"
 
@@ -102,5 +104,6 @@ rule tables:
         "../envs/uvit.yaml"
     params:
         lineage=lineage("tables"),
+        settings=settings("tables"),
     shell:
         "uvit tables --metrics {input} --out-dir paper_tables 2> {log}"

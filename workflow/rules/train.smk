@@ -30,8 +30,8 @@ rule train:
         est_a100_hours=estimated_gpu_hours,
     params:
         lineage=lineage("train"),
+        settings=settings("train"),
         launcher=launcher,
-        settings=settings_json("train"),
         latents=latent_args,
         run_dir="results/{experiment}",
     shell:
@@ -62,8 +62,8 @@ rule sample:
         cpus_per_task=cpus_per_task,
     params:
         lineage=lineage("sample"),
+        settings=settings("sample"),
         launcher=launcher,
-        settings=settings_json("sample"),
         latents=latent_args,
         protocol=sampling_protocol,
     message:
@@ -96,8 +96,8 @@ rule sample_curve_point:
         cpus_per_task=cpus_per_task,
     params:
         lineage=lineage("sample_curve_point"),
+        settings=settings("sample_curve_point"),
         launcher=launcher,
-        settings=settings_json("sample"),
         latents=latent_args,
         model=curve_model,
     shell:
@@ -128,8 +128,8 @@ rule sample_pretrained:
         cpus_per_task=cpus_per_task,
     params:
         lineage=lineage("sample_pretrained"),
+        settings=settings("sample_pretrained"),
         launcher=launcher,
-        settings=settings_json("sample"),
         latents=latent_args,
         protocol=sampling_protocol,
         data=optional_flags,

@@ -1,0 +1,93 @@
+"""Keep dvc.lock in step with Snakemake runs without laundering: record only the DVC stages Snakemake ran.
+
+After `snakemake` succeeds (the Snakefile's `onsuccess`), `python -m uvit.dvclock --since <start>` writes the
+settings records (`uvit settings`), then walks the DVC stages upstream first and records a stage in dvc.lock
+only when DVC finds it changed, every output it declares was written by this run (not before it started), and
+every input that another stage produces is that stage's recorded output (DVC's own status of the upstream
+stage). Anything else stays unrecorded, so `dvc status` keeps showing it: a metrics file edited by hand is
+never recorded, and neither is a table rendered from it. Each stage left unrecorded is named on one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+# A file written right after the run started may carry a slightly earlier time (coarse filesystem clocks).
+CLOCK_SLACK_S = 0.05
+SETTINGS_STAGE = "settings"
+
+
+def written_since(path: str, since: float) -> bool:
+    try:
+        return os.stat(path).st_mtime >= since - CLOCK_SLACK_S
+    except OSError:
+        return False
+
+
+def ran_in_this_run(stage, since: float) -> bool:
+    """Every output the stage declares (persistent ones aside: checkpoints survive runs) was written since."""
+    outs = [out for out in stage.outs if not out.persist]
+    return bool(outs) and all(written_since(str(out.fs_path), since) for out in outs)
+
+
+def record_runs(since: float, root: Path = Path(".")) -> tuple[list[str], list[str]]:
+    """Record the stages this run produced; return (recorded, left) stage names, left with the reason."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    recorded, left, unrecorded = [], [], set()
+    with Repo(str(root)) as repo, repo.lock:
+        graph = repo.index.graph
+        for stage in reversed(list(nx.topological_sort(graph))):
+            if not stage.cmd:
+                continue
+            if stage.name != SETTINGS_STAGE and not any(out.exists for out in stage.outs if not out.persist):
+                continue  # never made here (a paper row, an experiment not run): nothing to record or name
+            if not stage.changed():
+                continue
+            dirty = [up for up in graph.successors(stage) if up in unrecorded]
+            if stage.name != SETTINGS_STAGE and not ran_in_this_run(stage, since):
+                reason = "its outputs were not written by this run (changed by hand, or by another command)"
+            elif dirty:
+                reason = f"its input from {dirty[0].addressing} is not what dvc.lock records for that stage"
+            else:
+                stage.save()
+                stage.commit(relink=False)
+                stage.dump(update_pipeline=False)
+                recorded.append(stage.addressing)
+                continue
+            unrecorded.add(stage)
+            left.append(f"{stage.addressing}: {reason}")
+    return recorded, left
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--since", type=float, required=True, help="when the Snakemake run started (epoch s)")
+    args = parser.parse_args(argv)
+    from uvit.config import load_params
+    from uvit.stages import Lineage, all_jobs
+
+    params = load_params("params.yaml")
+    Lineage(params).write_settings(all_jobs(params))
+    started = time.time()
+    recorded, left = record_runs(args.since)
+    print(
+        f"dvc.lock: recorded {len(recorded)} stages this run made ({time.time() - started:.1f} s)",
+        file=sys.stderr,
+    )
+    for line in left:
+        print(
+            f"dvc.lock: not recorded: {line}; `dvc status` shows it, `snakemake --cores all --forcerun <rule>` "
+            "or `dvc repro <stage>` reruns it",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
