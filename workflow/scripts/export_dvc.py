@@ -187,7 +187,13 @@ TEMPLATES: dict[str, dict] = {
 }
 # The rules whose table rows are an experiment's fields (one shared table, `experiment_jobs`).
 EXPERIMENT_RULES = ("train", "sample", "fid")
-TABLES = ["results", "other_metrics", "training_steps", "sampler_steps", "ablations"]  # uvit.report.TABLE_BUILDERS
+TABLES = [
+    "results",
+    "other_metrics",
+    "training_steps",
+    "sampler_steps",
+    "ablations",
+]  # uvit.report.TABLE_BUILDERS
 FIGURES = ["loss_curves", "fid_over_training", "fid_over_sampler_steps"]
 
 
