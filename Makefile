@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 lock: ## refresh requirements.lock (exact versions with hashes) from pyproject.toml
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet -e '.[dev]'
-	.lock-venv/bin/pip freeze --exclude-editable > .lock-venv/freeze.txt
+	.lock-venv/bin/pip freeze --all --exclude-editable | grep -v '^pip==' > .lock-venv/freeze.txt  # setuptools: torch needs it
 	.lock-venv/bin/pip install --quiet --dry-run --ignore-installed --no-deps --report .lock-venv/report.json \
 		-r .lock-venv/freeze.txt
 	.lock-venv/bin/python workflow/scripts/lock_env.py .lock-venv/report.json > requirements.lock
