@@ -98,3 +98,18 @@ def test_other_metrics_sit_beside_the_papers_with_the_protocol(params):
     assert latent.cells[4:] == ["clean", "1000", "9.50", "12.25", "-", "0.5", "-", "0.0125"]
     assert latent.source == "metrics/fmnist_latent/fid.json"
     assert rows["`fmnist_pixel`"].cells[4] == "-" and "`skip_demo__skip_add`" not in rows
+
+
+def test_verify_accepts_only_settings_a_record_predates_with_the_value_it_ran():
+    """A metrics file written before fid_protocol existed ran clean-fid's clean resize: current 'clean' matches,
+    any other protocol is stale; an added metrics list only adds numbers it lacks; any other change is stale."""
+    from uvit.verify import settings_differences
+
+    old = {"evaluation": {"reference_images": 32}, "sampling": {"precision": "fp32"}}
+    now = {"evaluation": {"reference_images": 32, "fid_protocol": "clean", "metrics": ["sfid"]},
+           "sampling": {"precision": "auto"}}  # fmt: skip
+    assert settings_differences(old, now) == []
+    other = now | {"evaluation": now["evaluation"] | {"fid_protocol": "pytorch_fid"}}
+    assert settings_differences(old, other) == [("evaluation.fid_protocol", None, "pytorch_fid")]
+    more = now | {"evaluation": now["evaluation"] | {"reference_images": 64}}
+    assert settings_differences(old, more) == [("evaluation.reference_images", 32, 64)]

@@ -157,6 +157,9 @@ def listed_md5(root: Path, directory_md5: str, relpath: str) -> str | None:
 
 
 PRECISION_KEYS = ("precision", "feature_precision")
+# Settings added after metrics files were first recorded, and what a record without them was computed with:
+# clean-fid's clean resize (the only protocol then); `metrics` only adds numbers such a record lacks ('-').
+PREDATED = {"evaluation.fid_protocol": "clean", "evaluation.metrics": None}
 
 
 def settings_differences(recorded, current, key: str = "") -> list[tuple[str, object, object]]:
@@ -169,6 +172,8 @@ def settings_differences(recorded, current, key: str = "") -> list[tuple[str, ob
             for diff in settings_differences(recorded.get(k), current.get(k), f"{key}.{k}".lstrip("."))
         ]
     if recorded == current or (key.rsplit(".", 1)[-1] in PRECISION_KEYS and current == "auto"):
+        return []
+    if recorded is None and key in PREDATED and PREDATED[key] in (None, current):
         return []
     return [(key, recorded, current)]
 
@@ -296,7 +301,9 @@ def verify(params: dict, root: Path = Path(".")) -> str:
     present, absent = workspace.counts()
     artifacts = len(workspace.cache) - len(metrics)
     auto = (
-        f" ({counts['auto']} recorded a concrete precision where params.yaml now says auto: accepted)"
+        f" ({counts['auto']} accepted where params.yaml now says auto precision and the record names the one"
+        " that ran, or adds settings the record predates: fid_protocol clean, the only one then; other metrics"
+        " shown as '-')"
         if counts["auto"]
         else ""
     )
