@@ -21,6 +21,7 @@ import pytest
 from test_recipe import experiment
 
 import uvit.evaluation as evaluation
+from uvit.config import evaluation_point
 from uvit.data import DataError, in_memory, write_split
 from uvit.fid import load_statistics, save_statistics
 from uvit.provenance import dvc_md5
@@ -136,11 +137,11 @@ def test_reference_label_and_evaluation_points():
         == f"fid_stats_cifar10.npz (given, {exp['evaluation']['fid_protocol']})"
     )
     before = copy.deepcopy(exp)
-    point = evaluation.evaluation_point(exp, training_step=7, sampler_steps=3)
+    point = evaluation_point(exp, training_step=7, sampler_steps=3)
     assert point["training"]["steps"] == 7 and point["sampling"]["steps"] == 3
     assert exp == before  # a copy: the experiment itself is unchanged
-    assert evaluation.evaluation_point(exp) == exp
-    assert evaluation.evaluation_point(exp, sampler_steps=4)["training"]["steps"] == exp["training"]["steps"]
+    assert evaluation_point(exp) == exp
+    assert evaluation_point(exp, sampler_steps=4)["training"]["steps"] == exp["training"]["steps"]
 
 
 @pytest.mark.parametrize("pretrained", [False, True])
