@@ -19,25 +19,19 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+import test_recipe
 import torch
-from test_recipe import CHANNELS, CLASSES, COUNT, SIZE, experiment, flipped_rows, write_latents
+from test_recipe import CLASSES, COUNT, experiment, flipped_rows, write_latents
 
 import uvit.training as training
-from uvit.data import atomic_write_bytes, in_memory, load_split, write_manifest, write_shards, write_split
+from uvit.data import atomic_write_bytes, load_split, write_manifest, write_shards
 from uvit.errors import UserError
 from uvit.training import Conditions, LatentData, PixelData, Processes, batch_indices, train
 
 SCALE = 0.25
 
 
-@pytest.fixture(scope="module")
-def split(tmp_path_factory) -> Path:
-    """test_recipe's prepared split: random 8x8 RGB images, labels i mod 5."""
-    root = tmp_path_factory.mktemp("split")
-    images = np.random.default_rng(0).integers(0, 256, (COUNT, SIZE, SIZE, CHANNELS), dtype=np.uint8)
-    labels = np.arange(COUNT, dtype=np.int64) % CLASSES
-    write_split(root / "train", in_memory({"train": (images, labels)})["train"], 1000, "test")
-    return root
+split = test_recipe.split  # the fixture: test_recipe's prepared split (random 8x8 RGB images, labels i mod 5)
 
 
 def latent_dataset(out: Path, count: int = COUNT, channels: int = 2, size: int = 4) -> None:
