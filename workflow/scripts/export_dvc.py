@@ -187,13 +187,6 @@ TEMPLATES: dict[str, dict] = {
 }
 # The rules whose table rows are an experiment's fields (one shared table, `experiment_jobs`).
 EXPERIMENT_RULES = ("train", "sample", "fid")
-TABLES = [
-    "results",
-    "other_metrics",
-    "training_steps",
-    "sampler_steps",
-    "ablations",
-]  # uvit.report.TABLE_BUILDERS
 FIGURES = ["loss_curves", "fid_over_training", "fid_over_sampler_steps"]
 
 
@@ -355,13 +348,14 @@ def outputs(outs: list) -> dict:
 
 def report_stages(params: dict) -> dict:
     """tables and figures: one stage each over the targets' metrics files (and loss curves)."""
-    from uvit.config import fid_metrics_paths
+    from uvit.report import build_tables, table_metrics_files
 
-    metrics = [path for name in params["targets"] for path in fid_metrics_paths(params, name)]
+    metrics = table_metrics_files(params)
     loss = [f"metrics/{name}/loss.csv" for name in params["targets"]]
     grids = [f"ablation_{grid}" for grid in params["target_grids"]]
     figures = [f"paper_tables/figures/{n}.{ext}" for n in FIGURES + grids for ext in ("png", "pdf")]
-    tables = [f"paper_tables/{t}.{ext}" for t in TABLES for ext in ("md", "tex")]
+    names = [table.name for table in build_tables(params, {})]  # each table names itself
+    tables = [f"paper_tables/{name}.{ext}" for name in names for ext in ("md", "tex")]
 
     def stage(rule, cmd, deps, outs):
         deps = [*deps, f"{SETTINGS_DIR}/{rule}.json", *code_deps(rule)]
