@@ -12,10 +12,12 @@ wildcard_constraints:
     experiment="|".join(EXPERIMENTS),
     dataset="|".join(DATASETS),
     autoencoder="|".join(AUTOENCODERS),
+    classifier="|".join(CLASSIFIERS),
     split="train|test|val",
     n=r"\d+",
     step=r"\d+",
     nfe=r"\d+",
+    scale=r"\d[0-9.e+-]*",  # uvit.config.guidance_label: 0, 0.4, 1.5
 
 
 include: "workflow/rules/data.smk"

@@ -7,6 +7,7 @@ inputs and outputs from the command line, so the DAG decides paths and params.ya
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -69,6 +70,21 @@ def cmd_train_autoencoder(args, params: dict) -> None:
     metrics = train_autoencoder(cfg, Path(args.data), Path(args.out), log=log)
     provenance = record(cfg, {"dataset": args.data}, settings_hash(cfg))
     write_json(args.metrics, {"autoencoder": args.autoencoder, **metrics, "provenance": provenance})
+
+
+def cmd_train_classifier(args, params: dict) -> None:
+    from uvit.classifier import train_classifier
+    from uvit.provenance import record, write_json
+
+    cfg = named(params, "classifiers", args.classifier)
+    check_data(params, cfg["dataset"], args.data)
+    metrics = train_classifier(cfg, Path(args.data), Path(args.out), log=log)
+    provenance = record(cfg, {"dataset": args.data}, settings_hash(cfg))
+    provenance["outputs"] = {"classifier": args.out}
+    write_json(
+        args.metrics,
+        {"classifier": args.classifier, "dataset": cfg["dataset"], **metrics, "provenance": provenance},
+    )
 
 
 def cmd_encode_latents(args, params: dict) -> None:
@@ -170,9 +186,10 @@ def write_loss_csv(loss_log: Path, out: Path) -> None:
 
 
 def cmd_sample(args, params: dict) -> None:
+    from uvit.config import evaluation_point
     from uvit.sampling import sample_experiment, weights_geometry
 
-    exp = resolve_experiment(params, args.experiment)
+    exp = evaluation_point(resolve_experiment(params, args.experiment), guidance_scale=args.guidance_scale)
     if args.data:
         check_data(params, exp["dataset"], args.data)
     elif exp["condition"] == "text":
@@ -262,7 +279,10 @@ def cmd_fid(args, params: dict) -> None:
     from uvit.provenance import scores, scores_path, write_json
 
     exp = evaluation_point(
-        resolve_experiment(params, args.experiment), args.training_step, args.sampler_steps
+        resolve_experiment(params, args.experiment),
+        args.training_step,
+        args.sampler_steps,
+        args.guidance_scale,
     )
     if not args.floor and not args.pretrained:
         raise UserError(
@@ -278,6 +298,29 @@ def cmd_fid(args, params: dict) -> None:
         inputs["weights_output"] = args.weights_output  # the DVC output the checkpoint file lies in
     floor = Path(args.floor) if args.floor else None
     metrics = fid_of_samples(exp, inputs, floor, Path(args.metrics), pretrained=args.pretrained, log=log)
+    write_json(scores_path(args.metrics), scores(metrics))
+
+
+def cmd_accuracy(args, params: dict) -> None:
+    """The share of an experiment's samples its classifier labels as the class each was drawn for."""
+    from uvit.classifier import accuracy_of_samples
+    from uvit.config import evaluation_point
+    from uvit.provenance import scores, scores_path, write_json
+
+    exp = evaluation_point(resolve_experiment(params, args.experiment), guidance_scale=args.guidance_scale)
+    if exp["evaluation"]["classifier"] is None:
+        raise UserError(
+            f"experiments.{args.experiment}.evaluation.classifier: not set; name a classifier from `classifiers` "
+            "(class experiments only)"
+        )
+    check_data(params, exp["dataset"], args.data)
+    inputs = {
+        "dataset": args.data,
+        "samples": args.samples,
+        "classifier": args.classifier,
+        "classifier_metrics": args.classifier_metrics,
+    }
+    metrics = accuracy_of_samples(params, exp, inputs, Path(args.metrics), log=log)
     write_json(scores_path(args.metrics), scores(metrics))
 
 
@@ -385,16 +428,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
 
 
-def positive(kind):
-    """An argparse type: a whole number >= 1 (counts, steps, threads), or a float > 0."""
-    expected = "a whole number >= 1" if kind is int else "a number > 0"
+def positive(kind, zero: bool = False):
+    """An argparse type: a whole number >= 1 (counts, steps, threads), or a float > 0 (>= 0 with `zero`)."""
+    expected = "a whole number >= 1" if kind is int else f"a number {'>=' if zero else '>'} 0"
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not value > 0:  # an int > 0 is >= 1; a nan float fails too
+        if not (value >= 0 if zero else value > 0) or math.isinf(value):  # nan and inf fail too
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
@@ -432,6 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--autoencoder", required=True, help="name under `autoencoders`")
     p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset")
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--metrics", required=True, metavar="FILE")
+
+    p = stage(
+        "train-classifier",
+        cmd_train_classifier,
+        "Train a small CNN classifier on a prepared training split (scores class-conditional samples).",
+    )
+    p.add_argument("--classifier", required=True, help="name under `classifiers`")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset")
+    p.add_argument("--out", required=True, metavar="FILE", help="the weights (a state_dict)")
     p.add_argument("--metrics", required=True, metavar="FILE")
 
     p = stage("encode-latents", cmd_encode_latents, "Encode a prepared dataset into posterior moments.")
@@ -514,6 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latents", metavar="DIR")
     p.add_argument("--text", metavar="DIR", help="encoded captions to sample for (text experiments)")
     p.add_argument("--sampler-steps", type=positive(int), metavar="N", help="instead of sampling.steps")
+    p.add_argument(
+        "--guidance-scale",
+        type=positive(float, zero=True),
+        metavar="S",
+        help="instead of sampling.guidance_scale (0: the conditional model alone)",
+    )
     p.add_argument("--out", required=True, metavar="DIR")
 
     for name, func, text in (
@@ -554,12 +613,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sampler-steps", type=positive(int), metavar="N", help="the samples' steps, if not sampling.steps"
     )
+    p.add_argument(
+        "--guidance-scale",
+        type=positive(float, zero=True),
+        metavar="S",
+        help="the samples' guidance scale, if not sampling.guidance_scale",
+    )
     p.add_argument("--pretrained", action="store_true", help="the checkpoint is the authors' release")
     p.add_argument(
         "--training-step",
         type=positive(int),
         metavar="N",
         help="the checkpoint's step, if not training.steps",
+    )
+    p.add_argument("--metrics", required=True, metavar="FILE")
+
+    p = stage(
+        "accuracy",
+        cmd_accuracy,
+        "Share of a class experiment's samples its classifier labels as the class each was drawn for.",
+    )
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--samples", required=True, metavar="DIR")
+    p.add_argument("--classifier", required=True, metavar="FILE", help="the weights train-classifier wrote")
+    p.add_argument(
+        "--classifier-metrics", required=True, metavar="FILE", help="its metrics (held-out accuracy)"
+    )
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (image shape, classes)")
+    p.add_argument(
+        "--guidance-scale",
+        type=positive(float, zero=True),
+        metavar="S",
+        help="the samples' guidance scale, if not sampling.guidance_scale",
     )
     p.add_argument("--metrics", required=True, metavar="FILE")
 

@@ -39,6 +39,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "sample": ("dataset", "space", "autoencoder", "condition", "model", "diffusion", "sampling"),
     "fid": ("evaluation", "sampling"),
 }
+# Evaluation keys that add evaluations of their own (stages of their own), not ones a stage above computes with:
+# adding a guidance scale or a classifier must not rerun the FIDs already there.
+EVALUATION_ADDITIONS = ("guidance_scales", "classifier")
 
 
 class ConfigError(UserError, ValueError):
@@ -237,6 +240,9 @@ def check_references(params: dict, source: str = "params.yaml") -> None:
     for name, ae in params["autoencoders"].items():
         if ae["dataset"] not in params["datasets"]:
             raise ConfigError(f"{source}: autoencoders.{name}.dataset: unknown dataset {ae['dataset']!r}")
+    for name, cfg in params["classifiers"].items():
+        if cfg["dataset"] not in params["datasets"]:
+            raise ConfigError(f"{source}: classifiers.{name}.dataset: unknown dataset {cfg['dataset']!r}")
     for name in experiments:
         _check_experiment(params, name, source)
 
@@ -304,11 +310,44 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
             f"{key}.sampling.sampler: {sampler} does not run on diffusion.schedule {schedule!r} "
             f"(it runs on: {', '.join(SAMPLER_SCHEDULES[sampler])})"
         )
-    if exp["sampling"]["guidance_scale"] > 0 and (
-        exp["condition"] == "none" or exp["training"]["cond_drop_prob"] == 0
-    ):
+    if exp["sampling"]["guidance_scale"] > 0 and not guidable(exp):
         raise ConfigError(
             f"{key}.sampling.guidance_scale: guidance needs condition: class or text and training.cond_drop_prob > 0"
+        )
+    scales = exp["evaluation"]["guidance_scales"]
+    if scales and (exp["condition"] == "none" or (max(scales) > 0 and not guidable(exp))):
+        raise ConfigError(
+            f"{key}.evaluation.guidance_scales: {scales} needs condition: class or text and training.cond_drop_prob "
+            f"> 0 (this experiment: condition {exp['condition']}, cond_drop_prob {exp['training']['cond_drop_prob']}); "
+            "set evaluation.guidance_scales: [] or train the experiment for guidance"
+        )
+    _check_classifier(params, exp, key)
+
+
+def guidable(exp: dict) -> bool:
+    """Whether an experiment's model was trained for classifier-free guidance (a condition and its null value)."""
+    return exp["condition"] != "none" and exp["training"]["cond_drop_prob"] > 0
+
+
+def _check_classifier(params: dict, exp: dict, key: str) -> None:
+    """The classifier an experiment's samples are scored with: a class model's, trained on the same data."""
+    name = exp["evaluation"]["classifier"]
+    if name is None:
+        return
+    if name not in params["classifiers"]:
+        known = ", ".join(params["classifiers"]) or "none"
+        raise ConfigError(
+            f"{key}.evaluation.classifier: unknown classifier {name!r} (under `classifiers`: {known})"
+        )
+    if exp["condition"] != "class":
+        raise ConfigError(
+            f"{key}.evaluation.classifier: scores samples by the class they were drawn for, and this experiment has "
+            f"condition: {exp['condition']}; set evaluation.classifier: null"
+        )
+    if params["classifiers"][name]["dataset"] != exp["dataset"]:
+        raise ConfigError(
+            f"{key}.evaluation.classifier: {name!r} is trained on dataset {params['classifiers'][name]['dataset']!r}, "
+            f"this experiment samples {exp['dataset']!r}; name a classifier of {exp['dataset']!r}"
         )
 
 
@@ -342,12 +381,49 @@ def curve_points(exp: dict) -> list[tuple[int, int]]:
     return over_training + over_sampler
 
 
+def guidance_points(exp: dict) -> list[float]:
+    """Further guidance scales an experiment evaluates at its final weights (`evaluation.guidance_scales`, less
+    sampling.guidance_scale: that is the final evaluation itself), in increasing order."""
+    main = exp["sampling"]["guidance_scale"]
+    return sorted({float(s) for s in exp["evaluation"]["guidance_scales"]} - {float(main)})
+
+
+def guidance_label(scale: float) -> str:
+    """A guidance scale as paths and stage names spell it: the shortest text that reads back as the same
+    float (0, 0.4, 1.5), so the command given the path's scale samples at exactly the params.yaml value."""
+    text = repr(float(scale))
+    return text.removesuffix(".0")
+
+
+def guidance_metrics_path(name: str, scale: float, kind: str = "fid") -> str:
+    """The FID (kind "fid") or classifier-accuracy (kind "accuracy") record of a guidance point."""
+    suffix = ".accuracy" if kind == "accuracy" else ""
+    return f"metrics/{name}/guidance/scale{guidance_label(scale)}{suffix}.json"
+
+
 def fid_metrics_paths(params: dict, name: str) -> list[str]:
-    """An experiment's FID metrics files (the DAG's outputs, the tables' inputs): final, then curve points."""
+    """An experiment's FID metrics files (the DAG's outputs, the tables' inputs): final, then curve points, then
+    guidance points."""
     exp = resolve_experiment(params, name)
     curve = [f"metrics/{name}/curve/step{s}-nfe{n}.json" for s, n in curve_points(exp)]
+    guidance = [guidance_metrics_path(name, s) for s in guidance_points(exp)]
     pretrained = [f"metrics/{name}/pretrained_fid.json"] if exp["evaluation"]["pretrained_weights"] else []
-    return [f"metrics/{name}/fid.json", *curve, *pretrained]
+    return [f"metrics/{name}/fid.json", *curve, *guidance, *pretrained]
+
+
+def accuracy_metrics_paths(params: dict, name: str) -> list[str]:
+    """An experiment's classifier-accuracy records (none without evaluation.classifier): its final samples',
+    then each guidance point's."""
+    exp = resolve_experiment(params, name)
+    if exp["evaluation"]["classifier"] is None:
+        return []
+    guidance = [guidance_metrics_path(name, s, "accuracy") for s in guidance_points(exp)]
+    return [f"metrics/{name}/accuracy.json", *guidance]
+
+
+def metrics_paths(params: dict, name: str) -> list[str]:
+    """Every metrics record an experiment ends in: its FIDs, then its classifier accuracies."""
+    return fid_metrics_paths(params, name) + accuracy_metrics_paths(params, name)
 
 
 def caption_split(exp: dict) -> str:
@@ -355,19 +431,44 @@ def caption_split(exp: dict) -> str:
     return exp["sampling"].get("caption_split", "test")
 
 
-def evaluation_point(exp: dict, training_step: int | None = None, sampler_steps: int | None = None) -> dict:
-    """The experiment as evaluated at an earlier checkpoint or another sampler step count (curve points)."""
+def evaluation_point(
+    exp: dict,
+    training_step: int | None = None,
+    sampler_steps: int | None = None,
+    guidance_scale: float | None = None,
+) -> dict:
+    """The experiment as evaluated at an earlier checkpoint, another sampler step count (curve points) or another
+    guidance scale (guidance points)."""
     exp = copy.deepcopy(exp)
     if training_step is not None:
         exp["training"]["steps"] = training_step
     if sampler_steps is not None:
         exp["sampling"]["steps"] = sampler_steps
+    if guidance_scale is not None:
+        if guidance_scale > 0 and not guidable(exp):
+            raise ConfigError(
+                f"experiments.{exp['name']}: guidance scale {guidance_scale} needs condition: class or text and "
+                f"training.cond_drop_prob > 0 (condition {exp['condition']}, cond_drop_prob "
+                f"{exp['training']['cond_drop_prob']}); sample it without guidance (scale 0)"
+            )
+        exp["sampling"]["guidance_scale"] = guidance_scale
     return exp
 
 
 def stage_settings(exp: dict, stage: str) -> dict:
     """The parts of a resolved experiment that one stage reads."""
-    return {section: exp[section] for section in STAGE_SECTIONS[stage]}
+    settings = {section: exp[section] for section in STAGE_SECTIONS[stage]}
+    if "evaluation" in settings:
+        ev = settings["evaluation"]
+        settings["evaluation"] = {k: v for k, v in ev.items() if k not in EVALUATION_ADDITIONS}
+    return settings
+
+
+def accuracy_settings(params: dict, exp: dict) -> dict:
+    """What the classifier-accuracy stage of an experiment reads: its classifier (named, with its settings) and the
+    samples' settings (which class sample i was drawn for, how many)."""
+    name = exp["evaluation"]["classifier"]
+    return {"classifier": {"name": name, **params["classifiers"][name]}, "sampling": exp["sampling"]}
 
 
 def settings_hash(settings: Any) -> str:

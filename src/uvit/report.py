@@ -22,7 +22,14 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from uvit.config import ablation_experiment_name, fid_metrics_paths, resolve_experiment
+from uvit.config import (
+    ablation_experiment_name,
+    fid_metrics_paths,
+    guidance_metrics_path,
+    guidance_points,
+    metrics_paths,
+    resolve_experiment,
+)
 from uvit.data import read_json
 
 DEMO_NOTE = (
@@ -38,6 +45,14 @@ DEMO_NOTE = (
 class Row:
     cells: list[str]
     source: str | None = None  # the metrics file behind this row's numbers (None: paper data or "not run")
+    cell_sources: dict[str, str] = field(default_factory=dict)  # columns whose numbers come from another file
+
+    def source_of(self, column: str) -> str | None:
+        return self.cell_sources.get(column, self.source)
+
+    @property
+    def sources(self) -> set[str]:
+        return {self.source, *self.cell_sources.values()} - {None}
 
 
 @dataclass
@@ -95,6 +110,10 @@ def scale_cell(metrics: dict) -> str:
     return f"**{metrics['scale']}** ({metrics['resolution']}x{metrics['resolution']})"
 
 
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
 def read_metrics(paths: list[Path | str]) -> dict[str, dict]:
     """Metrics files by path (as given, relative to the project root)."""
     return {str(p): read_json(Path(p), "run the stage that writes it again") for p in paths}
@@ -106,9 +125,13 @@ def read_metrics(paths: list[Path | str]) -> dict[str, dict]:
 
 RESULTS_COLUMNS = [
     "Paper row", "Model", "Paper FID", "Protocol (paper)", "Ours: experiment", "Scale", "Our FID", "FID floor",
-    "Difference", "Samples", "Reference", "Sampler, steps", "Guidance", "Training steps", "Checkpoint",
-    "Samples hash", "Commit",
+    "Difference", "Classifier accuracy", "Samples", "Reference", "Sampler, steps", "Guidance", "Training steps",
+    "Checkpoint", "Samples hash", "Commit",
 ]  # fmt: skip
+ACCURACY_NOTE = (
+    '"Classifier accuracy": class-conditional rows only, the share of samples that a small CNN trained on the '
+    "real training split labels as the class they were drawn for (its own held-out accuracy: `guidance.md`)."
+)
 
 
 def row_experiments(params: dict, paper_row: str) -> list[str]:
@@ -129,10 +152,12 @@ def results_table(params: dict, metrics: dict[str, dict]) -> Table:
         [
             "FID: lower is better. " + DEMO_NOTE,
             '"Difference" is ours minus the paper\'s and is only meaningful for paper-scale rows.',
+            ACCURACY_NOTE,
         ],
         RESULTS_COLUMNS,
-        ["Paper FID", "Our FID", "FID floor", "Difference", "Samples", "Guidance", "Training steps"],
-    )
+        ["Paper FID", "Our FID", "FID floor", "Difference", "Classifier accuracy", "Samples", "Guidance",
+         "Training steps"],
+    )  # fmt: skip
     finals = {m["experiment"]: (path, m) for path, m in metrics.items() if path.endswith("/fid.json")}
     for key, paper in paper_data()["rows"].items():
         guidance = f", guidance {paper['guidance_scale']}" if paper["guidance_scale"] is not None else ""
@@ -142,7 +167,7 @@ def results_table(params: dict, metrics: dict[str, dict]) -> Table:
         )
         approx = " (approx.)" if paper["approximate"] else ""
         table.rows.append(
-            Row([paper["setting"], paper["model"], f"{paper['fid']:.2f}{approx}", protocol] + [""] * 13)
+            Row([paper["setting"], paper["model"], f"{paper['fid']:.2f}{approx}", protocol] + [""] * 14)
         )
         for name in row_experiments(params, key):
             measured = [(finals[name], f"`{name}`")] if name in finals else []
@@ -151,6 +176,8 @@ def results_table(params: dict, metrics: dict[str, dict]) -> Table:
                 measured.append(((pretrained, metrics[pretrained]), f"`{name}` (authors' weights)"))
             for (path, m), label in measured:
                 diff = f"{m['fid'] - paper['fid']:+.2f}" if m["scale"] == "paper" else "n/a (demo)"
+                accuracy = f"metrics/{name}/accuracy.json" if path.endswith("/fid.json") else None
+                has_accuracy = accuracy in metrics
                 table.rows.append(
                     Row(
                         [
@@ -159,11 +186,13 @@ def results_table(params: dict, metrics: dict[str, dict]) -> Table:
                                 fmt(m["fid"]),
                                 fmt(m["fid_floor"]),
                                 diff,
+                                percent(metrics[accuracy]["classifier_accuracy"]) if has_accuracy else "-",
                                 *protocol_cells(m),
                                 *provenance_cells(m),
                             ],
                         ],
                         source=path,
+                        cell_sources={"Classifier accuracy": accuracy} if has_accuracy else {},
                     )
                 )
             if not measured and resolve_experiment(params, name)["scale"] == "paper":
@@ -172,7 +201,7 @@ def results_table(params: dict, metrics: dict[str, dict]) -> Table:
                     f"`metrics/{name}/pretrained_fid.json`)"
                 )
                 table.rows.append(
-                    Row(["↳", "", "", "", f"`{name}`", "paper", "not run"] + [""] * 9 + [command])
+                    Row(["↳", "", "", "", f"`{name}`", "paper", "not run"] + [""] * 10 + [command])
                 )
     return table
 
@@ -250,7 +279,7 @@ def curve_rows(params: dict, metrics: dict[str, dict], over: str) -> list[tuple[
                 if over == "training_steps"
                 else m["training_steps"] == exp["training"]["steps"]
             )
-            if on_curve:
+            if on_curve and m["guidance_scale"] == exp["sampling"]["guidance_scale"]:  # not a guidance point
                 points.append((path, m))
     return sorted(points, key=lambda p: (p[1]["experiment"], p[1][over]))
 
@@ -419,12 +448,88 @@ def ablation_table(params: dict, metrics: dict[str, dict]) -> Table:
     return table
 
 
+GUIDANCE_COLUMNS = [
+    "Experiment", "Stands in for", "Scale", "Guidance scale", "Sampler, steps", "Our FID", "FID floor",
+    "Classifier accuracy", "Classifier's own accuracy", "Classifier", "Samples", "Training steps", "Checkpoint",
+    "Samples hash", "Commit",
+]  # fmt: skip
+
+
+def guidance_experiments(params: dict) -> list[str]:
+    """The targets whose guidance effect is measured: those with further guidance scales or a classifier."""
+    return [
+        name
+        for name in params["targets"]
+        if guidance_points(exp := resolve_experiment(params, name)) or exp["evaluation"]["classifier"]
+    ]
+
+
+def guidance_table(params: dict, metrics: dict[str, dict]) -> Table:
+    """Each guidance scale an experiment evaluates (its final one among them): FID with its floor, and the share
+    of samples its classifier labels as the class they were drawn for, beside the classifier's own accuracy."""
+    table = Table(
+        "guidance",
+        "Classifier-free guidance: FID and classifier accuracy per guidance scale",
+        [
+            "The paper's guidance trades diversity for fidelity to the condition (eps = eps_c + s (eps_c - eps_u); "
+            "0: the conditional model alone). Ours: the final EMA weights of each experiment sampled at each scale of "
+            "`evaluation.guidance_scales` and at `sampling.guidance_scale`, alike otherwise. \"Classifier "
+            "accuracy\": the share of those samples that a small CNN trained on the real training split "
+            "(`classifiers` in params.yaml) labels as the class they were drawn for (sample i: class i mod classes; "
+            "chance: 1 / classes); \"Classifier's own accuracy\": that CNN on the held-out real images, the "
+            "ceiling a perfect generator would reach by its labels. " + DEMO_NOTE
+        ],
+        GUIDANCE_COLUMNS,
+        ["Guidance scale", "Our FID", "FID floor", "Classifier accuracy", "Classifier's own accuracy", "Samples",
+         "Training steps"],
+    )  # fmt: skip
+    for name in guidance_experiments(params):
+        exp = resolve_experiment(params, name)
+        main = exp["sampling"]["guidance_scale"]
+        for scale in sorted({float(main), *guidance_points(exp)}):
+            final = scale == main
+            path = f"metrics/{name}/fid.json" if final else guidance_metrics_path(name, scale)
+            if path not in metrics:
+                continue
+            m = metrics[path]
+            accuracy = (
+                f"metrics/{name}/accuracy.json" if final else guidance_metrics_path(name, scale, "accuracy")
+            )
+            a = metrics.get(accuracy)
+            columns = ("Classifier accuracy", "Classifier's own accuracy", "Classifier")
+            table.rows.append(
+                Row(
+                    [
+                        f"`{name}`",
+                        m["paper_row"],
+                        scale_cell(m),
+                        f"{m['guidance_scale']}" + (" (final)" if final else ""),
+                        f"{m['sampler']} {m['sampler_steps']}",
+                        fmt(m["fid"]),
+                        fmt(m["fid_floor"]),
+                        percent(a["classifier_accuracy"]) if a else "-",
+                        percent(a["classifier_test_accuracy"]) if a else "-",
+                        f"`{a['classifier']}` ({a['classifier_test_images']} {a['classifier_test_split']})"
+                        if a
+                        else "-",
+                        str(m["num_samples"]),
+                        str(m["training_steps"]),
+                        *provenance_cells(m),
+                    ],
+                    source=path,
+                    cell_sources=dict.fromkeys(columns, accuracy) if a else {},
+                )
+            )
+    return table
+
+
 TABLE_BUILDERS = (
     results_table,
     other_metrics_table,
     training_steps_table,
     sampler_steps_table,
     ablation_table,
+    guidance_table,
 )
 
 
@@ -434,7 +539,12 @@ def build_tables(params: dict, metrics: dict[str, dict]) -> list[Table]:
 
 
 def table_metrics_files(params: dict) -> list[str]:
-    """The metrics files the tables are built from: every FID file of the target experiments."""
+    """The metrics files the tables are built from: every FID and classifier-accuracy record of the targets."""
+    return [path for name in params["targets"] for path in metrics_paths(params, name)]
+
+
+def figure_metrics_files(params: dict) -> list[str]:
+    """The metrics files the figures are drawn from: every FID record of the targets."""
     return [path for name in params["targets"] for path in fid_metrics_paths(params, name)]
 
 

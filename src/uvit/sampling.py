@@ -35,6 +35,28 @@ def sample_name(index: int) -> str:
     return f"{index:06d}.png"
 
 
+def sample_classes(indices: list[int], classes: int) -> torch.Tensor:
+    """The class each sample of a class model is drawn for: index mod classes (balanced classes)."""
+    return torch.tensor([i % classes for i in indices], dtype=torch.long)
+
+
+def read_samples(sample_dir: Path, channels: int) -> tuple[list[int], np.ndarray]:
+    """(seed indices, uint8 N x H x W x C images) of a sample folder, in index order; C = `channels` (1: grey)."""
+    files = sorted(p for p in Path(sample_dir).glob("*.png") if p.stem.isdigit())
+    if not files:
+        raise FileNotFoundError(f"{sample_dir}: no PNG samples found; give the folder `uvit sample` wrote")
+    images = []
+    for f in files:
+        with Image.open(f) as image:
+            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+        images.append(pixels[..., None] if channels == 1 else pixels)
+        if images[-1].shape != images[0].shape:
+            raise UserError(
+                f"{f}: {images[-1].shape[:2]} pixels, {files[0]} has {images[0].shape[:2]}; re-run sample"
+            )
+    return [int(f.stem) for f in files], np.stack(images)
+
+
 RECORD = "sampling.json"  # in a sample folder: what its samples were drawn with
 SETTINGS_CHUNK = "uvit-sampling"  # in each sample: the hash of that record
 
@@ -223,7 +245,7 @@ class ImageSampler:
         cfg = self.cfg
         labels = None
         if self.exp["condition"] == "class":
-            labels = torch.tensor([i % self.classes for i in indices])
+            labels = sample_classes(indices, self.classes)
         elif self.contexts is not None:
             labels = self.contexts.cycled(indices)
         eps_fn = guided_noise_predictor(model, self.schedule, labels, self.null_class, cfg["guidance_scale"])

@@ -22,7 +22,7 @@ import os
 import re
 from pathlib import Path
 
-from uvit.config import caption_split, resolve_experiment, stage_settings
+from uvit.config import accuracy_settings, caption_split, evaluation_point, resolve_experiment, stage_settings
 from uvit.errors import UserError
 
 PACKAGE = Path(__file__).resolve().parent
@@ -33,12 +33,14 @@ ENTRY_MODULES: dict[str, tuple[str, ...]] = {
     "import": ("fid", "autoencoder", "sampling"),
     "encode-text": ("text",),
     "train-autoencoder": ("autoencoder",),
+    "train-classifier": ("classifier",),
     "encode-latents": ("autoencoder",),
     "train": ("training", "sampling", "figures"),  # sample grids during training
     "sample": ("sampling",),
     "reference-stats": ("evaluation",),
     "fid-floor": ("evaluation",),
     "fid": ("evaluation",),
+    "accuracy": ("classifier",),
     "sample-grid": ("figures",),
     "figures": ("figures", "report"),
     "tables": ("report",),
@@ -58,12 +60,17 @@ RULE_COMMANDS: dict[str, str] = {
     "train": "train",
     "sample": "sample",
     "sample_curve_point": "sample",
+    "sample_guidance_point": "sample",
     "sample_pretrained": "sample",
     "reference_stats": "reference-stats",
     "fid_floor": "fid-floor",
     "fid": "fid",
     "fid_curve_point": "fid",
+    "fid_guidance_point": "fid",
     "fid_pretrained": "fid",
+    "train_classifier": "train-classifier",
+    "accuracy": "accuracy",
+    "accuracy_guidance_point": "accuracy",
     "sample_grid": "sample-grid",
     "figures": "figures",
     "tables": "tables",
@@ -116,6 +123,9 @@ STAGE_KEYS = {
     "fid_floor": "{dataset}-{ref}-{split}{n}",
     "sample_curve_point": "{experiment}-step{step}-nfe{nfe}",
     "fid_curve_point": "{experiment}-step{step}-nfe{nfe}",
+    "sample_guidance_point": "{experiment}-scale{scale}",
+    "fid_guidance_point": "{experiment}-scale{scale}",
+    "accuracy_guidance_point": "{experiment}-scale{scale}",
 }
 
 
@@ -138,15 +148,21 @@ def settings_path(rule: str, wildcards: dict) -> str:
 
 
 def experiment_jobs(params: dict, name: str) -> list[tuple[str, dict]]:
-    """An experiment's final jobs (its FID metrics files): the jobs upstream of them follow from the lineage."""
-    from uvit.config import curve_points
+    """An experiment's final jobs (its metrics files, as uvit.config.metrics_paths lists them): the jobs upstream of
+    them follow from the lineage."""
+    from uvit.config import curve_points, guidance_label, guidance_points
 
     exp = resolve_experiment(params, name)
     jobs = [("fid", {"experiment": name})]
     for step, nfe in curve_points(exp):
         jobs.append(("fid_curve_point", {"experiment": name, "step": str(step), "nfe": str(nfe)}))
+    scales = [guidance_label(s) for s in guidance_points(exp)]
+    jobs += [("fid_guidance_point", {"experiment": name, "scale": scale}) for scale in scales]
     if exp["evaluation"]["pretrained_weights"]:
         jobs.append(("fid_pretrained", {"experiment": name}))
+    if exp["evaluation"]["classifier"]:
+        jobs.append(("accuracy", {"experiment": name}))
+        jobs += [("accuracy_guidance_point", {"experiment": name, "scale": scale}) for scale in scales]
     return jobs
 
 
@@ -341,6 +357,17 @@ class Lineage:
         settings, upstream = self.sample(experiment)
         return {**settings, "step": int(step), "nfe": int(nfe)}, upstream
 
+    def guidance_point(self, experiment: str, scale: str) -> dict:
+        """The experiment sampled at another guidance scale: its settings are exactly what that point runs."""
+        return evaluation_point(self.experiment(experiment), guidance_scale=float(scale))
+
+    def sample_guidance_point(self, experiment, scale):
+        exp = self.guidance_point(experiment, scale)
+        return stage_settings(exp, "sample"), [
+            self("train", experiment=experiment),
+            *self.conditioning(exp, "sample"),
+        ]
+
     def import_weights(self, experiment):
         return source_stamp(self.experiment(experiment)["evaluation"]["pretrained_weights"]), []
 
@@ -395,6 +422,34 @@ class Lineage:
         exp = self.experiment(experiment)
         up = [self("sample_curve_point", experiment=experiment, step=step, nfe=nfe), *self.fid_inputs(exp)]
         return {**stage_settings(exp, "fid"), "step": int(step), "nfe": int(nfe)}, up
+
+    def fid_guidance_point(self, experiment, scale):
+        exp = self.guidance_point(experiment, scale)
+        up = [self("sample_guidance_point", experiment=experiment, scale=scale), *self.fid_inputs(exp)]
+        return stage_settings(exp, "fid"), up
+
+    # -- classifier accuracy -----------------------------------------------------------------------------
+    def train_classifier(self, classifier):
+        cfg = self.params["classifiers"][classifier]
+        return cfg, [self("prepare_data", dataset=cfg["dataset"])]
+
+    def accuracy_inputs(self, exp: dict) -> list[str]:
+        return [
+            self("train_classifier", classifier=exp["evaluation"]["classifier"]),
+            self("prepare_data", dataset=exp["dataset"]),
+        ]
+
+    def accuracy(self, experiment):
+        exp = self.experiment(experiment)
+        return accuracy_settings(self.params, exp), [
+            self("sample", experiment=experiment),
+            *self.accuracy_inputs(exp),
+        ]
+
+    def accuracy_guidance_point(self, experiment, scale):
+        exp = self.guidance_point(experiment, scale)
+        up = [self("sample_guidance_point", experiment=experiment, scale=scale), *self.accuracy_inputs(exp)]
+        return accuracy_settings(self.params, exp), up
 
     def fid_pretrained(self, experiment):
         exp = self.experiment(experiment)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from uvit.config import evaluation_point, resolve_experiment, stage_settings
+from uvit.config import accuracy_settings, evaluation_point, resolve_experiment, stage_settings
 from uvit.data import read_json
 from uvit.provenance import dvc_md5
 from uvit.report import Table, build_tables, latex, render, table_metrics_files
@@ -87,7 +87,7 @@ def check_table_file(path: Path, table: Table, ext: str, expected_text: str) -> 
     for i, (have, want) in enumerate(zip(found[1:], expected[1:], strict=False)):
         for column, h, w in zip(table.columns, have, want, strict=False):
             if h != w:
-                source = table.rows[i].source or "src/uvit/paper_results.yaml"
+                source = table.rows[i].source_of(column) or "src/uvit/paper_results.yaml"
                 raise TraceError(
                     f"{Cell(path, table, i, column)}: the table says {h!r}, {source} gives {w!r}"
                 )
@@ -178,12 +178,17 @@ def settings_differences(recorded, current, key: str = "") -> list[tuple[str, ob
     return [(key, recorded, current)]
 
 
-def current_fid_settings(params: dict, m: dict) -> dict:
-    """The settings params.yaml now resolves to for the FID a metrics file records (a curve point: its
-    checkpoint step and sampler steps)."""
+def current_settings(params: dict, m: dict) -> dict:
+    """The settings params.yaml now resolves to for the number a metrics file records: an FID (a curve or guidance
+    point: its checkpoint step, sampler steps and guidance scale) or a classifier accuracy (at its guidance scale)."""
     exp = evaluation_point(
-        resolve_experiment(params, m["experiment"]), m["training_steps"], m["sampler_steps"]
+        resolve_experiment(params, m["experiment"]),
+        m["training_steps"],
+        m["sampler_steps"],
+        m.get("guidance_scale"),
     )
+    if "classifier_accuracy" in m:
+        return accuracy_settings(params, exp)
     return stage_settings(exp, "fid")
 
 
@@ -196,7 +201,7 @@ def check_settings(params: dict, source: str, m: dict, cell: Cell) -> bool:
             f"{cell}: {source} was computed from a dirty tree (commit {str(prov['commit'])[:8]} with {state}); "
             "commit the code and settings, then re-run `snakemake --cores all`"
         )
-    current = current_fid_settings(params, m)
+    current = current_settings(params, m)
     diffs = settings_differences(prov["settings"], current)
     if diffs:
         key, was, now = diffs[0]
@@ -208,11 +213,13 @@ def check_settings(params: dict, source: str, m: dict, cell: Cell) -> bool:
 
 
 def first_cell(tables: list[Table], source: str, root: Path, column: str | None = None) -> Cell:
-    """The first Markdown cell whose row comes from `source` (in `column` if given)."""
+    """The first Markdown cell whose row takes numbers from `source` (in `column` if given, else the first
+    column `source` gives: Our FID for an FID record)."""
     for table in tables:
         for i, row in enumerate(table.rows):
-            if row.source == source:
-                return Cell(root / "paper_tables" / f"{table.name}.md", table, i, column or "Our FID")
+            if source in row.sources:
+                own = next((c for c, s in row.cell_sources.items() if s == source), "Our FID")
+                return Cell(root / "paper_tables" / f"{table.name}.md", table, i, column or own)
     raise TraceError(f"{source}: no table row comes from it")
 
 

@@ -13,6 +13,7 @@ from uvit.config import (
     resolve_experiment,
 )
 from uvit.plan import estimate
+from uvit.report import table_metrics_files
 from uvit.stages import Lineage, given_reference, reference_name, reference_protocol
 
 try:
@@ -25,6 +26,7 @@ DATASETS = sorted(PARAMS["datasets"])
 AUTOENCODERS = sorted(PARAMS["autoencoders"])
 PRETRAINED_AUTOENCODERS = [name for name in AUTOENCODERS if "pretrained" in PARAMS["autoencoders"][name]]
 TRAINED_AUTOENCODERS = sorted(set(AUTOENCODERS) - set(PRETRAINED_AUTOENCODERS))
+CLASSIFIERS = sorted(PARAMS["classifiers"])
 
 
 LINEAGE = Lineage(PARAMS)
@@ -246,21 +248,45 @@ def fid_launcher(wildcards):
     return pinned(fid_gpus(wildcards), wildcards) + "uvit"
 
 
+def classifier_dataset(wildcards):
+    return f"data/prepared/{PARAMS['classifiers'][wildcards.classifier]['dataset']}"
+
+
+def classifier_inputs(wildcards):
+    """The classifier an experiment's samples are scored with: its weights and its metrics (held-out accuracy)."""
+    name = experiment(wildcards)["evaluation"]["classifier"]
+    if name is None:
+        raise ValueError(
+            f"params.yaml: experiments.{wildcards.experiment}.evaluation.classifier: not set; name a classifier "
+            "from `classifiers` to score this class experiment's samples"
+        )
+    return {
+        "classifier": f"results/classifiers/{name}.pth",
+        "classifier_metrics": f"metrics/classifiers/{name}.json",
+    }
+
+
+def final_step(wildcards) -> bool:
+    """Whether a point samples the final weights: a curve point at the last step, or any guidance point."""
+    step = getattr(wildcards, "step", None)
+    return step is None or int(step) == experiment(wildcards)["training"]["steps"]
+
+
 def curve_model(wildcards):
     """The weights a curve point samples from: a snapshot of a kept checkpoint, or the final EMA weights."""
-    if int(wildcards.step) == experiment(wildcards)["training"]["steps"]:
+    if final_step(wildcards):
         return f"results/{wildcards.experiment}/nnet_ema.pth"
     return f"results/{wildcards.experiment}/snapshots/nnet_ema-{int(wildcards.step):07d}.pth"
 
 
 def curve_model_input(wildcards):
     """The declared output behind curve_model (snapshots/ is one directory output of training)."""
-    if int(wildcards.step) == experiment(wildcards)["training"]["steps"]:
+    if final_step(wildcards):
         return curve_model(wildcards)
     return f"results/{wildcards.experiment}/snapshots"
 
 
-TABLES = ["results", "training_steps", "sampler_steps", "ablations"]
+TABLES = ["results", "training_steps", "sampler_steps", "ablations", "guidance"]
 FIGURES = ["loss_curves", "fid_over_training", "fid_over_sampler_steps"]
 ABLATION_FIGURES = [f"ablation_{grid}" for grid in PARAMS["target_grids"]]
 
@@ -280,7 +306,13 @@ def all_targets(experiments=None):
 
 
 def target_metrics(wildcards):
+    """The targets' FID records (the figures' input)."""
     return [path for name in PARAMS["targets"] for path in fid_metrics_paths(PARAMS, name)]
+
+
+def table_metrics(wildcards):
+    """The tables' input: the targets' FID and classifier-accuracy records (uvit.report owns the list)."""
+    return table_metrics_files(PARAMS)
 
 
 def target_loss_curves(wildcards):

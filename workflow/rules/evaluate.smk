@@ -104,11 +104,32 @@ rule fid_curve_point:
         settings=settings("fid_curve_point"),
         launcher=fid_launcher,
         model=curve_model,
+        point="--training-step {step} --sampler-steps {nfe}",
     shell:
         "{params.launcher} --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples}"
-        " --training-step {wildcards.step} --sampler-steps {wildcards.nfe} --reference {input.reference}"
+        " {params.point} --reference {input.reference}"
         " --floor {input.floor} --data {input.data} --checkpoint {params.model} --weights-output {input.model}"
         " --metrics {output.metrics} 2> {log}"
+
+
+use rule fid_curve_point as fid_guidance_point with:
+    input:
+        samples="results/{experiment}/guidance/scale{scale}",
+        model=curve_model_input,
+        data=prepared,
+        reference=reference_stats,
+        floor=fid_floor,
+    output:
+        metrics="metrics/{experiment}/guidance/scale{scale}.json",
+        scores="metrics/{experiment}/guidance/scale{scale}.scores.json",
+    log:
+        "logs/fid/{experiment}-scale{scale}.log",
+    benchmark:
+        "logs/fid/{experiment}-scale{scale}.benchmark.tsv"
+    params:
+        lineage=lineage("fid_guidance_point"),
+        settings=settings("fid_guidance_point"),
+        point="--guidance-scale {scale}",
 
 
 rule fid_pretrained:
@@ -142,3 +163,69 @@ rule fid_pretrained:
         "{params.launcher} --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples} --pretrained"
         " --reference {input.reference} {params.data} --checkpoint {input.model}"
         " --metrics {output.metrics} 2> {log}"
+
+
+# Classifier accuracy: a small CNN trained on the real training split labels each sample of a class experiment;
+# the share labelled as the class it was drawn for, at each guidance scale, beside the classifier's own accuracy.
+rule train_classifier:
+    input:
+        data=classifier_dataset,
+    output:
+        weights="results/classifiers/{classifier}.pth",
+        metrics="metrics/classifiers/{classifier}.json",
+    log:
+        "logs/train_classifier/{classifier}.log",
+    benchmark:
+        "logs/train_classifier/{classifier}.benchmark.tsv"
+    conda:
+        "../envs/uvit.yaml"
+    threads: DEFAULT_CPUS
+    params:
+        lineage=lineage("train_classifier"),
+        settings=settings("train_classifier"),
+    shell:
+        "uvit --threads {threads} train-classifier --classifier {wildcards.classifier} --data {input.data}"
+        " --out {output.weights} --metrics {output.metrics} 2> {log}"
+
+
+rule accuracy:
+    input:
+        unpack(classifier_inputs),
+        samples="results/{experiment}/samples",
+        data=prepared,
+    output:
+        metrics="metrics/{experiment}/accuracy.json",
+        scores="metrics/{experiment}/accuracy.scores.json",
+    log:
+        "logs/accuracy/{experiment}.log",
+    benchmark:
+        "logs/accuracy/{experiment}.benchmark.tsv"
+    conda:
+        "../envs/uvit.yaml"
+    threads: DEFAULT_CPUS
+    params:
+        lineage=lineage("accuracy"),
+        settings=settings("accuracy"),
+        point="",
+    shell:
+        "uvit --threads {threads} accuracy --experiment {wildcards.experiment} --samples {input.samples}"
+        " {params.point} --classifier {input.classifier} --classifier-metrics {input.classifier_metrics}"
+        " --data {input.data} --metrics {output.metrics} 2> {log}"
+
+
+use rule accuracy as accuracy_guidance_point with:
+    input:
+        unpack(classifier_inputs),
+        samples="results/{experiment}/guidance/scale{scale}",
+        data=prepared,
+    output:
+        metrics="metrics/{experiment}/guidance/scale{scale}.accuracy.json",
+        scores="metrics/{experiment}/guidance/scale{scale}.accuracy.scores.json",
+    log:
+        "logs/accuracy/{experiment}-scale{scale}.log",
+    benchmark:
+        "logs/accuracy/{experiment}-scale{scale}.benchmark.tsv"
+    params:
+        lineage=lineage("accuracy_guidance_point"),
+        settings=settings("accuracy_guidance_point"),
+        point="--guidance-scale {scale}",

@@ -70,7 +70,7 @@ rule figures:
 
 rule tables:
     input:
-        target_metrics,
+        table_metrics,
     output:
         results=report("paper_tables/results.md", caption="../report/results.rst", category="Tables"),
         results_tex="paper_tables/results.tex",
@@ -98,6 +98,12 @@ rule tables:
             category="Tables",
         ),
         other_tex="paper_tables/other_metrics.tex",
+        guidance=report(
+            "paper_tables/guidance.md",
+            caption="../report/guidance.rst",
+            category="Tables",
+        ),
+        guidance_tex="paper_tables/guidance.tex",
     log:
         "logs/tables.log",
     conda:

@@ -100,9 +100,29 @@ rule sample_curve_point:
         launcher=launcher,
         latents=latent_args,
         model=curve_model,
+        point="--sampler-steps {nfe}",
     shell:
         "{params.launcher} --threads {threads} sample --experiment {wildcards.experiment} --model {params.model}"
-        " --sampler-steps {wildcards.nfe} --data {input.data} {params.latents} --out {output} 2> {log}"
+        " {params.point} --data {input.data} {params.latents} --out {output} 2> {log}"
+
+
+# Another guidance scale at the final weights (evaluation.guidance_scales), with the experiment's sampler.
+use rule sample_curve_point as sample_guidance_point with:
+    input:
+        unpack(latent_inputs),
+        unpack(text_inputs("sample")),
+        model=curve_model_input,
+        data=prepared,
+    output:
+        directory("results/{experiment}/guidance/scale{scale}"),
+    log:
+        "logs/sample/{experiment}-scale{scale}.log",
+    benchmark:
+        "logs/sample/{experiment}-scale{scale}.benchmark.tsv"
+    params:
+        lineage=lineage("sample_guidance_point"),
+        settings=settings("sample_guidance_point"),
+        point="--guidance-scale {scale}",
 
 
 rule sample_pretrained:

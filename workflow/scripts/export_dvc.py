@@ -118,6 +118,18 @@ TEMPLATES: dict[str, dict] = {
         "deps": ["{model_output}", "{data}", "{latents}", "{autoencoder}", "{text_sample}"],
         "outs": ["results/{experiment}/curve/step{step}-nfe{nfe}"],
     },
+    "sample_guidance_point": {
+        "cmd": "{launcher} sample --experiment {experiment} --model results/{experiment}/nnet_ema.pth"
+        " --guidance-scale {scale} --data {data} {sample_flags} --out results/{experiment}/guidance/scale{scale}",
+        "deps": [
+            "results/{experiment}/nnet_ema.pth",
+            "{data}",
+            "{latents}",
+            "{autoencoder}",
+            "{text_sample}",
+        ],
+        "outs": ["results/{experiment}/guidance/scale{scale}"],
+    },
     "sample_pretrained": {
         "cmd": "{launcher} sample --experiment {key} --model data/external/weights/{key}.pth {data_flags}"
         " {decoder_flags} --out results/{key}/pretrained_samples",
@@ -159,6 +171,23 @@ TEMPLATES: dict[str, dict] = {
             ("metrics/{experiment}/curve/step{step}-nfe{nfe}.scores.json", "metric"),
         ],
     },
+    "fid_guidance_point": {
+        "cmd": "{fid_launcher} fid --experiment {experiment} --samples results/{experiment}/guidance/scale{scale}"
+        " --guidance-scale {scale} --reference {reference} --floor {floor} --data {data}"
+        " --checkpoint results/{experiment}/nnet_ema.pth --weights-output results/{experiment}/nnet_ema.pth"
+        " --metrics metrics/{experiment}/guidance/scale{scale}.json",
+        "deps": [
+            "results/{experiment}/guidance/scale{scale}",
+            "results/{experiment}/nnet_ema.pth",
+            "{data}",
+            "{reference}",
+            "{floor}",
+        ],
+        "outs": [
+            ("metrics/{experiment}/guidance/scale{scale}.json", "git"),
+            ("metrics/{experiment}/guidance/scale{scale}.scores.json", "metric"),
+        ],
+    },
     "fid_pretrained": {
         "cmd": "{fid_launcher} fid --experiment {key} --samples results/{key}/pretrained_samples --pretrained"
         " --reference {reference} {data_flags} --checkpoint data/external/weights/{key}.pth"
@@ -173,6 +202,33 @@ TEMPLATES: dict[str, dict] = {
         "outs": [
             ("metrics/{key}/pretrained_fid.json", "git"),
             ("metrics/{key}/pretrained_fid.scores.json", "metric"),
+        ],
+    },
+    "train_classifier": {
+        "cmd": "uvit train-classifier --classifier {key} --data {data} --out results/classifiers/{key}.pth"
+        " --metrics metrics/classifiers/{key}.json",
+        "deps": ["{data}"],
+        "outs": ["results/classifiers/{key}.pth", ("metrics/classifiers/{key}.json", "git")],
+    },
+    "accuracy": {
+        "cmd": "uvit accuracy --experiment {key} --samples results/{key}/samples --classifier {classifier}"
+        " --classifier-metrics {classifier_metrics} --data {data} --metrics metrics/{key}/accuracy.json",
+        "deps": ["{classifier}", "{classifier_metrics}", "results/{key}/samples", "{data}"],
+        "outs": [("metrics/{key}/accuracy.json", "git"), ("metrics/{key}/accuracy.scores.json", "metric")],
+    },
+    "accuracy_guidance_point": {
+        "cmd": "uvit accuracy --experiment {experiment} --samples results/{experiment}/guidance/scale{scale}"
+        " --guidance-scale {scale} --classifier {classifier} --classifier-metrics {classifier_metrics}"
+        " --data {data} --metrics metrics/{experiment}/guidance/scale{scale}.accuracy.json",
+        "deps": [
+            "{classifier}",
+            "{classifier_metrics}",
+            "results/{experiment}/guidance/scale{scale}",
+            "{data}",
+        ],
+        "outs": [
+            ("metrics/{experiment}/guidance/scale{scale}.accuracy.json", "git"),
+            ("metrics/{experiment}/guidance/scale{scale}.accuracy.scores.json", "metric"),
         ],
     },
     "sample_grid": {
@@ -230,6 +286,7 @@ class Paths:
         floor = f"metrics/fid_floors/{exp['dataset']}-{ref}-{ev['floor_split']}{exp['sampling']['num_samples']}.json"
         needs_dataset = not ev["reference_npz"] or text
         weights = f"data/external/weights/{name}.pth"
+        classifier = ev["classifier"]
 
         def flags(**paths):
             return " ".join(f"{flag} {path}" for flag, path in paths.items() if path)
@@ -254,6 +311,8 @@ class Paths:
             "p_floor": floor if needs_dataset else weights,
             "p_autoencoder": ae or weights,
             "p_text": text_sample or weights,
+            "classifier": f"results/classifiers/{classifier}.pth" if classifier else "",
+            "classifier_metrics": f"metrics/classifiers/{classifier}.json" if classifier else "",
             "_steps": exp["training"]["steps"],
         }
 
@@ -271,7 +330,7 @@ class Paths:
                     else f"results/{name}/snapshots/nnet_ema-{step:07d}.pth"
                 )
                 row["model_output"] = f"results/{name}/nnet_ema.pth" if final else f"results/{name}/snapshots"
-            return row
+            return row | dict(wildcards)  # a guidance point's scale
         if rule == "encode_text":
             cfg = self.params["datasets"][wildcards["dataset"]]
             return dict(wildcards) | {
@@ -295,6 +354,8 @@ class Paths:
                 "source": given_reference(self.params, ref),
                 "protocol": reference_protocol(self.params, ref),
             }
+        if "classifier" in wildcards:
+            return {"data": f"data/prepared/{self.params['classifiers'][wildcards['classifier']]['dataset']}"}
         if "autoencoder" in wildcards:
             name = wildcards["autoencoder"]
             cfg = self.params["autoencoders"][name]
@@ -348,9 +409,9 @@ def outputs(outs: list) -> dict:
 
 def report_stages(params: dict) -> dict:
     """tables and figures: one stage each over the targets' metrics files (and loss curves)."""
-    from uvit.report import build_tables, table_metrics_files
+    from uvit.report import build_tables, figure_metrics_files, table_metrics_files
 
-    metrics = table_metrics_files(params)
+    metrics, table_metrics = figure_metrics_files(params), table_metrics_files(params)
     loss = [f"metrics/{name}/loss.csv" for name in params["targets"]]
     grids = [f"ablation_{grid}" for grid in params["target_grids"]]
     figures = [f"paper_tables/figures/{n}.{ext}" for n in FIGURES + grids for ext in ("png", "pdf")]
@@ -369,7 +430,10 @@ def report_stages(params: dict) -> dict:
             figures,
         ),
         "tables": stage(
-            "tables", f"uvit tables --metrics {' '.join(metrics)} --out-dir paper_tables", metrics, tables
+            "tables",
+            f"uvit tables --metrics {' '.join(table_metrics)} --out-dir paper_tables",
+            table_metrics,
+            tables,
         ),
     }
 
