@@ -165,6 +165,11 @@ def train_args(
             "--metrics", str(t / "out.json"), *extra]  # fmt: skip
 
 
+def accuracy_args(w: World, t: Path, experiment: str) -> list[str]:
+    return ["accuracy", "--experiment", experiment, "--samples", w.samples, "--classifier", str(t / "c.pth"),
+            "--classifier-metrics", str(t / "c.json"), "--data", w.data, "--metrics", str(t / "out")]  # fmt: skip
+
+
 def import_args(source: str, t: Path, kind: str = "weights", key: str = WEIGHTS_KEY) -> list[str]:
     return ["import", "--kind", kind, "--source", source, "--key", key, "--out", str(t / "out")]
 
@@ -214,6 +219,12 @@ CASES = [
      ("experiments.smoke_pixel.model.depth: must be odd",), False),
     ("params-guidance-unconditional", lambda w, t: plan(w, params_edit(w, t, lambda p: smoke(p)["sampling"].__setitem__("guidance_scale", 1.0))),
      ("experiments.smoke_pixel.sampling.guidance_scale", "condition: class or text"), False),
+    ("params-guidance-scales-negative", lambda w, t: plan(w, params_edit(w, t, lambda p: p["experiments"]["smoke_latent"]["evaluation"].__setitem__("guidance_scales", [-1]))),
+     ("experiments.smoke_latent.evaluation.guidance_scales.0: -1 is less than the minimum of 0", "give a number >= 0"), False),
+    ("params-guidance-scales-unconditional", lambda w, t: plan(w, params_edit(w, t, lambda p: smoke(p)["evaluation"].__setitem__("guidance_scales", [0, 1]))),
+     ("experiments.smoke_pixel.evaluation.guidance_scales: [0, 1] needs condition: class or text", "set evaluation.guidance_scales: []"), True),
+    ("params-classifier-unconditional", lambda w, t: plan(w, params_edit(w, t, lambda p: smoke(p)["evaluation"].__setitem__("classifier", "digits_cnn"))),
+     ("experiments.smoke_pixel.evaluation.classifier:", "condition: none", "set evaluation.classifier: null"), False),
     ("params-schema-missing", lambda w, t: plan(w, write(t / "p.yaml", Path(w.params).read_text())),
      ("params.schema.yaml: unreadable", "No such file"), False),
     ("experiment-misspelled-train", lambda w, t: w.cmd(*train_args(w, t, experiment="smoke_pxl")),
@@ -233,6 +244,18 @@ CASES = [
      ("--sampler-steps: expected a whole number >= 1, got '-3'",), False),
     ("sampler-steps-text", lambda w, t: w.cmd(*sample_args(w, t, None, None, "--sampler-steps", "many")),
      ("--sampler-steps: expected a whole number >= 1, got 'many'",), False),
+    ("guidance-scale-negative", lambda w, t: w.cmd(*sample_args(w, t, None, None, "--guidance-scale", "-1")),
+     ("--guidance-scale: expected a number >= 0, got '-1'", "--help"), False),
+    ("guidance-scale-unconditional", lambda w, t: w.cmd(*sample_args(w, t, None, None, "--guidance-scale", "1")),
+     ("experiments.smoke_pixel: guidance scale 1.0 needs condition: class or text", "sample it without guidance"), False),
+    ("classifier-misspelled", lambda w, t: w.cmd("train-classifier", "--classifier", "digits", "--data", w.data, "--out", str(t / "out"), "--metrics", str(t / "m.json")),
+     ("classifiers.digits: not in params.yaml", "digits_cnn"), False),
+    ("classifier-other-dataset", lambda w, t: w.cmd("train-classifier", "--classifier", "digits_cnn", "--data", w.emoji, "--out", str(t / "out"), "--metrics", str(t / "m.json")),
+     ("prepared from source 'emoji'", "expected dataset 'digits'"), False),
+    ("accuracy-without-classifier", lambda w, t: w.cmd(*accuracy_args(w, t, "smoke_pixel")),
+     ("experiments.smoke_pixel.evaluation.classifier: not set", "name a classifier"), False),
+    ("accuracy-samples-count-differs", lambda w, t: w.cmd(*accuracy_args(w, t, "smoke_latent")),
+     ("samples: 4 samples, sampling.num_samples says 16", "re-run sample"), False),
     ("threads-negative", lambda w, t: ["--threads", "-2", "plan"],
      ("--threads: expected a whole number >= 1, got '-2'",), False),
     ("threads-zero", lambda w, t: ["--threads", "0", "plan"],
@@ -484,3 +507,6 @@ def test_the_checked_values_still_accept_every_good_value():
         ["sample", "--experiment", "e", "--model", "m", "--data", "d", "--out", "o", "--sampler-steps", "1"]
     )
     assert args.sampler_steps == 1
+    for scale in ("0", "0.4", "7"):  # 0 is the conditional model alone
+        args = parse(["sample", "--experiment", "e", "--model", "m", "--out", "o", "--guidance-scale", scale])
+        assert args.guidance_scale == float(scale)

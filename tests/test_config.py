@@ -117,6 +117,51 @@ def test_committed_params_are_valid(params):
             lambda p: p["experiments"]["fmnist_latent"]["evaluation"].__setitem__("sampler_steps", [5, 5]),
             "experiments.fmnist_latent.evaluation.sampler_steps: [5, 5] has non-unique elements",
         ),
+        (
+            lambda p: p["experiments"]["fmnist_latent"]["evaluation"].__setitem__("guidance_scales", [0, -1]),
+            "experiments.fmnist_latent.evaluation.guidance_scales.1: -1 is less than the minimum of 0; give a "
+            "number >= 0",
+        ),
+        (
+            lambda p: (
+                p["experiments"]["fmnist_pixel"]
+                .setdefault("evaluation", {})
+                .__setitem__("guidance_scales", [0, 1])
+            ),
+            "experiments.fmnist_pixel.evaluation.guidance_scales: [0, 1] needs condition: class or text and "
+            "training.cond_drop_prob > 0 (this experiment: condition none, cond_drop_prob 0.0); set "
+            "evaluation.guidance_scales: [] or train the experiment for guidance",
+        ),
+        (
+            lambda p: p["experiments"]["fmnist_latent"]["training"].__setitem__("cond_drop_prob", 0.0),
+            "experiments.fmnist_latent.sampling.guidance_scale: guidance needs",
+        ),
+        (
+            lambda p: (
+                p["experiments"]["fmnist_pixel"]
+                .setdefault("evaluation", {})
+                .__setitem__("classifier", "fmnist_cnn")
+            ),
+            "experiments.fmnist_pixel.evaluation.classifier: scores samples by the class they were drawn for, and "
+            "this experiment has condition: none; set evaluation.classifier: null",
+        ),
+        (
+            lambda p: p["experiments"]["fmnist_latent"]["evaluation"].__setitem__("classifier", "cnn"),
+            "experiments.fmnist_latent.evaluation.classifier: unknown classifier 'cnn' (under `classifiers`: "
+            "fmnist_cnn, digits_cnn)",
+        ),
+        (
+            lambda p: p["experiments"]["fmnist_latent"]["evaluation"].__setitem__("classifier", "digits_cnn"),
+            "experiments.fmnist_latent.evaluation.classifier: 'digits_cnn' is trained on dataset 'digits'",
+        ),
+        (
+            lambda p: p["classifiers"]["fmnist_cnn"].__setitem__("test_split", "train"),
+            "classifiers.fmnist_cnn.test_split: 'train' is not one of 'test', 'val'",
+        ),
+        (
+            lambda p: p["classifiers"]["fmnist_cnn"].__setitem__("dataset", "mnist"),
+            "classifiers.fmnist_cnn.dataset: unknown dataset 'mnist'",
+        ),
     ],
 )
 def test_bad_values_name_the_key(edit, expected):
@@ -157,6 +202,27 @@ def test_curve_points_list_kept_checkpoints_then_other_sampler_steps(params):
         "metrics/smoke_pixel/curve/step10-nfe5.json",
         "metrics/smoke_pixel/curve/step20-nfe3.json",
     ]
+
+
+def test_guidance_points_list_the_other_scales_and_their_records(params):
+    """Each scale of evaluation.guidance_scales but sampling.guidance_scale's (the final FID has it), increasing,
+    named by the shortest text that reads back as the same float; FID records first, then accuracies."""
+    from uvit.config import guidance_label, guidance_points, metrics_paths, resolve_experiment
+
+    exp = resolve_experiment(params, "smoke_latent")
+    exp["evaluation"]["guidance_scales"] = [1.5, 0.4, 0, 0.1 + 0.2]  # 0.4 is sampling.guidance_scale
+    assert guidance_points(exp) == [0.0, 0.1 + 0.2, 1.5]
+    assert [guidance_label(s) for s in guidance_points(exp)] == ["0", "0.30000000000000004", "1.5"]
+    assert all(float(guidance_label(s)) == s for s in (0.0, 0.4, 2.0, 1e-5, 0.1 + 0.2))
+    assert metrics_paths(params, "smoke_latent") == [
+        "metrics/smoke_latent/fid.json",
+        "metrics/smoke_latent/guidance/scale0.json",
+        "metrics/smoke_latent/guidance/scale1.json",
+        "metrics/smoke_latent/accuracy.json",
+        "metrics/smoke_latent/guidance/scale0.accuracy.json",
+        "metrics/smoke_latent/guidance/scale1.accuracy.json",
+    ]
+    assert metrics_paths(params, "smoke_text") == ["metrics/smoke_text/fid.json"]  # no classifier, no sweep
 
 
 def test_ablation_grids_expand_into_experiments_and_targets(params):

@@ -18,7 +18,8 @@ import pytest
 import yaml
 from conftest import CORES, make_project_copy, run, set_params, write_emoji_package
 
-from uvit.config import fid_metrics_paths, load_params
+from uvit.config import load_params
+from uvit.report import table_metrics_files
 
 SMOKE = ["smoke_pixel", "smoke_latent"]
 SMOKE_TEXT = "smoke_text"  # a written emoji set, captions through MiniLM, a text-token U-ViT
@@ -95,6 +96,58 @@ def test_curves_over_training_and_sampler_steps(project):
             assert (project / "paper_tables" / "figures" / f"{name}.{ext}").stat().st_size > 1000
 
 
+def test_guidance_sweep_and_classifier_accuracy(project):
+    """smoke_latent samples guidance scales 0 and 1 besides its 0.4: samples, an FID and a classifier accuracy each,
+    in guidance.md beside the classifier's own held-out accuracy; its results row shows the final accuracy."""
+    import numpy as np
+    from PIL import Image
+
+    classifier = json.loads((project / "metrics/classifiers/digits_cnn.json").read_text())
+    assert classifier["test_images"] == 297 and classifier["test_accuracy"] >= 0.5  # 10 classes: chance 0.1
+    guidance = (project / "paper_tables" / "guidance.md").read_text()
+    pixels = {}
+    for label, scale in (("0", 0.0), ("1", 1.0)):
+        fid = json.loads((project / f"metrics/smoke_latent/guidance/scale{label}.json").read_text())
+        accuracy = json.loads(
+            (project / f"metrics/smoke_latent/guidance/scale{label}.accuracy.json").read_text()
+        )
+        folder = project / f"results/smoke_latent/guidance/scale{label}"
+        assert json.loads((folder / "sampling.json").read_text())["guidance_scale"] == scale
+        assert fid["guidance_scale"] == accuracy["guidance_scale"] == scale
+        assert fid["num_samples"] == accuracy["num_samples"] == 16 and accuracy["classes"] == 10
+        assert accuracy["classifier_test_accuracy"] == classifier["test_accuracy"]
+        row = next(line for line in guidance.splitlines() if f"| {scale} |" in line)
+        assert f"{fid['fid']:.2f}" in row and f"{100 * accuracy['classifier_accuracy']:.1f}%" in row
+        pixels[scale] = np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
+    assert not np.array_equal(pixels[0.0], pixels[1.0])  # the scale reached the sampler
+    final = json.loads((project / "metrics/smoke_latent/accuracy.json").read_text())
+    assert final["guidance_scale"] == 0.4 and "| 0.4 (final) |" in guidance
+    table = (project / "paper_tables" / "results.md").read_text()
+    row = next(line for line in table.splitlines() if "`smoke_latent`" in line)
+    assert f"| {100 * final['classifier_accuracy']:.1f}% |" in row
+
+
+def test_verify_names_a_tampered_accuracy_cell(project):
+    path = project / "paper_tables" / "guidance.md"
+    original = path.read_text()
+    source = project / "metrics/smoke_latent/guidance/scale1.accuracy.json"
+    cell = f"| {100 * json.loads(source.read_text())['classifier_accuracy']:.1f}% |"
+    try:
+        rows = original.split("\n")
+        at = next(i for i, line in enumerate(rows) if "| 1.0 |" in line)
+        rows[at] = rows[at].replace(cell, "| 99.9% |", 1)
+        path.write_text("\n".join(rows))
+        result = verify(project, check=False)
+        assert result.returncode == 1
+        assert (
+            "paper_tables/guidance.md: row 3" in result.stderr
+            and "column 'Classifier accuracy'" in result.stderr
+        )
+        assert "metrics/smoke_latent/guidance/scale1.accuracy.json gives" in result.stderr
+    finally:
+        path.write_text(original)
+
+
 class _Collector(HTMLParser):
     def __init__(self):
         super().__init__()
@@ -118,6 +171,7 @@ def test_snakemake_report_has_every_figure_and_table(project):
         "results.md",
         "training_steps.md",
         "sampler_steps.md",
+        "guidance.md",
     ):
         assert name in html, name
 
@@ -223,8 +277,7 @@ def test_verify_refuses_stale_settings_and_a_dirty_tree(project):
         metrics["provenance"]["dirty"] = True
         metrics_path.unlink()
         metrics_path.write_text(json.dumps(metrics, indent=2))
-        params = load_params(project / "params.yaml")
-        files = [f for name in params["targets"] for f in fid_metrics_paths(params, name)]
+        files = table_metrics_files(load_params(project / "params.yaml"))
         run(["uvit", "tables", "--metrics", *files, "--out-dir", "paper_tables"], project)
         result = verify(project, check=False)
         assert (

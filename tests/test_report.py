@@ -113,3 +113,48 @@ def test_verify_accepts_only_settings_a_record_predates_with_the_value_it_ran():
     assert settings_differences(old, other) == [("evaluation.fid_protocol", None, "pytorch_fid")]
     more = now | {"evaluation": now["evaluation"] | {"reference_images": 64}}
     assert settings_differences(old, more) == [("evaluation.reference_images", 32, 64)]
+
+
+def test_guidance_rows_take_fid_and_accuracy_each_from_its_own_record(params):
+    """One row per guidance scale, increasing, the final one marked; FID cells from the FID record, the accuracy
+    cells from the accuracy record (what `uvit verify` traces them to), '-' where a scale has no accuracy."""
+    from uvit.report import RESULTS_COLUMNS, guidance_table, results_table
+
+    prov = {
+        "commit": "c" * 40,
+        "dirty": False,
+        "inputs": {"checkpoint": {"md5": "a" * 32}, "samples": {"md5": "b" * 32}},
+    }
+
+    def fid(scale: float) -> dict:
+        return {"experiment": "fmnist_latent", "paper_row": "imagenet256_uvit_l2", "scale": "demo", "resolution": 32,
+                "model": "m", "guidance_scale": scale, "sampler": "dpm_solver", "sampler_steps": 25, "fid": 10 + scale,
+                "fid_floor": 5.0, "num_samples": 1000, "reference": "2000 train", "training_steps": 600,
+                "provenance": prov}  # fmt: skip
+
+    def accuracy(share: float) -> dict:
+        return {"classifier": "fmnist_cnn", "classifier_accuracy": share, "classifier_test_accuracy": 0.9012,
+                "classifier_test_images": 10000, "classifier_test_split": "test"}  # fmt: skip
+
+    final, zero, one = (
+        f"metrics/fmnist_latent/{p}.json" for p in ("fid", "guidance/scale0", "guidance/scale1")
+    )
+    metrics = {final: fid(0.4), zero: fid(0.0), one: fid(1.0)}
+    metrics |= {
+        "metrics/fmnist_latent/accuracy.json": accuracy(0.8125),
+        zero[:-5] + ".accuracy.json": accuracy(0.5),
+    }
+    rows = guidance_table(params, metrics).rows
+    assert [(r.cells[0], r.cells[3]) for r in rows] == [
+        ("`fmnist_latent`", s) for s in ("0.0", "0.4 (final)", "1.0")
+    ]
+    assert rows[0].cells[5:10] == ["10.00", "5.00", "50.0%", "90.1%", "`fmnist_cnn` (10000 test)"]
+    assert rows[0].source == zero and rows[0].source_of("Classifier accuracy") == zero[:-5] + ".accuracy.json"
+    assert rows[1].source_of("Classifier's own accuracy") == "metrics/fmnist_latent/accuracy.json"
+    assert rows[2].cells[7:10] == ["-", "-", "-"] and rows[2].sources == {one}
+    (row,) = [r for r in results_table(params, metrics).rows if r.source == final]
+    column = RESULTS_COLUMNS.index("Classifier accuracy")
+    assert (
+        row.cells[column] == "81.2%"
+        and row.source_of("Classifier accuracy") == "metrics/fmnist_latent/accuracy.json"
+    )

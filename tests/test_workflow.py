@@ -19,7 +19,7 @@ def test_snakemake_lint_is_clean():
 def test_dvc_yaml_is_generated_from_params_yaml():
     result = run(["python", "workflow/scripts/export_dvc.py", "--check"], ROOT, check=False)
     assert result.returncode == 0, result.stderr
-    assert len((ROOT / "dvc.yaml").read_text().splitlines()) < 300
+    assert len((ROOT / "dvc.yaml").read_text().splitlines()) < 350  # one line per job, not one stage each
 
 
 def test_dvc_yaml_declares_settings_code_and_persistent_checkpoints():
@@ -76,17 +76,33 @@ def assert_engines_agree(project, jobs: list[dict], every_stage: bool = True) ->
 # (those whose lineage param changes, and the tables and figures their metrics feed).
 SMOKE_TARGETS = ["smoke_pixel", "smoke_latent", "smoke_text"]
 SMOKE_PIXEL_DOWNSTREAM = {"sample", "sample_curve_point", "fid", "fid_curve_point", "sample_grid"}
+# smoke_latent's guidance points (scales 0 and 1 besides 0.4) and classifier accuracies
+SMOKE_LATENT_GUIDANCE = {"sample_guidance_point", "fid_guidance_point", "accuracy", "accuracy_guidance_point"}
+CLASSIFIER_JOBS = {
+    "train_classifier@digits_cnn",
+    "accuracy@smoke_latent",
+    "accuracy_guidance_point@smoke_latent-scale0",
+    "accuracy_guidance_point@smoke_latent-scale1",
+}
 KEYS = {
     "data": (
         {"datasets": {"digits": {"shard_size": 500}}},
         {"prepare_data@digits"},
         {"prepare_data", "train_autoencoder", "encode_latents", "train", "reference_stats", "fid_floor"}
-        | SMOKE_PIXEL_DOWNSTREAM,
+        | SMOKE_PIXEL_DOWNSTREAM
+        | SMOKE_LATENT_GUIDANCE
+        | {"train_classifier"},
     ),
     "autoencoder": (
         {"autoencoders": {"digits_kl": {"kl_weight": 1.0e-5}}},
         {"train_autoencoder@digits_kl"},
-        {"train_autoencoder", "encode_latents", "train", "sample", "fid", "sample_grid"},
+        {"train_autoencoder", "encode_latents", "train", "sample", "fid", "sample_grid"}
+        | SMOKE_LATENT_GUIDANCE,
+    ),
+    "classifier": (  # the accuracy stages record their classifier's settings: a stale accuracy is named
+        {"classifiers": {"digits_cnn": {"lr": 1.0e-3}}},
+        CLASSIFIER_JOBS,
+        {"train_classifier", "accuracy", "accuracy_guidance_point"},
     ),
     "model": (
         {"experiments": {"smoke_pixel": {"model": {"mlp_ratio": 2.0}}}},
@@ -113,7 +129,7 @@ KEYS = {
     "training": (
         {"experiments": {"smoke_latent": {"training": {"seed": 7}}}},
         {"train@smoke_latent"},
-        {"train", "sample", "fid", "sample_grid"},
+        {"train", "sample", "fid", "sample_grid"} | SMOKE_LATENT_GUIDANCE,
     ),
     "sampling": (
         {"experiments": {"smoke_text": {"sampling": {"seed": 3}}}},
@@ -128,18 +144,14 @@ KEYS = {
 }
 
 
-@pytest.mark.parametrize("section", KEYS)
-def test_a_key_changes_exactly_the_settings_and_lineage_of_the_stages_that_read_it(section, tmp_path):
-    """Torch-free, for a key of each section: the settings records (DVC's deps) and lineage hashes (Snakemake's
-    params) that change. tests/test_pipeline.py runs a sampling key through both engines' real dry runs."""
+def edited_params(tmp_path, edit) -> tuple[dict, dict]:
+    """The smoke targets' params before and after deep-merging `edit` into params.yaml."""
     import yaml
 
     from uvit.config import deep_merge, load_params
-    from uvit.stages import Lineage, dag_jobs
 
-    edit, dvc_expected, snakemake_expected = KEYS[section]
     raw = yaml.safe_load((ROOT / "params.yaml").read_text()) | {"targets": SMOKE_TARGETS}
-    (tmp_path / "workflow/schemas").mkdir(parents=True)
+    (tmp_path / "workflow/schemas").mkdir(parents=True, exist_ok=True)
     (tmp_path / "workflow/schemas/params.schema.yaml").write_bytes(
         (ROOT / "workflow/schemas/params.schema.yaml").read_bytes()
     )
@@ -147,15 +159,44 @@ def test_a_key_changes_exactly_the_settings_and_lineage_of_the_stages_that_read_
     for params, edited in ((before, raw), (after, deep_merge(raw, edit))):
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
         params |= load_params(tmp_path / "params.yaml")
+    return before, after
+
+
+def changed_jobs(before: dict, after: dict, jobs: dict) -> tuple[set[str], set[str]]:
+    """(stages whose settings record changes, rules whose lineage changes) among `jobs`."""
+    from uvit.stages import Lineage
+
     old, new = Lineage(before), Lineage(after)
-    jobs = dag_jobs(before, SMOKE_TARGETS, report=True)
-    assert jobs.keys() == dag_jobs(after, SMOKE_TARGETS, report=True).keys()
     settings = {
         name for name, (rule, wc) in jobs.items() if old.settings(rule, **wc) != new.settings(rule, **wc)
     }
-    lineage = {rule for name, (rule, wc) in jobs.items() if old(rule, **wc) != new(rule, **wc)}
-    assert settings == dvc_expected
-    assert lineage == snakemake_expected
+    return settings, {rule for name, (rule, wc) in jobs.items() if old(rule, **wc) != new(rule, **wc)}
+
+
+@pytest.mark.parametrize("section", KEYS)
+def test_a_key_changes_exactly_the_settings_and_lineage_of_the_stages_that_read_it(section, tmp_path):
+    """Torch-free, for a key of each section: the settings records (DVC's deps) and lineage hashes (Snakemake's
+    params) that change. tests/test_pipeline.py runs a sampling key through both engines' real dry runs."""
+    from uvit.stages import dag_jobs
+
+    edit, dvc_expected, snakemake_expected = KEYS[section]
+    before, after = edited_params(tmp_path, edit)
+    jobs = dag_jobs(before, SMOKE_TARGETS, report=True)
+    assert jobs.keys() == dag_jobs(after, SMOKE_TARGETS, report=True).keys()
+    assert changed_jobs(before, after, jobs) == (dvc_expected, snakemake_expected)
+
+
+def test_another_guidance_scale_adds_its_jobs_and_reruns_none_there_were(tmp_path):
+    """A scale added to evaluation.guidance_scales adds its sampling, FID and accuracy (and the tables' rerun);
+    the FIDs and accuracies already there keep their settings and lineage."""
+    from uvit.stages import dag_jobs
+
+    edit = {"experiments": {"smoke_latent": {"evaluation": {"guidance_scales": [0, 1, 2.5]}}}}
+    before, after = edited_params(tmp_path, edit)
+    jobs, more = dag_jobs(before, SMOKE_TARGETS, report=True), dag_jobs(after, SMOKE_TARGETS, report=True)
+    added = {f"{rule}@smoke_latent-scale2.5" for rule in SMOKE_LATENT_GUIDANCE - {"accuracy"}}
+    assert more.keys() - jobs.keys() == added and jobs.keys() <= more.keys()
+    assert changed_jobs(before, after, jobs) == (set(), set())
 
 
 def test_settings_records_are_written_per_stage(tmp_path):
@@ -223,10 +264,10 @@ def jobs_for(jobs: list[dict], target: str) -> list[dict]:
 def paper_plan(tmp_path_factory, params) -> tuple[str, list[dict]]:
     """One dry run of every experiment in params.yaml and of the default target, in a copy without outputs
     (one Snakemake start for all): each paper-row test takes its row's jobs, the DVC test all of them."""
-    from uvit.config import fid_metrics_paths
+    from uvit.config import metrics_paths
 
     project = make_project_copy(tmp_path_factory.mktemp("plan") / "project")
-    targets = [path for name in params["experiments"] for path in fid_metrics_paths(params, name)]
+    targets = [path for name in params["experiments"] for path in metrics_paths(params, name)]
     return project, *planned_jobs(project, "all", *targets)
 
 

@@ -184,6 +184,11 @@ def validate_against_schema(params: Any, schema: dict, source: str = "params.yam
         raise ConfigError(f"{source}: {key}: unknown key {', '.join(map(repr, extra))}{hint}")
     if error.validator == "required":
         raise ConfigError(f"{source}: {key}: {error.message}")
+    if error.validator in ("minimum", "exclusiveMinimum"):
+        relation = ">=" if error.validator == "minimum" else ">"
+        raise ConfigError(
+            f"{source}: {key}: {error.message}; give a number {relation} {error.validator_value}"
+        )
     if error.validator == "enum":
         choices = ", ".join(map(repr, error.validator_value))
         raise ConfigError(f"{source}: {key}: {error.instance!r} is not one of {choices}")
