@@ -8,6 +8,8 @@ the same data from the metrics files and compares it with the committed files ce
   stand in for it at demo scale (paper section 4, Tables 1-4; the authors' README table).
 - training_steps: FID of each kept checkpoint (the paper shows these only as ablation curves, section 3.1).
 - sampler_steps: FID over sampler steps, beside the paper's U-ViT-H/2 and LDM at the same step counts.
+- guidance: FID and classifier accuracy at each guidance scale of a class experiment (a row's accuracy cells come
+  from its accuracy record, `Row.cell_sources`, the rest from its FID record).
 
 Demo rows say so and carry what differs from the paper's protocol (sample count, sampler, training steps,
 resolution, reference statistics) and their provenance: short hashes of checkpoint and samples, commit.

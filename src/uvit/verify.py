@@ -3,8 +3,9 @@
 Checks, each stopping at the first failure with the table cell it affects:
 1. The tables rebuilt from the metrics files equal the committed Markdown and LaTeX files, cell by cell
    (a number edited by hand, or a table not re-rendered after the metrics changed).
-2. Each metrics file was computed from a clean tree (committed code and settings) with the settings
-   params.yaml resolves to now (a setting changed since: the number is stale). `auto` precision matches the
+2. Each metrics file (an FID, or a classifier accuracy, whose cells are traced to it) was computed from a clean
+   tree (committed code and settings) with the settings params.yaml resolves to now (a setting changed since:
+   the number is stale). `auto` precision matches the
    concrete precision a record names: the hardware chooses it, and the record says what ran.
 3. Each metrics file behind a row is the one dvc.lock records (one edited by hand, or left from another run).
 4. Each input a metrics file records (checkpoint, samples, reference statistics, floor, dataset) has the
