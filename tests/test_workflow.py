@@ -19,7 +19,8 @@ def test_snakemake_lint_is_clean():
 def test_dvc_yaml_is_generated_from_params_yaml():
     result = run(["python", "workflow/scripts/export_dvc.py", "--check"], ROOT, check=False)
     assert result.returncode == 0, result.stderr
-    assert len((ROOT / "dvc.yaml").read_text().splitlines()) < 300
+    # Templated: about a line per job (the demo: 18 experiments, 15 of them the skip ablation's values x seeds).
+    assert len((ROOT / "dvc.yaml").read_text().splitlines()) < 400
 
 
 def test_dvc_yaml_declares_settings_code_and_persistent_checkpoints():

@@ -318,16 +318,22 @@ def cmd_figures(args, params: dict) -> None:
 
 
 def ablation_figures(params: dict, points: dict[str, list[dict]], out_dir: Path) -> list[Path]:
-    """One figure per ablation grid of the targets: FID over training steps per value, a panel per axis."""
+    """One figure per ablation grid of the targets: FID over training steps per value (its seeds' points
+    together), a panel per axis."""
     from uvit import figures
-    from uvit.config import ablation_experiment_name
+    from uvit.config import variant_runs
     from uvit.report import paper_data
 
     paper_best = {axis: str(a["paper_choice"]) for axis, a in paper_data()["ablations"].items()}
     written = []
     for grid in params.get("target_grids", []):
         groups = {
-            axis: {str(v): points.get(ablation_experiment_name(grid, axis, v), []) for v in values}
+            axis: {
+                str(v): [
+                    p for name in variant_runs(params, grid, axis, v).values() for p in points.get(name, [])
+                ]
+                for v in values
+            }
             for axis, values in params["ablations"][grid]["axes"].items()
         }
         written += figures.ablation_comparison(groups, out_dir / f"ablation_{grid}", paper_best)

@@ -110,28 +110,64 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
 
 
-def ablation_experiment_name(grid: str, axis: str, value: Any) -> str:
-    """The experiment of one grid value, e.g. skip_demo__skip_add or cifar10_ablation__depth_17."""
-    return f"{grid}__{axis}_{str(value).lower().replace('.', 'p').replace('-', 'm')}"
+def ablation_experiment_name(grid: str, axis: str, value: Any, seed: int | None = None) -> str:
+    """The experiment of one grid value (and seed, where the grid declares seeds), e.g. skip_demo__skip_add,
+    skip_demo__skip_add__seed1 or cifar10_section31__depth_17__seed0."""
+    name = f"{grid}__{axis}_{str(value).lower().replace('.', 'p').replace('-', 'm')}"
+    return name if seed is None else f"{name}__seed{seed}"
+
+
+def grid_seeds(spec: dict) -> list[int | None]:
+    """The seeds each variant of a grid runs with: its `seeds`, or [None] (one run with the base's own seeds,
+    named without a seed)."""
+    return list(spec.get("seeds") or [None])
+
+
+def variant_runs(params: dict, grid: str, axis: str, value: Any) -> dict[int | None, str]:
+    """seed -> experiment of one grid value, in the grid's seed order."""
+    spec = params["ablations"][grid]
+    return {seed: ablation_experiment_name(grid, axis, value, seed) for seed in grid_seeds(spec)}
+
+
+def seed_overrides(params: dict, base: dict, seed: int | None) -> dict:
+    """Seed k of a grid trains and samples with the base's training.seed and sampling.seed (written or default)
+    each plus k: seed 0 is the base's own run, and every seed changes both the weights and the samples."""
+    if seed is None:
+        return {}
+    resolved = deep_merge(params["defaults"], base)
+    return {section: {"seed": resolved[section]["seed"] + seed} for section in ("training", "sampling")}
+
+
+def check_grid_seeds(grid: str, spec: dict, source: str) -> None:
+    """The schema's `integer` admits 1.0; a seed is part of experiment names (`__seed1`), so a plain int."""
+    for i, seed in enumerate(spec.get("seeds") or []):
+        if type(seed) is not int:
+            raise ConfigError(
+                f"{source}: ablations.{grid}.seeds.{i}: {seed!r} is not an integer (seeds: a list of distinct "
+                "integers >= 0, e.g. [0, 1, 2])"
+            )
 
 
 def expand_ablations(params: dict, source: str = "params.yaml") -> None:
-    """Turn every value of every ablation axis into an experiment (the base experiment with that one model key
-    changed), and every grid name in `targets` into the grid's experiments. In place."""
+    """Turn every value of every ablation axis, once per seed of its grid, into an experiment (the base experiment
+    with that one model key changed, and its seeds offset), and every grid name in `targets` into the grid's
+    experiments. In place."""
     grids, experiments = params.get("ablations") or {}, params["experiments"]
     for grid, spec in grids.items():
         base = experiments.get(spec["base"])
         if base is None:
             raise ConfigError(f"{source}: ablations.{grid}.base: unknown experiment {spec['base']!r}")
+        check_grid_seeds(grid, spec, source)
         for axis, values in spec["axes"].items():
             for value in values:
-                name = ablation_experiment_name(grid, axis, value)
-                if name in experiments:
-                    raise ConfigError(f"{source}: ablations.{grid}: experiment {name!r} already exists")
-                entry = deep_merge(base, {"model": {axis: value}})
-                entry["description"] = f"{base['description']}; ablation: {axis} = {value}"
-                entry["ablation"] = {"grid": grid, "axis": axis, "value": value}
-                experiments[name] = entry
+                for seed, name in variant_runs(params, grid, axis, value).items():
+                    if name in experiments:
+                        raise ConfigError(f"{source}: ablations.{grid}: experiment {name!r} already exists")
+                    entry = deep_merge(base, {"model": {axis: value}, **seed_overrides(params, base, seed)})
+                    seeded = "" if seed is None else f", seed {seed}"
+                    entry["description"] = f"{base['description']}; ablation: {axis} = {value}{seeded}"
+                    entry["ablation"] = {"grid": grid, "axis": axis, "value": value, "seed": seed}
+                    experiments[name] = entry
     params["target_grids"] = [target for target in params["targets"] if target in grids]
     params["targets"] = [
         name for target in params["targets"] for name in (grid_experiments(params, target) or [target])
@@ -139,11 +175,17 @@ def expand_ablations(params: dict, source: str = "params.yaml") -> None:
 
 
 def grid_experiments(params: dict, grid: str) -> list[str]:
-    """The experiments of an ablation grid, axis by axis in params.yaml order (empty if no such grid)."""
+    """The experiments of an ablation grid, axis by axis and value by value in params.yaml order, each value's
+    seeds together (empty if no such grid)."""
     spec = (params.get("ablations") or {}).get(grid)
     if spec is None:
         return []
-    return [ablation_experiment_name(grid, a, v) for a, values in spec["axes"].items() for v in values]
+    return [
+        name
+        for axis, values in spec["axes"].items()
+        for value in values
+        for name in variant_runs(params, grid, axis, value).values()
+    ]
 
 
 @contextlib.contextmanager

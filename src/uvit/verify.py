@@ -27,7 +27,7 @@ import yaml
 from uvit.config import evaluation_point, resolve_experiment, stage_settings
 from uvit.data import read_json
 from uvit.provenance import dvc_md5
-from uvit.report import Table, build_tables, latex, render, table_metrics_files
+from uvit.report import Table, ablation_metrics_files, build_tables, latex, render, table_metrics_files
 
 TEX_SEPARATOR = re.compile(r"(?<!\\)&")
 
@@ -87,9 +87,8 @@ def check_table_file(path: Path, table: Table, ext: str, expected_text: str) -> 
     for i, (have, want) in enumerate(zip(found[1:], expected[1:], strict=False)):
         for column, h, w in zip(table.columns, have, want, strict=False):
             if h != w:
-                source = table.rows[i].source or "src/uvit/paper_results.yaml"
                 raise TraceError(
-                    f"{Cell(path, table, i, column)}: the table says {h!r}, {source} gives {w!r}"
+                    f"{Cell(path, table, i, column)}: the table says {h!r}, {table.rows[i].origin} gives {w!r}"
                 )
         if len(have) != len(want):
             raise TraceError(
@@ -285,11 +284,13 @@ def check_provenance(
 
 def verify(params: dict, root: Path = Path(".")) -> str:
     """Run all checks; raise TraceError at the first failure, else return a one-paragraph summary."""
-    paths = table_metrics_files(params)
+    optional, every = ablation_metrics_files(params), table_metrics_files(params)
+    paths = [path for path in every if path not in optional or (root / path).is_file()]  # else: 'not run'
     for path in paths:
         if not (root / path).is_file():
             raise TraceError(f"{path}: missing; the tables need it (run `snakemake --cores all {path}`)")
     metrics = {path: read_json(root / path, f"run `snakemake --cores all {path}` again") for path in paths}
+    not_run = len(every) - len(paths)
     tables = build_tables(params, metrics)
     cells = 0
     for table in tables:
@@ -315,5 +316,5 @@ def verify(params: dict, root: Path = Path(".")) -> str:
         f"{counts['listing']} found in the directory's listing, {counts['no listing']} whose listing is not in "
         f"the local DVC cache); of {artifacts} "
         f"artifacts, {present - len(metrics)} present here and re-hashed, {absent} absent (checked against "
-        "dvc.lock only)"
+        f"dvc.lock only); {not_run} metrics files of ablation runs not run yet, shown as 'not run'"
     )
