@@ -132,7 +132,7 @@ def test_ablation_table_gives_mean_interval_and_verdict_and_says_not_run_for_mis
     """skip_demo with three seeds of add and concat_linear, one of none, the rest not run: a row per value (seeds
     run, mean, interval; the verdict on the axis's first row), a row per seed (its FID and hashes, or 'not
     run'), each seed's row traced to its metrics file; both renderings parse back to the same cells."""
-    from uvit.report import ablation_metrics_files, ablation_table
+    from uvit.report import ablation_table, optional_metrics_files
 
     run = {"concat_linear": [100, 101, 102], "add": [120, 121, 122], "none": [150]}
     metrics = {
@@ -140,7 +140,7 @@ def test_ablation_table_gives_mean_interval_and_verdict_and_says_not_run_for_mis
         for v, fids in run.items()
         for s, fid in enumerate(fids)
     }
-    assert set(metrics) <= ablation_metrics_files(params)
+    assert set(metrics) <= optional_metrics_files(params)
     table = ablation_table(params, metrics)
     rows = {(r.cells[1], r.cells[7]): r for r in table.rows}  # (value, seed); a value's own row has seed ''
     column = {name: i for i, name in enumerate(table.columns)}

@@ -300,15 +300,19 @@ def cmd_sample_grid(args, params: dict) -> None:
 
 
 def cmd_figures(args, params: dict) -> None:
-    """FID over training steps, FID over sampler steps and loss curves of the experiments given."""
+    """FID over training steps, FID over sampler steps and loss curves of the experiments given, and of those
+    the tables show beside them (uvit.report.present_metrics)."""
     from uvit import figures
-    from uvit.report import curves_by_experiment, paper_data, read_metrics
+    from uvit.report import curves_by_experiment, paper_data, present_metrics
 
-    metrics = read_metrics(args.metrics)
+    metrics = present_metrics(params, args.metrics)
     out_dir = Path(args.out_dir)
     paper = {name: m["fid"] for name, m in paper_data()["sampler_steps"]["models"].items()}
     over_training = curves_by_experiment(params, metrics, "training_steps")
-    written = figures.loss_curves({Path(p).parent.name: Path(p) for p in args.loss}, out_dir / "loss_curves")
+    shown = {m["experiment"] for m in metrics.values()}
+    loss = {Path(p).parent.name: Path(p) for p in args.loss}
+    loss |= {n: p for n in sorted(shown - set(loss)) if (p := Path(f"metrics/{n}/loss.csv")).is_file()}
+    written = figures.loss_curves(loss, out_dir / "loss_curves")
     written += figures.fid_over_training(over_training, out_dir / "fid_over_training")
     written += figures.fid_over_sampler_steps(
         curves_by_experiment(params, metrics, "sampler_steps"), paper, out_dir / "fid_over_sampler_steps"

@@ -169,9 +169,20 @@ def expand_ablations(params: dict, source: str = "params.yaml") -> None:
                     entry["ablation"] = {"grid": grid, "axis": axis, "value": value, "seed": seed}
                     experiments[name] = entry
     params["target_grids"] = [target for target in params["targets"] if target in grids]
-    params["targets"] = [
-        name for target in params["targets"] for name in (grid_experiments(params, target) or [target])
-    ]
+    for key in ("targets", "quick_targets"):
+        params[key] = [
+            name for target in params[key] for name in (grid_experiments(params, target) or [target])
+        ]
+
+
+TIERS = ("quick", "full")  # make demo | make demo-full (snakemake --config tier=...)
+
+
+def tier_targets(params: dict, tier: str) -> list[str]:
+    """The experiments a demo tier builds: `full` every target, `quick` those of quick_targets."""
+    if tier not in TIERS:
+        raise ConfigError(f"tier: {tier!r} is not one of {', '.join(TIERS)} (snakemake --config tier=quick)")
+    return params["quick_targets"] if tier == "quick" else params["targets"]
 
 
 def grid_experiments(params: dict, grid: str) -> list[str]:
@@ -276,6 +287,12 @@ def check_references(params: dict, source: str = "params.yaml") -> None:
             raise ConfigError(
                 f"{source}: targets.{i}: unknown experiment {target!r} (known: {', '.join(experiments)})"
             )
+    for i, target in enumerate(params["quick_targets"]):
+        if target not in params["targets"]:
+            raise ConfigError(
+                f"{source}: quick_targets.{i}: {target!r} is not in targets (the quick tier is a subset of the "
+                "full one); add it to targets or remove it here"
+            )
     for name, ae in params["autoencoders"].items():
         if ae["dataset"] not in params["datasets"]:
             raise ConfigError(f"{source}: autoencoders.{name}.dataset: unknown dataset {ae['dataset']!r}")
@@ -356,7 +373,11 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
 
 def autoencoder_downsampling(ae: dict) -> int:
     """Spatial downsampling factor: a pretrained autoencoder's, or an AutoencoderKL's with these block channels."""
-    return ae["downsampling"] if "pretrained" in ae else 2 ** (len(ae["block_channels"]) - 1)
+    return (
+        ae["downsampling"]
+        if "pretrained" in ae
+        else ae["space_to_depth"] * 2 ** (len(ae["block_channels"]) - 1)
+    )
 
 
 def latent_geometry(params: dict, exp: dict) -> tuple[tuple[int, int, int], float | None]:
@@ -416,3 +437,34 @@ def settings_hash(settings: Any) -> str:
     """A stable hash of settings (sorted-key JSON), recorded in metrics and shown in tables."""
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+PRECISION_KEYS = ("precision", "feature_precision")
+# Settings added after metrics files were first recorded, and what a record without them was computed with:
+# clean-fid's clean resize (the only protocol then); `metrics` only adds numbers such a record lacks ('-').
+PREDATED = {"evaluation.fid_protocol": "clean", "evaluation.metrics": None}
+
+
+def settings_differences(recorded, current, key: str = "") -> list[tuple[str, object, object]]:
+    """(key, recorded, current) where the recorded settings differ from the current ones (auto precision
+    matches the concrete precision recorded)."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return [
+            diff
+            for k in sorted(set(recorded) | set(current))
+            for diff in settings_differences(recorded.get(k), current.get(k), f"{key}.{k}".lstrip("."))
+        ]
+    if recorded == current or (key.rsplit(".", 1)[-1] in PRECISION_KEYS and current == "auto"):
+        return []
+    if recorded is None and key in PREDATED and PREDATED[key] in (None, current):
+        return []
+    return [(key, recorded, current)]
+
+
+def current_fid_settings(params: dict, m: dict) -> dict:
+    """The settings params.yaml now resolves to for the FID a metrics file records (a curve point: its
+    checkpoint step and sampler steps)."""
+    exp = evaluation_point(
+        resolve_experiment(params, m["experiment"]), m["training_steps"], m["sampler_steps"]
+    )
+    return stage_settings(exp, "fid")

@@ -24,7 +24,13 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from uvit.config import fid_metrics_paths, resolve_experiment, variant_runs
+from uvit.config import (
+    current_fid_settings,
+    fid_metrics_paths,
+    resolve_experiment,
+    settings_differences,
+    variant_runs,
+)
 from uvit.data import read_json
 
 DEMO_NOTE = (
@@ -103,9 +109,9 @@ def scale_cell(metrics: dict) -> str:
     return f"**{metrics['scale']}** ({metrics['resolution']}x{metrics['resolution']})"
 
 
-def read_metrics(paths: list[Path | str]) -> dict[str, dict]:
+def read_metrics(paths: list[Path | str], root: Path = Path(".")) -> dict[str, dict]:
     """Metrics files by path (as given, relative to the project root)."""
-    return {str(p): read_json(Path(p), "run the stage that writes it again") for p in paths}
+    return {str(p): read_json(root / p, "run the stage that writes it again") for p in paths}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -173,6 +179,10 @@ def results_table(params: dict, metrics: dict[str, dict]) -> Table:
                         ],
                         source=path,
                     )
+                )
+            if not measured and name in params["targets"] and name not in params["quick_targets"]:
+                table.rows.append(
+                    Row(["↳", "", "", "", f"`{name}`", "demo", "not run"] + [""] * 9 + ["`make demo-full`"])
                 )
             if not measured and resolve_experiment(params, name)["scale"] == "paper":
                 command = (
@@ -525,11 +535,24 @@ def seed_runs(params: dict, metrics: dict[str, dict], grid: str, axis: str, valu
     return {seed: (path, metrics[path]) if path in metrics else None for seed, path in paths.items()}
 
 
-def ablation_metrics_files(params: dict) -> set[str]:
-    """The metrics files of the targets' ablation runs: each may be missing (a seed not run yet), and the tables
-    then say 'not run' instead of stopping."""
-    return {path for name in params["targets"] if "ablation" in params["experiments"][name]
+def optional_metrics_files(params: dict) -> set[str]:
+    """Metrics files the tables show where present and current, 'not run' where not: those of the ablation runs
+    (a seed not run yet) and of the targets outside the quick tier (`make demo` leaves them as they are)."""
+    return {path for name in params["targets"]
+            if "ablation" in params["experiments"][name] or name not in params["quick_targets"]
             for path in fid_metrics_paths(params, name)}  # fmt: skip
+
+
+def present_metrics(params: dict, required: list[str], root: Path = Path(".")) -> dict[str, dict]:
+    """The metrics the tables are built from: the required files, and every optional file that is present and
+    computed with the settings params.yaml resolves to now (an older one would pass for a current number)."""
+    metrics = read_metrics([str(path) for path in required], root)
+    for path in sorted(optional_metrics_files(params) - set(metrics)):
+        if (root / path).is_file():
+            m = read_json(root / path, "run the stage that writes it again")
+            if not settings_differences(m["provenance"]["settings"], current_fid_settings(params, m)):
+                metrics[path] = m
+    return metrics
 
 
 TABLE_BUILDERS = (
@@ -592,7 +615,7 @@ def render_tables(params: dict, metrics_files: list[Path | str], out_dir: Path) 
     """Write <table>.md and <table>.tex for every table into out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for table in build_tables(params, read_metrics(metrics_files)):
+    for table in build_tables(params, present_metrics(params, [str(p) for p in metrics_files])):
         for ext, text in render(table).items():
             path = out_dir / f"{table.name}.{ext}"
             path.write_text(text)

@@ -24,10 +24,17 @@ from pathlib import Path
 
 import yaml
 
-from uvit.config import evaluation_point, resolve_experiment, stage_settings
-from uvit.data import read_json
+from uvit.config import current_fid_settings, settings_differences
 from uvit.provenance import dvc_md5
-from uvit.report import Table, ablation_metrics_files, build_tables, latex, render, table_metrics_files
+from uvit.report import (
+    Table,
+    build_tables,
+    latex,
+    optional_metrics_files,
+    present_metrics,
+    render,
+    table_metrics_files,
+)
 
 TEX_SEPARATOR = re.compile(r"(?<!\\)&")
 
@@ -155,37 +162,6 @@ def listed_md5(root: Path, directory_md5: str, relpath: str) -> str | None:
     return entries.get(relpath, "not listed")
 
 
-PRECISION_KEYS = ("precision", "feature_precision")
-# Settings added after metrics files were first recorded, and what a record without them was computed with:
-# clean-fid's clean resize (the only protocol then); `metrics` only adds numbers such a record lacks ('-').
-PREDATED = {"evaluation.fid_protocol": "clean", "evaluation.metrics": None}
-
-
-def settings_differences(recorded, current, key: str = "") -> list[tuple[str, object, object]]:
-    """(key, recorded, current) where the recorded settings differ from the current ones (auto precision
-    matches the concrete precision recorded)."""
-    if isinstance(recorded, dict) and isinstance(current, dict):
-        return [
-            diff
-            for k in sorted(set(recorded) | set(current))
-            for diff in settings_differences(recorded.get(k), current.get(k), f"{key}.{k}".lstrip("."))
-        ]
-    if recorded == current or (key.rsplit(".", 1)[-1] in PRECISION_KEYS and current == "auto"):
-        return []
-    if recorded is None and key in PREDATED and PREDATED[key] in (None, current):
-        return []
-    return [(key, recorded, current)]
-
-
-def current_fid_settings(params: dict, m: dict) -> dict:
-    """The settings params.yaml now resolves to for the FID a metrics file records (a curve point: its
-    checkpoint step and sampler steps)."""
-    exp = evaluation_point(
-        resolve_experiment(params, m["experiment"]), m["training_steps"], m["sampler_steps"]
-    )
-    return stage_settings(exp, "fid")
-
-
 def check_settings(params: dict, source: str, m: dict, cell: Cell) -> bool:
     """Check 2; returns whether `auto` precision stood for a recorded concrete one."""
     prov = m["provenance"]
@@ -284,13 +260,13 @@ def check_provenance(
 
 def verify(params: dict, root: Path = Path(".")) -> str:
     """Run all checks; raise TraceError at the first failure, else return a one-paragraph summary."""
-    optional, every = ablation_metrics_files(params), table_metrics_files(params)
-    paths = [path for path in every if path not in optional or (root / path).is_file()]  # else: 'not run'
-    for path in paths:
+    optional, every = optional_metrics_files(params), table_metrics_files(params)
+    required = [path for path in every if path not in optional]
+    for path in required:
         if not (root / path).is_file():
             raise TraceError(f"{path}: missing; the tables need it (run `snakemake --cores all {path}`)")
-    metrics = {path: read_json(root / path, f"run `snakemake --cores all {path}` again") for path in paths}
-    not_run = len(every) - len(paths)
+    metrics = present_metrics(params, required, root)  # optional ones: present and current, else 'not run'
+    not_run = len(every) - len(metrics)
     tables = build_tables(params, metrics)
     cells = 0
     for table in tables:
@@ -316,5 +292,5 @@ def verify(params: dict, root: Path = Path(".")) -> str:
         f"{counts['listing']} found in the directory's listing, {counts['no listing']} whose listing is not in "
         f"the local DVC cache); of {artifacts} "
         f"artifacts, {present - len(metrics)} present here and re-hashed, {absent} absent (checked against "
-        f"dvc.lock only); {not_run} metrics files of ablation runs not run yet, shown as 'not run'"
+        f"dvc.lock only); {not_run} metrics files of ablation runs or of the full demo tier absent or computed with other settings, shown as 'not run'"
     )

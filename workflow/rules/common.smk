@@ -11,12 +11,15 @@ from uvit.config import (
     fid_metrics_paths,
     load_params,
     resolve_experiment,
+    tier_targets,
 )
 from uvit.plan import estimate
 from uvit.stages import Lineage, given_reference, reference_name, reference_protocol
 
 try:
     PARAMS = load_params("params.yaml")
+    # make demo: --config tier=quick; the tables and figures also show the rest where present and current
+    TIER_TARGETS = tier_targets(PARAMS, config.get("tier", "full"))
 except ConfigError as err:
     sys.exit(f"error: {err}")
 
@@ -266,7 +269,7 @@ ABLATION_FIGURES = [f"ablation_{grid}" for grid in PARAMS["target_grids"]]
 
 
 def all_targets(experiments=None):
-    experiments = experiments or PARAMS["targets"]
+    experiments = experiments or TIER_TARGETS
     return [
         *[f"paper_tables/{table}.{ext}" for table in TABLES for ext in ("md", "tex")],
         *[
@@ -280,11 +283,11 @@ def all_targets(experiments=None):
 
 
 def target_metrics(wildcards):
-    return [path for name in PARAMS["targets"] for path in fid_metrics_paths(PARAMS, name)]
+    return [path for name in TIER_TARGETS for path in fid_metrics_paths(PARAMS, name)]
 
 
 def target_loss_curves(wildcards):
-    return [f"metrics/{name}/loss.csv" for name in PARAMS["targets"]]
+    return [f"metrics/{name}/loss.csv" for name in TIER_TARGETS]
 
 
 def sync_dvc_lock():
