@@ -62,7 +62,7 @@ def make_project_copy(dest: Path, targets: list[str] | None = None) -> Path:
     shutil.copytree(ROOT, dest, ignore=COPY_IGNORE)
     (dest / ".dvc" / "cache").exists() and shutil.rmtree(dest / ".dvc" / "cache")
     if targets:
-        set_params(dest, lambda p: p.__setitem__("targets", targets))
+        set_params(dest, lambda p: p.update(targets=targets, quick_targets=targets[:1]))
     env = project_env()
     for command in (
         ["git", "init", "-q"],

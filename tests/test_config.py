@@ -162,6 +162,28 @@ def test_committed_params_are_valid(params):
             lambda p: p["classifiers"]["fmnist_cnn"].__setitem__("dataset", "mnist"),
             "classifiers.fmnist_cnn.dataset: unknown dataset 'mnist'",
         ),
+        # An ablation grid's seeds: a list of distinct integers >= 0.
+        (
+            lambda p: p["ablations"]["skip_demo"].__setitem__("seeds", [0, 1, 0]),
+            "ablations.skip_demo.seeds: [0, 1, 0] has non-unique elements",
+        ),
+        (
+            lambda p: p["ablations"]["skip_demo"].__setitem__("seeds", 3),
+            "ablations.skip_demo.seeds: 3 is not of type 'array'",
+        ),
+        (
+            lambda p: p["ablations"]["skip_demo"].__setitem__("seeds", [0, "1"]),
+            "ablations.skip_demo.seeds.1: '1' is not of type 'integer'",
+        ),
+        (
+            lambda p: p["ablations"]["skip_demo"].__setitem__("seeds", [0, 1.0]),
+            "ablations.skip_demo.seeds.1: 1.0 is not an integer",
+        ),
+        (
+            lambda p: p["ablations"]["skip_demo"].__setitem__("seeds", [-1]),
+            "ablations.skip_demo.seeds.0: -1 is less than the minimum of 0",
+        ),
+        (lambda p: p["ablations"]["skip_demo"].__setitem__("seeds", []), "ablations.skip_demo.seeds: []"),
     ],
 )
 def test_bad_values_name_the_key(edit, expected):
@@ -225,30 +247,60 @@ def test_guidance_points_list_the_other_scales_and_their_records(params):
     assert metrics_paths(params, "smoke_text") == ["metrics/smoke_text/fid.json"]  # no classifier, no sweep
 
 
-def test_ablation_grids_expand_into_experiments_and_targets(params):
-    from uvit.config import grid_experiments, resolve_experiment
+SKIPS = ("concat_linear", "add", "add_linear_skip", "linear_of_sum", "none")
+
+
+def test_ablation_grids_expand_into_one_experiment_per_value_and_seed(params):
+    """skip_demo declares seeds [0, 1, 2]: each value runs three times, the training and sampling seeds the
+    base's plus the grid's seed (seed 0 is the base's own run), everything else the base's."""
+    from uvit.config import grid_experiments
 
     names = grid_experiments(params, "skip_demo")
-    assert names == [
-        f"skip_demo__skip_{v}" for v in ("concat_linear", "add", "add_linear_skip", "linear_of_sum", "none")
-    ]
+    assert names == [f"skip_demo__skip_{v}__seed{s}" for v in SKIPS for s in (0, 1, 2)]
     assert params["target_grids"] == ["skip_demo"] and set(names) <= set(params["targets"])
     base = resolve_experiment(params, "fmnist_ablation")
-    for name, value in zip(
-        names, ("concat_linear", "add", "add_linear_skip", "linear_of_sum", "none"), strict=True
-    ):
+    for name in names:
         exp = resolve_experiment(params, name)
-        assert exp["model"]["skip"] == value and exp["ablation"] == {
-            "grid": "skip_demo",
-            "axis": "skip",
-            "value": value,
-        }
-        assert {k: v for k, v in exp["model"].items() if k != "skip"} == {
-            k: v for k, v in base["model"].items() if k != "skip"
-        }
-        assert exp["training"] == base["training"] and exp["sampling"] == base["sampling"]
-    depth = resolve_experiment(params, "cifar10_section31__depth_17")
+        value, seed = exp["ablation"]["value"], exp["ablation"]["seed"]
+        assert name == f"skip_demo__skip_{value}__seed{seed}" and exp["ablation"]["grid"] == "skip_demo"
+        assert exp["model"] == base["model"] | {"skip": value}
+        assert exp["training"] == base["training"] | {"seed": base["training"]["seed"] + seed}
+        assert exp["sampling"] == base["sampling"] | {"seed": base["sampling"]["seed"] + seed}
+    depth = resolve_experiment(params, "cifar10_section31__depth_17__seed2")
     assert depth["model"]["depth"] == 17 and depth["model"]["embed_dim"] == 512  # U-ViT-S/2, deeper
+    assert (
+        len(grid_experiments(params, "cifar10_section31")) == 3 * 25
+    )  # the paper's grid: 25 values, 3 seeds
+
+
+def test_a_grids_seed_reaches_the_training_and_sampling_jobs(params):
+    """What the rules and DVC stages hand `uvit train` / `uvit sample` (their settings records) differs between
+    two seeds of a value exactly in training.seed and sampling.seed."""
+    from uvit.stages import Lineage
+
+    lineage = Lineage(params)
+    one, two = (f"skip_demo__skip_add__seed{s}" for s in (1, 2))
+    for rule, section in (("train", "training"), ("sample", "sampling")):
+        a, b = lineage.settings(rule, experiment=one), lineage.settings(rule, experiment=two)
+        assert b[section]["seed"] == a[section]["seed"] + 1
+        assert {**b, section: {**b[section], "seed": None}} == {**a, section: {**a[section], "seed": None}}
+        assert lineage(rule, experiment=one) != lineage(rule, experiment=two)
+
+
+def test_a_grid_without_seeds_runs_each_value_once_under_its_plain_name(tmp_path):
+    text = (ROOT / "params.yaml").read_text()
+    line = "    seeds: [0, 1, 2]\n"
+    assert text.count(line) == 2
+    params = load_params(write_params(tmp_path, text.replace(line, "", 1)))
+    from uvit.config import grid_experiments
+
+    assert grid_experiments(params, "skip_demo") == [f"skip_demo__skip_{v}" for v in SKIPS]
+    exp, base = (
+        resolve_experiment(params, "skip_demo__skip_add"),
+        resolve_experiment(params, "fmnist_ablation"),
+    )
+    assert exp["ablation"]["seed"] is None and exp["training"] == base["training"]
+    assert exp["sampling"] == base["sampling"]
 
 
 def write_params(tmp_path, text: str):
@@ -264,7 +316,7 @@ def test_adding_an_ablation_value_is_one_line(tmp_path):
     line = "      depth: [9, 13, 17]\n"
     assert text.count(line) == 1
     params = load_params(write_params(tmp_path, text.replace(line, "      depth: [9, 13, 17, 21]\n")))
-    exp = resolve_experiment(params, "cifar10_section31__depth_21")
+    exp = resolve_experiment(params, "cifar10_section31__depth_21__seed0")
     assert exp["model"]["depth"] == 21 and exp["ablation"]["value"] == 21
 
 
@@ -273,7 +325,7 @@ def test_a_bad_ablation_value_or_base_is_named(tmp_path):
     bad_value = text.replace("linear_of_sum, none]", "linear_of_sum, none, concat]", 1)
     with pytest.raises(
         ConfigError,
-        match=r"ablations\.skip_demo\.axes\.skip \(value 'concat', experiment skip_demo__skip_concat\)",
+        match=r"ablations\.skip_demo\.axes\.skip \(value 'concat', experiment skip_demo__skip_concat__seed\d\)",
     ):
         load_params(write_params(tmp_path, bad_value))
     bad_base = text.replace("base: fmnist_ablation", "base: fmnist_ablate")

@@ -209,6 +209,22 @@ def test_ablation_comparison(tmp_path):
     assert plain[0].read_bytes() != paths[0].read_bytes()  # the paper's choice changes the drawing
 
 
+def test_ablation_comparison_draws_the_mean_over_seeds_and_their_range(tmp_path):
+    from uvit.figures import seed_spread
+
+    assert seed_spread([500, 250, 500, 250], [10.0, 30.0, 14.0, 20.0]) == ([250, 500], [25.0, 12.0], [20.0, 10.0],
+                                                                           [30.0, 14.0])  # fmt: skip
+    one = {"skip": {"add": over_training("a", [300.0, 100.0]), "none": over_training("b", [330.0, 200.0])}}
+    seeds = {"skip": {"add": over_training("a0", [300.0, 100.0]) + over_training("a1", [280.0, 120.0]),
+                      "none": over_training("b", [330.0, 200.0])}}  # fmt: skip
+    single, spread = (
+        ablation_comparison(one, tmp_path / "one"),
+        ablation_comparison(seeds, tmp_path / "seeds"),
+    )
+    assert_written(spread, tmp_path / "seeds")
+    assert single[0].read_bytes() != spread[0].read_bytes()  # the second seed shades a band around the mean
+
+
 def test_ablation_comparison_empty(tmp_path):
     with pytest.raises(ValueError, match="ablation_comparison: no ablation axes"):
         ablation_comparison({}, tmp_path / "ablation")

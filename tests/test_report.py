@@ -49,26 +49,121 @@ def test_paper_data_has_every_row_the_steps_table_and_the_ablations():
         assert data["ablations"][name]["paper_choice"] == choices[0]
 
 
-def test_ablation_verdict_says_whether_the_papers_ordering_holds():
+SKIP = paper_data()["ablations"]["skip"]  # the paper: concat_linear best, none worst
+
+
+def skip_fids(**by_value: list[float]) -> dict[str, list[float]]:
+    """value -> seeds' FIDs for every long-skip value (empty: not run), in the switch's order."""
+    return {value: by_value.get(value, []) for value in map(str, SKIP["values"])}
+
+
+def test_the_interval_is_the_t_interval_of_the_mean_over_seeds():
+    from uvit.report import interval_cell, mean_interval
+
+    low, high = mean_interval([1.0, 2.0, 3.0])  # mean 2, s 1, t(0.975, 2) = 4.3027
+    assert (low, high) == pytest.approx((2 - 4.30265 / 3**0.5, 2 + 4.30265 / 3**0.5), abs=1e-4)
+    assert mean_interval([5.0]) is None and mean_interval([]) is None
+    assert interval_cell([5.0]) == "1 seed, no interval" and interval_cell([]) == "-"
+    assert interval_cell([1.0, 2.0, 3.0]) == "[-0.48, 4.48]"
+
+
+def test_a_clear_gap_the_papers_way_holds():
     from uvit.report import ablation_verdict
 
-    paper = paper_data()["ablations"]["skip"]
-    fids = {
-        "concat_linear": 100.0,
-        "add": 120.0,
-        "add_linear_skip": 110.0,
-        "linear_of_sum": 115.0,
-        "none": 150.0,
-    }
-    ours = {value: {"fid": fid} for value, fid in fids.items()}
-    holds = ablation_verdict("skip", paper, ours)
-    assert "best first: concat_linear 100.00, add_linear_skip 110.00" in holds
-    assert holds.endswith("The paper's ordering holds at this scale.")
-    ours["add"]["fid"] = 90.0
-    assert ablation_verdict("skip", paper, ours).endswith(
-        "The paper's ordering (concat_linear best and none worst) does not hold at this scale."
+    fids = skip_fids(concat_linear=[100, 101, 102], add=[120, 121, 122], add_linear_skip=[110, 112, 111],
+                     linear_of_sum=[115, 114, 116], none=[150, 152, 151])  # fmt: skip
+    verdict, sentence = ablation_verdict("skip", SKIP, fids)
+    assert verdict == "holds" and sentence.startswith("**skip**: holds. Paper: Linear(Concat")
+    assert "best first: concat_linear 101.00 in [98.52, 103.48], add_linear_skip 111.00" in sentence
+
+
+def test_a_clear_gap_the_other_way_is_reversed():
+    from uvit.report import ablation_verdict, ordering_verdict
+
+    fids = skip_fids(concat_linear=[150, 151, 152], add=[100, 101, 102], add_linear_skip=[149, 151, 153],
+                     linear_of_sum=[150, 152, 154], none=[200, 201, 202])  # fmt: skip
+    assert ordering_verdict(SKIP, fids) == ("reversed", "add's interval lies wholly below concat_linear's")
+    # The paper's worst clearly better than another value reverses the ordering too.
+    fids = skip_fids(concat_linear=[100, 101, 102], add=[160, 161, 162], none=[140, 141, 142])
+    verdict, sentence = ablation_verdict("skip", SKIP, fids)
+    assert verdict == "reversed" and "none's interval lies wholly below add's" in sentence
+
+
+def test_overlapping_intervals_are_inconclusive_whatever_the_means_ranking():
+    from uvit.report import ordering_verdict
+
+    # concat_linear has the best mean and none the worst, but the seeds' spread swallows the gaps.
+    fids = skip_fids(concat_linear=[100, 130, 115], add=[110, 140, 125], add_linear_skip=[112, 138, 120],
+                     linear_of_sum=[111, 139, 126], none=[120, 150, 135])  # fmt: skip
+    verdict, why = ordering_verdict(SKIP, fids)
+    assert verdict == "inconclusive" and why.startswith("the intervals of concat_linear and add, ")
+
+
+def test_one_seed_is_inconclusive_even_when_its_ranking_agrees_with_the_paper():
+    from uvit.report import ablation_verdict, ordering_verdict
+
+    ranked = skip_fids(concat_linear=[100], add=[120], add_linear_skip=[110], linear_of_sum=[115], none=[300])
+    verdict, sentence = ablation_verdict("skip", SKIP, ranked)
+    assert verdict == "inconclusive" and "concat_linear 100.00 (1 seed, no interval)" in sentence
+    assert "no interval for concat_linear, add, add_linear_skip, linear_of_sum, none" in sentence
+    # Clear intervals everywhere but one value seen once: nothing can say the paper's choice beats it.
+    partial = skip_fids(concat_linear=[100, 101, 102], add=[120, 121, 122], add_linear_skip=[140],
+                        linear_of_sum=[115, 114, 116], none=[150, 152, 151])  # fmt: skip
+    assert ordering_verdict(SKIP, partial) == (
+        "inconclusive",
+        "no interval for add_linear_skip (fewer than two seeds run)",
     )
-    assert "not tested here" in ablation_verdict("skip", paper, {"add": {"fid": 1.0}})
+    assert ordering_verdict(SKIP, skip_fids())[0] == "inconclusive"
+    other = {"add": [1.0, 1.1, 1.2], "add_linear_skip": [3.0, 3.1, 3.2]}  # neither the paper's best nor worst
+    assert ordering_verdict(SKIP, other) == (
+        "inconclusive",
+        "the paper's choice (concat_linear) is not a value of this grid",
+    )
+
+
+def fid_record(name: str, fid: float) -> dict:
+    prov = {"commit": "0123456789abcdef", "dirty": False,
+            "inputs": {"checkpoint": {"md5": "c" * 32}, "samples": {"md5": "d" * 32}}}  # fmt: skip
+    return {"experiment": name, "fid": fid, "fid_floor": 34.0, "training_steps": 400, "num_samples": 500,
+            "sampler": "dpm_solver", "sampler_steps": 25, "provenance": prov}  # fmt: skip
+
+
+def test_ablation_table_gives_mean_interval_and_verdict_and_says_not_run_for_missing_seeds(params):
+    """skip_demo with three seeds of add and concat_linear, one of none, the rest not run: a row per value (seeds
+    run, mean, interval; the verdict on the axis's first row), a row per seed (its FID and hashes, or 'not
+    run'), each seed's row traced to its metrics file; both renderings parse back to the same cells."""
+    from uvit.report import ablation_table, optional_metrics_files
+
+    run = {"concat_linear": [100, 101, 102], "add": [120, 121, 122], "none": [150]}
+    metrics = {
+        f"metrics/skip_demo__skip_{v}__seed{s}/fid.json": fid_record(f"skip_demo__skip_{v}__seed{s}", fid)
+        for v, fids in run.items()
+        for s, fid in enumerate(fids)
+    }
+    assert set(metrics) <= optional_metrics_files(params)
+    table = ablation_table(params, metrics)
+    rows = {(r.cells[1], r.cells[7]): r for r in table.rows}  # (value, seed); a value's own row has seed ''
+    column = {name: i for i, name in enumerate(table.columns)}
+    concat = rows["`concat_linear`", ""]
+    assert concat.cells[column["Paper's choice"]] == "yes" and concat.cells[column["Seeds"]] == "3"
+    assert (
+        concat.cells[column["Mean FID"]] == "101.00"
+        and concat.cells[column["95% interval"]] == "[98.52, 103.48]"
+    )
+    assert concat.cells[column["Verdict (axis)"]] == "inconclusive"  # none and two others lack intervals
+    assert len(concat.sources) == 3 and concat.source is None
+    assert rows["`none`", ""].cells[3:7] == ["1 of 3", "150.00", "1 seed, no interval", ""]
+    assert rows["`linear_of_sum`", ""].cells[3:6] == ["not run", "-", "-"]
+    seeds = [r for r in table.rows if r.cells[0] == "↳"]
+    assert len(seeds) == 15 and sum(r.cells[8] == "not run" for r in seeds) == 15 - 7
+    first = next(r for r in seeds if r.source)
+    assert first.source == "metrics/skip_demo__skip_concat_linear__seed0/fid.json"
+    assert first.cells[7:] == ["0", "100.00", "34.00", "400", "500", "dpm_solver 25", "`cccccccc`", "`dddddddd`",
+                               "`01234567`"]  # fmt: skip
+    assert any(note.startswith("`skip_demo`, **skip**: inconclusive.") for note in table.notes)
+    text = render(table)
+    assert markdown_rows(text["md"]) == expected_rows(table, "md")
+    assert latex_rows(text["tex"]) == expected_rows(table, "tex")
 
 
 def test_other_metrics_sit_beside_the_papers_with_the_protocol(params):
@@ -87,7 +182,8 @@ def test_other_metrics_sit_beside_the_papers_with_the_protocol(params):
             "kid": 0.0125,
         },
         "metrics/fmnist_pixel/fid.json": base | {"experiment": "fmnist_pixel"},  # written before protocols
-        "metrics/skip_demo__skip_add/fid.json": base | {"experiment": "skip_demo__skip_add", "sfid": 1.0},
+        "metrics/skip_demo__skip_add__seed0/fid.json": base
+        | {"experiment": "skip_demo__skip_add__seed0", "sfid": 1.0},
     }
     rows = {row.cells[2] or row.cells[1]: row for row in other_metrics_table(params, metrics).rows}
     h2 = paper_data()["other_metrics"]["imagenet256_uvit_h2"]
@@ -97,7 +193,7 @@ def test_other_metrics_sit_beside_the_papers_with_the_protocol(params):
     latent = rows["`fmnist_latent`"]
     assert latent.cells[4:] == ["clean", "1000", "9.50", "12.25", "-", "0.5", "-", "0.0125"]
     assert latent.source == "metrics/fmnist_latent/fid.json"
-    assert rows["`fmnist_pixel`"].cells[4] == "-" and "`skip_demo__skip_add`" not in rows
+    assert rows["`fmnist_pixel`"].cells[4] == "-" and "`skip_demo__skip_add__seed0`" not in rows
 
 
 def test_verify_accepts_only_settings_a_record_predates_with_the_value_it_ran():
@@ -149,12 +245,12 @@ def test_guidance_rows_take_fid_and_accuracy_each_from_its_own_record(params):
         ("`fmnist_latent`", s) for s in ("0.0", "0.4 (final)", "1.0")
     ]
     assert rows[0].cells[5:10] == ["10.00", "5.00", "50.0%", "90.1%", "`fmnist_cnn` (10000 test)"]
-    assert rows[0].source == zero and rows[0].source_of("Classifier accuracy") == zero[:-5] + ".accuracy.json"
-    assert rows[1].source_of("Classifier's own accuracy") == "metrics/fmnist_latent/accuracy.json"
-    assert rows[2].cells[7:10] == ["-", "-", "-"] and rows[2].sources == {one}
+    assert rows[0].source == zero and rows[0].origin_of("Classifier accuracy") == zero[:-5] + ".accuracy.json"
+    assert rows[1].origin_of("Classifier's own accuracy") == "metrics/fmnist_latent/accuracy.json"
+    assert rows[2].cells[7:10] == ["-", "-", "-"] and rows[2].every_source == {one}
     (row,) = [r for r in results_table(params, metrics).rows if r.source == final]
     column = RESULTS_COLUMNS.index("Classifier accuracy")
     assert (
         row.cells[column] == "81.2%"
-        and row.source_of("Classifier accuracy") == "metrics/fmnist_latent/accuracy.json"
+        and row.origin_of("Classifier accuracy") == "metrics/fmnist_latent/accuracy.json"
     )

@@ -343,15 +343,19 @@ def cmd_sample_grid(args, params: dict) -> None:
 
 
 def cmd_figures(args, params: dict) -> None:
-    """FID over training steps, FID over sampler steps and loss curves of the experiments given."""
+    """FID over training steps, FID over sampler steps and loss curves of the experiments given, and of those
+    the tables show beside them (uvit.report.present_metrics)."""
     from uvit import figures
-    from uvit.report import curves_by_experiment, paper_data, read_metrics
+    from uvit.report import curves_by_experiment, paper_data, present_metrics
 
-    metrics = read_metrics(args.metrics)
+    metrics = present_metrics(params, args.metrics)
     out_dir = Path(args.out_dir)
     paper = {name: m["fid"] for name, m in paper_data()["sampler_steps"]["models"].items()}
     over_training = curves_by_experiment(params, metrics, "training_steps")
-    written = figures.loss_curves({Path(p).parent.name: Path(p) for p in args.loss}, out_dir / "loss_curves")
+    shown = {m["experiment"] for m in metrics.values()}
+    loss = {Path(p).parent.name: Path(p) for p in args.loss}
+    loss |= {n: p for n in sorted(shown - set(loss)) if (p := Path(f"metrics/{n}/loss.csv")).is_file()}
+    written = figures.loss_curves(loss, out_dir / "loss_curves")
     written += figures.fid_over_training(over_training, out_dir / "fid_over_training")
     written += figures.fid_over_sampler_steps(
         curves_by_experiment(params, metrics, "sampler_steps"), paper, out_dir / "fid_over_sampler_steps"
@@ -361,16 +365,22 @@ def cmd_figures(args, params: dict) -> None:
 
 
 def ablation_figures(params: dict, points: dict[str, list[dict]], out_dir: Path) -> list[Path]:
-    """One figure per ablation grid of the targets: FID over training steps per value, a panel per axis."""
+    """One figure per ablation grid of the targets: FID over training steps per value (its seeds' points
+    together), a panel per axis."""
     from uvit import figures
-    from uvit.config import ablation_experiment_name
+    from uvit.config import variant_runs
     from uvit.report import paper_data
 
     paper_best = {axis: str(a["paper_choice"]) for axis, a in paper_data()["ablations"].items()}
     written = []
     for grid in params.get("target_grids", []):
         groups = {
-            axis: {str(v): points.get(ablation_experiment_name(grid, axis, v), []) for v in values}
+            axis: {
+                str(v): [
+                    p for name in variant_runs(params, grid, axis, v).values() for p in points.get(name, [])
+                ]
+                for v in values
+            }
             for axis, values in params["ablations"][grid]["axes"].items()
         }
         written += figures.ablation_comparison(groups, out_dir / f"ablation_{grid}", paper_best)

@@ -113,40 +113,93 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
 
 
-def ablation_experiment_name(grid: str, axis: str, value: Any) -> str:
-    """The experiment of one grid value, e.g. skip_demo__skip_add or cifar10_ablation__depth_17."""
-    return f"{grid}__{axis}_{str(value).lower().replace('.', 'p').replace('-', 'm')}"
+def ablation_experiment_name(grid: str, axis: str, value: Any, seed: int | None = None) -> str:
+    """The experiment of one grid value (and seed, where the grid declares seeds), e.g. skip_demo__skip_add,
+    skip_demo__skip_add__seed1 or cifar10_section31__depth_17__seed0."""
+    name = f"{grid}__{axis}_{str(value).lower().replace('.', 'p').replace('-', 'm')}"
+    return name if seed is None else f"{name}__seed{seed}"
+
+
+def grid_seeds(spec: dict) -> list[int | None]:
+    """The seeds each variant of a grid runs with: its `seeds`, or [None] (one run with the base's own seeds,
+    named without a seed)."""
+    return list(spec.get("seeds") or [None])
+
+
+def variant_runs(params: dict, grid: str, axis: str, value: Any) -> dict[int | None, str]:
+    """seed -> experiment of one grid value, in the grid's seed order."""
+    spec = params["ablations"][grid]
+    return {seed: ablation_experiment_name(grid, axis, value, seed) for seed in grid_seeds(spec)}
+
+
+def seed_overrides(params: dict, base: dict, seed: int | None) -> dict:
+    """Seed k of a grid trains and samples with the base's training.seed and sampling.seed (written or default)
+    each plus k: seed 0 is the base's own run, and every seed changes both the weights and the samples."""
+    if seed is None:
+        return {}
+    resolved = deep_merge(params["defaults"], base)
+    return {section: {"seed": resolved[section]["seed"] + seed} for section in ("training", "sampling")}
+
+
+def check_grid_seeds(grid: str, spec: dict, source: str) -> None:
+    """The schema's `integer` admits 1.0; a seed is part of experiment names (`__seed1`), so a plain int."""
+    for i, seed in enumerate(spec.get("seeds") or []):
+        if type(seed) is not int:
+            raise ConfigError(
+                f"{source}: ablations.{grid}.seeds.{i}: {seed!r} is not an integer (seeds: a list of distinct "
+                "integers >= 0, e.g. [0, 1, 2])"
+            )
 
 
 def expand_ablations(params: dict, source: str = "params.yaml") -> None:
-    """Turn every value of every ablation axis into an experiment (the base experiment with that one model key
-    changed), and every grid name in `targets` into the grid's experiments. In place."""
+    """Turn every value of every ablation axis, once per seed of its grid, into an experiment (the base experiment
+    with that one model key changed, and its seeds offset), and every grid name in `targets` into the grid's
+    experiments. In place."""
     grids, experiments = params.get("ablations") or {}, params["experiments"]
     for grid, spec in grids.items():
         base = experiments.get(spec["base"])
         if base is None:
             raise ConfigError(f"{source}: ablations.{grid}.base: unknown experiment {spec['base']!r}")
+        check_grid_seeds(grid, spec, source)
         for axis, values in spec["axes"].items():
             for value in values:
-                name = ablation_experiment_name(grid, axis, value)
-                if name in experiments:
-                    raise ConfigError(f"{source}: ablations.{grid}: experiment {name!r} already exists")
-                entry = deep_merge(base, {"model": {axis: value}})
-                entry["description"] = f"{base['description']}; ablation: {axis} = {value}"
-                entry["ablation"] = {"grid": grid, "axis": axis, "value": value}
-                experiments[name] = entry
+                for seed, name in variant_runs(params, grid, axis, value).items():
+                    if name in experiments:
+                        raise ConfigError(f"{source}: ablations.{grid}: experiment {name!r} already exists")
+                    entry = deep_merge(base, {"model": {axis: value}, **seed_overrides(params, base, seed)})
+                    seeded = "" if seed is None else f", seed {seed}"
+                    entry["description"] = f"{base['description']}; ablation: {axis} = {value}{seeded}"
+                    entry["ablation"] = {"grid": grid, "axis": axis, "value": value, "seed": seed}
+                    experiments[name] = entry
     params["target_grids"] = [target for target in params["targets"] if target in grids]
-    params["targets"] = [
-        name for target in params["targets"] for name in (grid_experiments(params, target) or [target])
-    ]
+    for key in ("targets", "quick_targets"):
+        params[key] = [
+            name for target in params[key] for name in (grid_experiments(params, target) or [target])
+        ]
+
+
+TIERS = ("quick", "full")  # make demo | make demo-full (snakemake --config tier=...)
+
+
+def tier_targets(params: dict, tier: str) -> list[str]:
+    """The experiments a demo tier builds: `full` every target, `quick` those of quick_targets."""
+    if tier not in TIERS:
+        raise ConfigError(f"tier: {tier!r} is not one of {', '.join(TIERS)} (snakemake --config tier=quick)")
+    return params["quick_targets"] if tier == "quick" else params["targets"]
 
 
 def grid_experiments(params: dict, grid: str) -> list[str]:
-    """The experiments of an ablation grid, axis by axis in params.yaml order (empty if no such grid)."""
+    """The experiments of an ablation grid, axis by axis and value by value in params.yaml order, each value's
+    seeds together (empty if no such grid)."""
     spec = (params.get("ablations") or {}).get(grid)
     if spec is None:
         return []
-    return [ablation_experiment_name(grid, a, v) for a, values in spec["axes"].items() for v in values]
+    return [
+        name
+        for axis, values in spec["axes"].items()
+        for value in values
+        for name in variant_runs(params, grid, axis, value).values()
+    ]
 
 
 @contextlib.contextmanager
@@ -241,6 +294,12 @@ def check_references(params: dict, source: str = "params.yaml") -> None:
         if target not in experiments:
             raise ConfigError(
                 f"{source}: targets.{i}: unknown experiment {target!r} (known: {', '.join(experiments)})"
+            )
+    for i, target in enumerate(params["quick_targets"]):
+        if target not in params["targets"]:
+            raise ConfigError(
+                f"{source}: quick_targets.{i}: {target!r} is not in targets (the quick tier is a subset of the "
+                "full one); add it to targets or remove it here"
             )
     for name, ae in params["autoencoders"].items():
         if ae["dataset"] not in params["datasets"]:
@@ -358,7 +417,11 @@ def _check_classifier(params: dict, exp: dict, key: str) -> None:
 
 def autoencoder_downsampling(ae: dict) -> int:
     """Spatial downsampling factor: a pretrained autoencoder's, or an AutoencoderKL's with these block channels."""
-    return ae["downsampling"] if "pretrained" in ae else 2 ** (len(ae["block_channels"]) - 1)
+    return (
+        ae["downsampling"]
+        if "pretrained" in ae
+        else ae["space_to_depth"] * 2 ** (len(ae["block_channels"]) - 1)
+    )
 
 
 def latent_geometry(params: dict, exp: dict) -> tuple[tuple[int, int, int], float | None]:
@@ -480,3 +543,39 @@ def settings_hash(settings: Any) -> str:
     """A stable hash of settings (sorted-key JSON), recorded in metrics and shown in tables."""
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+PRECISION_KEYS = ("precision", "feature_precision")
+# Settings added after metrics files were first recorded, and what a record without them was computed with:
+# clean-fid's clean resize (the only protocol then); `metrics` only adds numbers such a record lacks ('-').
+PREDATED = {"evaluation.fid_protocol": "clean", "evaluation.metrics": None}
+
+
+def settings_differences(recorded, current, key: str = "") -> list[tuple[str, object, object]]:
+    """(key, recorded, current) where the recorded settings differ from the current ones (auto precision
+    matches the concrete precision recorded)."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return [
+            diff
+            for k in sorted(set(recorded) | set(current))
+            for diff in settings_differences(recorded.get(k), current.get(k), f"{key}.{k}".lstrip("."))
+        ]
+    if recorded == current or (key.rsplit(".", 1)[-1] in PRECISION_KEYS and current == "auto"):
+        return []
+    if recorded is None and key in PREDATED and PREDATED[key] in (None, current):
+        return []
+    return [(key, recorded, current)]
+
+
+def current_settings(params: dict, m: dict) -> dict:
+    """The settings params.yaml now resolves to for the number a metrics file records: an FID (a curve or guidance
+    point: its checkpoint step, sampler steps and guidance scale) or a classifier accuracy (at its guidance scale)."""
+    exp = evaluation_point(
+        resolve_experiment(params, m["experiment"]),
+        m["training_steps"],
+        m["sampler_steps"],
+        m.get("guidance_scale"),
+    )
+    if "classifier_accuracy" in m:
+        return accuracy_settings(params, exp)
+    return stage_settings(exp, "fid")

@@ -11,8 +11,8 @@
 - `loss_curves`: training loss against step from each experiment's `loss.csv` (header `step,loss,lr`).
   No paper counterpart; a sanity check for the demo runs.
 - `ablation_comparison`: one panel per ablation axis (skip, time condition, conv, patch embedding, position
-  embedding), FID against training steps per value, the paper's choice drawn thicker. Stands in for
-  the ablation figures of section 3.1.
+  embedding), FID against training steps per value (the mean over its seeds, their range shaded), the
+  paper's choice drawn thicker. Stands in for the ablation figures of section 3.1.
 
 A "FID point" is the dict of a metrics/<experiment>/fid.json file: at least `fid`, `fid_floor`,
 `training_steps` and `sampler_steps`. Figures use `matplotlib.figure.Figure` with the Agg canvas (no pyplot,
@@ -283,10 +283,25 @@ def loss_curves(csv_paths: dict[str, Path], out_stem: Path) -> list[Path]:
     return save_figure(fig, out_stem)
 
 
+def seed_spread(xs: list, fids: list[float]) -> tuple[list, list[float], list[float], list[float]]:
+    """(x, mean, min, max) of the FIDs at each distinct x (one per seed), sorted by x."""
+    by_x: dict = {}
+    for x, fid in zip(xs, fids, strict=True):
+        by_x.setdefault(x, []).append(fid)
+    steps = sorted(by_x)
+    return (
+        steps,
+        [float(np.mean(by_x[x])) for x in steps],
+        [min(by_x[x]) for x in steps],
+        [max(by_x[x]) for x in steps],
+    )
+
+
 def ablation_comparison(
     groups: dict[str, dict[str, list[dict]]], out_stem: Path, paper_best: dict[str, str] | None = None
 ) -> list[Path]:
-    """One panel per ablation axis, FID over training steps per value; the paper's choice drawn thicker.
+    """One panel per ablation axis, FID over training steps per value; the paper's choice drawn thicker. A value's
+    points may come from several seeds: its line is their mean at each step, their range shaded.
 
     A `paper_best` value that was not run is ignored (nothing to highlight)."""
     if not groups:
@@ -298,9 +313,12 @@ def ablation_comparison(
         floors = set()
         for k, (value, points) in enumerate(series.items()):
             xs, fids, floor = fid_series(points, "training_steps", f"ablation_comparison ({axis}={value})")
+            xs, means, lows, highs = seed_spread(xs, fids)
             chosen = paper_best.get(axis) == value
             label = f"{value} (paper's choice)" if chosen else value
-            ax.plot(xs, fids, marker="o", color=f"C{k}", linewidth=3 if chosen else 1.3, label=label)
+            ax.plot(xs, means, marker="o", color=f"C{k}", linewidth=3 if chosen else 1.3, label=label)
+            if lows != highs:
+                ax.fill_between(xs, lows, highs, color=f"C{k}", alpha=0.2, linewidth=0)
             if floor is not None:
                 floors.add(floor)
         for floor in sorted(floors):

@@ -17,6 +17,8 @@ resolution, reference statistics) and their provenance: short hashes of checkpoi
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,12 +27,14 @@ import jinja2
 import yaml
 
 from uvit.config import (
-    ablation_experiment_name,
+    current_settings,
     fid_metrics_paths,
     guidance_metrics_path,
     guidance_points,
     metrics_paths,
     resolve_experiment,
+    settings_differences,
+    variant_runs,
 )
 from uvit.data import read_json
 
@@ -47,14 +51,22 @@ DEMO_NOTE = (
 class Row:
     cells: list[str]
     source: str | None = None  # the metrics file behind this row's numbers (None: paper data or "not run")
+    sources: tuple[str, ...] = ()  # the metrics files a row summarises (an ablation value's mean over seeds)
     cell_sources: dict[str, str] = field(default_factory=dict)  # columns whose numbers come from another file
 
-    def source_of(self, column: str) -> str | None:
-        return self.cell_sources.get(column, self.source)
+    @property
+    def origin(self) -> str:
+        """Where this row's numbers come from, for messages."""
+        return self.source or ", ".join(self.sources) or "src/uvit/paper_results.yaml"
+
+    def origin_of(self, column: str) -> str:
+        """Where one cell's number comes from, for messages."""
+        return self.cell_sources.get(column) or self.origin
 
     @property
-    def sources(self) -> set[str]:
-        return {self.source, *self.cell_sources.values()} - {None}
+    def every_source(self) -> set[str]:
+        """Every metrics file a number of this row comes from."""
+        return {self.source, *self.sources, *self.cell_sources.values()} - {None}
 
 
 @dataclass
@@ -116,9 +128,9 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def read_metrics(paths: list[Path | str]) -> dict[str, dict]:
+def read_metrics(paths: list[Path | str], root: Path = Path(".")) -> dict[str, dict]:
     """Metrics files by path (as given, relative to the project root)."""
-    return {str(p): read_json(Path(p), "run the stage that writes it again") for p in paths}
+    return {str(p): read_json(root / p, "run the stage that writes it again") for p in paths}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -196,6 +208,10 @@ def results_table(params: dict, metrics: dict[str, dict]) -> Table:
                         source=path,
                         cell_sources={"Classifier accuracy": accuracy} if has_accuracy else {},
                     )
+                )
+            if not measured and name in params["targets"] and name not in params["quick_targets"]:
+                table.rows.append(
+                    Row(["↳", "", "", "", f"`{name}`", "demo", "not run"] + [""] * 9 + ["`make demo-full`"])
                 )
             if not measured and resolve_experiment(params, name)["scale"] == "paper":
                 command = (
@@ -366,81 +382,154 @@ def sampler_steps_table(params: dict, metrics: dict[str, dict]) -> Table:
 
 
 ABLATION_COLUMNS = [
-    "Axis", "Value", "Paper's choice", "Our FID", "Rank (ours)", "FID floor", "Training steps", "Samples",
-    "Sampler, steps", "Checkpoint", "Samples hash", "Commit",
+    "Axis", "Value", "Paper's choice", "Seeds", "Mean FID", "95% interval", "Verdict (axis)", "Seed", "FID",
+    "FID floor", "Training steps", "Samples", "Sampler, steps", "Checkpoint", "Samples hash", "Commit",
 ]  # fmt: skip
+CONFIDENCE = 0.95  # of the two-sided Student-t interval of a variant's mean FID over its seeds
 
 
-def ablation_verdict(axis: str, paper: dict, ours: dict[str, dict]) -> str:
-    """One sentence per axis: the paper's finding, our ranking, and whether the paper's ordering holds here."""
-    ranking = sorted(ours, key=lambda v: ours[v]["fid"])
-    listed = ", ".join(f"{v} {ours[v]['fid']:.2f}" for v in ranking)
-    sentence = f"**{axis}**. Paper: {paper['finding']} Ours, best first: {listed}."
-    checks = []
-    if paper["paper_choice"] in ours:
-        checks.append(ranking[0] == paper["paper_choice"])
-    if paper.get("paper_worst") in ours:
-        checks.append(ranking[-1] == paper["paper_worst"])
-    if not checks:
-        return sentence + " The paper's choice was not run, so its ordering is not tested here."
-    if all(checks):
-        return sentence + " The paper's ordering holds at this scale."
-    expected = f"{paper['paper_choice']} best" + (
-        f" and {paper['paper_worst']} worst" if paper.get("paper_worst") in ours else ""
-    )
-    return sentence + f" The paper's ordering ({expected}) does not hold at this scale."
+def mean_interval(fids: list[float]) -> tuple[float, float] | None:
+    """The 95% Student-t interval of the mean FID over seeds: mean +- t(0.975, n-1) s / sqrt(n). None below two
+    seeds: one run says nothing about how much FID moves with the seed."""
+    if len(fids) < 2:
+        return None
+    from scipy.stats import t  # the t quantile; scipy comes with scikit-learn and clean-fid
+
+    mean = statistics.fmean(fids)
+    half = t.ppf(0.5 + CONFIDENCE / 2, len(fids) - 1) * statistics.stdev(fids) / math.sqrt(len(fids))
+    return mean - half, mean + half
+
+
+def claimed_pairs(paper: dict, values: list[str]) -> list[tuple[str, str]]:
+    """(better, worse) pairs the paper's ordering claims among an axis's values: its choice better than every
+    other value, and every value better than its worst where it names one."""
+    best, worst = str(paper["paper_choice"]), str(paper.get("paper_worst"))
+    pairs = [(best, v) for v in values if v != best] if best in values else []
+    if worst in values:
+        pairs += [(v, worst) for v in values if v not in (best, worst)]
+    return pairs
+
+
+def pair_outcome(better: tuple[float, float] | None, worse: tuple[float, float] | None) -> str:
+    """One claimed pair: 'holds' when the interval the paper ranks better lies wholly below the other (lower FID),
+    'reversed' when wholly above it, else 'inconclusive' (the intervals overlap, or a side has no interval)."""
+    if better is None or worse is None:
+        return "inconclusive"
+    if better[1] < worse[0]:
+        return "holds"
+    return "reversed" if worse[1] < better[0] else "inconclusive"
+
+
+def ordering_verdict(paper: dict, fids: dict[str, list[float]]) -> tuple[str, str]:
+    """(verdict, why) for the paper's ordering on one axis, from the intervals over seeds of every value (`fids`:
+    value -> its seeds' final FIDs, empty if not run). Reversed: some claimed pair is clearly the other way round;
+    holds: every claimed pair clearly the paper's way; else inconclusive (never decided by one seed's ranking)."""
+    intervals = {value: mean_interval(f) for value, f in fids.items()}
+    pairs = claimed_pairs(paper, list(fids))
+    if not pairs:
+        return "inconclusive", f"the paper's choice ({paper['paper_choice']}) is not a value of this grid"
+    if not any(fids.values()):
+        return "inconclusive", "no seed run yet (`snakemake --cores all` runs them)"
+    outcomes = {(b, w): pair_outcome(intervals[b], intervals[w]) for b, w in pairs}
+    if "reversed" in outcomes.values():
+        against = [
+            f"{w}'s interval lies wholly below {b}'s" for (b, w), o in outcomes.items() if o == "reversed"
+        ]
+        return "reversed", "; ".join(against)
+    if set(outcomes.values()) == {"holds"}:
+        return "holds", "every interval the paper ranks better lies wholly below the one it ranks worse"
+    return "inconclusive", undecided(outcomes, intervals)
+
+
+def undecided(outcomes: dict[tuple[str, str], str], intervals: dict) -> str:
+    """Why claimed pairs decide nothing: values without an interval, and pairs whose intervals overlap."""
+    thin = [v for v in intervals if intervals[v] is None and any(v in pair for pair in outcomes)]
+    overlap = [f"{b} and {w}" for (b, w), o in outcomes.items() if o == "inconclusive" and intervals[b] and
+               intervals[w]]  # fmt: skip
+    why = [f"no interval for {', '.join(thin)} (fewer than two seeds run)"] if thin else []
+    return "; ".join(why + ([f"the intervals of {', '.join(overlap)} overlap"] if overlap else []))
+
+
+def interval_cell(fids: list[float]) -> str:
+    if not fids:
+        return "-"
+    interval = mean_interval(fids)
+    return "1 seed, no interval" if interval is None else f"[{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
+def ablation_verdict(axis: str, paper: dict, fids: dict[str, list[float]]) -> tuple[str, str]:
+    """(verdict, one sentence): the paper's finding, our mean FID and interval per value, and the verdict with
+    its reason."""
+    verdict, why = ordering_verdict(paper, fids)
+    ran = sorted((v for v in fids if fids[v]), key=lambda v: statistics.fmean(fids[v]))
+    spread = {v: f"in {interval_cell(fids[v])}" if len(fids[v]) > 1 else "(1 seed, no interval)" for v in ran}
+    listed = ", ".join(f"{v} {statistics.fmean(fids[v]):.2f} {spread[v]}" for v in ran)
+    not_run = [v for v in fids if not fids[v]]
+    ours = (
+        f" Ours, mean FID over seeds and its {CONFIDENCE:.0%} interval, best first: {listed}." if ran else ""
+    ) + (f" Not run: {', '.join(not_run)}." if not_run else "")
+    return verdict, f"**{axis}**: {verdict}. Paper: {paper['finding']}{ours} Why: {why}."
+
+
+def seeds_cell(fids: list[float], seeds: int) -> str:
+    if not fids:
+        return "not run"
+    return str(len(fids)) if len(fids) == seeds else f"{len(fids)} of {seeds}"
+
+
+def variant_rows(grid: str, axis: str, value: str, choice: bool, runs: dict, verdict: str) -> list[Row]:
+    """A variant's row (its seeds' mean FID and interval; the axis's verdict on the axis's first row), then a
+    row per seed (`runs`: seed -> (metrics path, metrics) or None when not run)."""
+    measured = {seed: run for seed, run in runs.items() if run is not None}
+    fids = [m["fid"] for _, m in measured.values()]
+    rows = [
+        Row(
+            [f"`{grid}`: {axis}", f"`{value}`", "yes" if choice else "", seeds_cell(fids, len(runs)),
+             fmt(statistics.fmean(fids)) if fids else "-", interval_cell(fids), verdict, *[""] * 9],
+            sources=tuple(path for path, _ in measured.values()),
+        )
+    ]  # fmt: skip
+    for seed, run in runs.items():
+        seed_cell = "-" if seed is None else str(seed)
+        if run is None:
+            rows.append(Row(["↳", "", "", "", "", "", "", seed_cell, "not run", *[""] * 7]))
+            continue
+        path, m = run
+        cells = [fmt(m["fid"]), fmt(m["fid_floor"]), str(m["training_steps"]), str(m["num_samples"])]
+        sampler = f"{m['sampler']} {m['sampler_steps']}"
+        rows.append(Row(["↳", *[""] * 6, seed_cell, *cells, sampler, *provenance_cells(m)], source=path))
+    return rows
 
 
 def ablation_table(params: dict, metrics: dict[str, dict]) -> Table:
-    """Each ablation grid of the targets: our final FID per value, ranked, with the paper's finding per axis."""
-    findings = paper_data()["ablations"]
+    """Each ablation grid of the targets: per value its seeds' mean final FID and interval, each seed below it,
+    and per axis a verdict on the paper's ordering from those intervals. A seed without metrics is 'not run'."""
     table = Table(
         "ablations",
         "Ablations (paper section 3.1): the paper's findings beside ours",
         [
             "The paper reports its ablations as FID curves over training (CIFAR-10, a small U-ViT), so its side is "
             "the ordering it found, not numbers. Ours vary one model setting of a base experiment at a time "
-            "(`ablations` in params.yaml), each value trained and evaluated alike; `training_steps.md` and the "
-            "ablation figures have their FID at every kept checkpoint. Small-sample FIDs differ by chance as well "
-            "as by design: read small gaps as ties. " + DEMO_NOTE
+            "(`ablations` in params.yaml), each value trained and evaluated alike once per seed of the grid "
+            "(training and sampling seeds offset by it); `training_steps.md` and the ablation figures have their "
+            "FID at every kept checkpoint. " + DEMO_NOTE,
+            f"Each value's row gives the mean final FID over its seeds and the two-sided {CONFIDENCE:.0%} "
+            "Student-t interval of that mean (mean +- t(0.975, n-1) s / sqrt(n), n seeds); with one seed there "
+            "is no interval. The verdict per axis compares these intervals with the paper's ordering (its choice "
+            "better than every other value, and every value better than its worst where it names one): "
+            "**holds** when every such pair's intervals are disjoint the paper's way, **reversed** when any pair's "
+            "are disjoint the other way, **inconclusive** otherwise (overlapping intervals, or fewer than two "
+            "seeds: one seed's ranking decides nothing).",
         ],
         ABLATION_COLUMNS,
-        ["Our FID", "Rank (ours)", "FID floor", "Training steps", "Samples"],
+        ["Seeds", "Mean FID", "Seed", "FID", "FID floor", "Training steps", "Samples"],
     )
     grids = params.get("ablations") or {}
     for grid in params.get("target_grids", []):
         for axis, values in grids[grid]["axes"].items():
-            ours = {}
-            for value in values:
-                path = f"metrics/{ablation_experiment_name(grid, axis, value)}/fid.json"
-                if path in metrics:
-                    ours[str(value)] = (path, metrics[path])
-            ranking = sorted(ours, key=lambda v: ours[v][1]["fid"])
-            for value in map(str, values):
-                if value not in ours:
-                    continue
-                path, m = ours[value]
-                choice = findings.get(axis, {}).get("paper_choice")
-                table.rows.append(
-                    Row(
-                        [
-                            f"`{grid}`: {axis}",
-                            f"`{value}`",
-                            "yes" if str(choice) == value else "",
-                            fmt(m["fid"]),
-                            str(ranking.index(value) + 1),
-                            fmt(m["fid_floor"]),
-                            str(m["training_steps"]),
-                            str(m["num_samples"]),
-                            f"{m['sampler']} {m['sampler_steps']}",
-                            *provenance_cells(m),
-                        ],
-                        source=path,
-                    )
-                )
-            if axis in findings and ours:
-                verdict = ablation_verdict(axis, findings[axis], {v: m for v, (_, m) in ours.items()})
-                table.notes.append(f"`{grid}`, {verdict}")
+            rows, note = axis_rows(params, metrics, grid, axis, values)
+            table.rows += rows
+            table.notes.append(f"`{grid}`, {note}")
     for grid in grids:
         if grid not in params.get("target_grids", []):
             table.notes.append(
@@ -525,6 +614,51 @@ def guidance_table(params: dict, metrics: dict[str, dict]) -> Table:
     return table
 
 
+def axis_rows(params: dict, metrics: dict[str, dict], grid: str, axis: str, values: list) -> tuple[list, str]:
+    """The rows of one axis of a grid (the verdict on its first value's row) and its sentence for the notes."""
+    finding = paper_data()["ablations"].get(axis)
+    runs = {str(v): seed_runs(params, metrics, grid, axis, v) for v in values}
+    fids = {v: [m["fid"] for _, m in filter(None, r.values())] for v, r in runs.items()}
+    verdict, sentence = (
+        ablation_verdict(axis, finding, fids) if finding else ("-", f"**{axis}**: no paper finding.")
+    )
+    choice = str(finding["paper_choice"]) if finding else None
+    rows = [
+        row
+        for k, (value, seeds) in enumerate(runs.items())
+        for row in variant_rows(grid, axis, value, choice == value, seeds, "" if k else verdict)
+    ]
+    return rows, sentence
+
+
+def seed_runs(params: dict, metrics: dict[str, dict], grid: str, axis: str, value) -> dict:
+    """seed -> (final FID metrics path, metrics) of one grid value, None for a seed not run."""
+    paths = {
+        seed: f"metrics/{name}/fid.json" for seed, name in variant_runs(params, grid, axis, value).items()
+    }
+    return {seed: (path, metrics[path]) if path in metrics else None for seed, path in paths.items()}
+
+
+def optional_metrics_files(params: dict) -> set[str]:
+    """Metrics files the tables show where present and current, 'not run' where not: those of the ablation runs
+    (a seed not run yet) and of the targets outside the quick tier (`make demo` leaves them as they are)."""
+    return {path for name in params["targets"]
+            if "ablation" in params["experiments"][name] or name not in params["quick_targets"]
+            for path in metrics_paths(params, name)}  # fmt: skip
+
+
+def present_metrics(params: dict, required: list[str], root: Path = Path(".")) -> dict[str, dict]:
+    """The metrics the tables are built from: the required files, and every optional file that is present and
+    computed with the settings params.yaml resolves to now (an older one would pass for a current number)."""
+    metrics = read_metrics([str(path) for path in required], root)
+    for path in sorted(optional_metrics_files(params) - set(metrics)):
+        if (root / path).is_file():
+            m = read_json(root / path, "run the stage that writes it again")
+            if not settings_differences(m["provenance"]["settings"], current_settings(params, m)):
+                metrics[path] = m
+    return metrics
+
+
 TABLE_BUILDERS = (
     results_table,
     other_metrics_table,
@@ -591,7 +725,7 @@ def render_tables(params: dict, metrics_files: list[Path | str], out_dir: Path) 
     """Write <table>.md and <table>.tex for every table into out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for table in build_tables(params, read_metrics(metrics_files)):
+    for table in build_tables(params, present_metrics(params, [str(p) for p in metrics_files])):
         for ext, text in render(table).items():
             path = out_dir / f"{table.name}.{ext}"
             path.write_text(text)

@@ -25,10 +25,17 @@ from pathlib import Path
 
 import yaml
 
-from uvit.config import accuracy_settings, evaluation_point, resolve_experiment, stage_settings
-from uvit.data import read_json
+from uvit.config import current_settings, settings_differences
 from uvit.provenance import dvc_md5
-from uvit.report import Table, build_tables, latex, render, table_metrics_files
+from uvit.report import (
+    Table,
+    build_tables,
+    latex,
+    optional_metrics_files,
+    present_metrics,
+    render,
+    table_metrics_files,
+)
 
 TEX_SEPARATOR = re.compile(r"(?<!\\)&")
 
@@ -88,9 +95,8 @@ def check_table_file(path: Path, table: Table, ext: str, expected_text: str) -> 
     for i, (have, want) in enumerate(zip(found[1:], expected[1:], strict=False)):
         for column, h, w in zip(table.columns, have, want, strict=False):
             if h != w:
-                source = table.rows[i].source_of(column) or "src/uvit/paper_results.yaml"
                 raise TraceError(
-                    f"{Cell(path, table, i, column)}: the table says {h!r}, {source} gives {w!r}"
+                    f"{Cell(path, table, i, column)}: the table says {h!r}, {table.rows[i].origin_of(column)} gives {w!r}"
                 )
         if len(have) != len(want):
             raise TraceError(
@@ -157,42 +163,6 @@ def listed_md5(root: Path, directory_md5: str, relpath: str) -> str | None:
     return entries.get(relpath, "not listed")
 
 
-PRECISION_KEYS = ("precision", "feature_precision")
-# Settings added after metrics files were first recorded, and what a record without them was computed with:
-# clean-fid's clean resize (the only protocol then); `metrics` only adds numbers such a record lacks ('-').
-PREDATED = {"evaluation.fid_protocol": "clean", "evaluation.metrics": None}
-
-
-def settings_differences(recorded, current, key: str = "") -> list[tuple[str, object, object]]:
-    """(key, recorded, current) where the recorded settings differ from the current ones (auto precision
-    matches the concrete precision recorded)."""
-    if isinstance(recorded, dict) and isinstance(current, dict):
-        return [
-            diff
-            for k in sorted(set(recorded) | set(current))
-            for diff in settings_differences(recorded.get(k), current.get(k), f"{key}.{k}".lstrip("."))
-        ]
-    if recorded == current or (key.rsplit(".", 1)[-1] in PRECISION_KEYS and current == "auto"):
-        return []
-    if recorded is None and key in PREDATED and PREDATED[key] in (None, current):
-        return []
-    return [(key, recorded, current)]
-
-
-def current_settings(params: dict, m: dict) -> dict:
-    """The settings params.yaml now resolves to for the number a metrics file records: an FID (a curve or guidance
-    point: its checkpoint step, sampler steps and guidance scale) or a classifier accuracy (at its guidance scale)."""
-    exp = evaluation_point(
-        resolve_experiment(params, m["experiment"]),
-        m["training_steps"],
-        m["sampler_steps"],
-        m.get("guidance_scale"),
-    )
-    if "classifier_accuracy" in m:
-        return accuracy_settings(params, exp)
-    return stage_settings(exp, "fid")
-
-
 def check_settings(params: dict, source: str, m: dict, cell: Cell) -> bool:
     """Check 2; returns whether `auto` precision stood for a recorded concrete one."""
     prov = m["provenance"]
@@ -214,13 +184,17 @@ def check_settings(params: dict, source: str, m: dict, cell: Cell) -> bool:
 
 
 def first_cell(tables: list[Table], source: str, root: Path, column: str | None = None) -> Cell:
-    """The first Markdown cell whose row takes numbers from `source` (in `column` if given, else the first
-    column `source` gives: Our FID for an FID record)."""
+    """The first Markdown cell whose numbers come from `source` (in `column` if given): in a row of that record,
+    else the first cell another row takes from it (a classifier accuracy beside its FID)."""
     for table in tables:
         for i, row in enumerate(table.rows):
-            if source in row.sources:
-                own = next((c for c, s in row.cell_sources.items() if s == source), "Our FID")
-                return Cell(root / "paper_tables" / f"{table.name}.md", table, i, column or own)
+            if row.source == source:
+                return Cell(root / "paper_tables" / f"{table.name}.md", table, i, column or "Our FID")
+    for table in tables:
+        for i, row in enumerate(table.rows):
+            taken = [c for c, s in row.cell_sources.items() if s == source]
+            if taken:
+                return Cell(root / "paper_tables" / f"{table.name}.md", table, i, column or taken[0])
     raise TraceError(f"{source}: no table row comes from it")
 
 
@@ -293,11 +267,13 @@ def check_provenance(
 
 def verify(params: dict, root: Path = Path(".")) -> str:
     """Run all checks; raise TraceError at the first failure, else return a one-paragraph summary."""
-    paths = table_metrics_files(params)
-    for path in paths:
+    optional, every = optional_metrics_files(params), table_metrics_files(params)
+    required = [path for path in every if path not in optional]
+    for path in required:
         if not (root / path).is_file():
             raise TraceError(f"{path}: missing; the tables need it (run `snakemake --cores all {path}`)")
-    metrics = {path: read_json(root / path, f"run `snakemake --cores all {path}` again") for path in paths}
+    metrics = present_metrics(params, required, root)  # optional ones: present and current, else 'not run'
+    not_run = len(every) - len(metrics)
     tables = build_tables(params, metrics)
     cells = 0
     for table in tables:
@@ -323,5 +299,5 @@ def verify(params: dict, root: Path = Path(".")) -> str:
         f"{counts['listing']} found in the directory's listing, {counts['no listing']} whose listing is not in "
         f"the local DVC cache); of {artifacts} "
         f"artifacts, {present - len(metrics)} present here and re-hashed, {absent} absent (checked against "
-        "dvc.lock only)"
+        f"dvc.lock only); {not_run} metrics files of ablation runs or of the full demo tier absent or computed with other settings, shown as 'not run'"
     )

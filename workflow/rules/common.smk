@@ -10,14 +10,17 @@ from uvit.config import (
     caption_split,
     fid_metrics_paths,
     load_params,
+    metrics_paths,
     resolve_experiment,
+    tier_targets,
 )
 from uvit.plan import estimate
-from uvit.report import table_metrics_files
 from uvit.stages import Lineage, given_reference, reference_name, reference_protocol
 
 try:
     PARAMS = load_params("params.yaml")
+    # make demo: --config tier=quick; the tables and figures also show the rest where present and current
+    TIER_TARGETS = tier_targets(PARAMS, config.get("tier", "full"))
 except ConfigError as err:
     sys.exit(f"error: {err}")
 
@@ -292,7 +295,7 @@ ABLATION_FIGURES = [f"ablation_{grid}" for grid in PARAMS["target_grids"]]
 
 
 def all_targets(experiments=None):
-    experiments = experiments or PARAMS["targets"]
+    experiments = experiments or TIER_TARGETS
     return [
         *[f"paper_tables/{table}.{ext}" for table in TABLES for ext in ("md", "tex")],
         *[
@@ -306,17 +309,17 @@ def all_targets(experiments=None):
 
 
 def target_metrics(wildcards):
-    """The targets' FID records (the figures' input)."""
-    return [path for name in PARAMS["targets"] for path in fid_metrics_paths(PARAMS, name)]
+    """The tier's FID records (the figures' input)."""
+    return [path for name in TIER_TARGETS for path in fid_metrics_paths(PARAMS, name)]
 
 
 def table_metrics(wildcards):
-    """The tables' input: the targets' FID and classifier-accuracy records (uvit.report owns the list)."""
-    return table_metrics_files(PARAMS)
+    """The tables' input: the tier's FID and classifier-accuracy records."""
+    return [path for name in TIER_TARGETS for path in metrics_paths(PARAMS, name)]
 
 
 def target_loss_curves(wildcards):
-    return [f"metrics/{name}/loss.csv" for name in PARAMS["targets"]]
+    return [f"metrics/{name}/loss.csv" for name in TIER_TARGETS]
 
 
 def sync_dvc_lock():
