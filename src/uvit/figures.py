@@ -307,12 +307,18 @@ def ablation_comparison(
     """One panel per ablation axis, FID over training steps per value; the paper's choice drawn thicker. A value's
     points may come from several seeds: its line is their mean at each step, their range shaded.
 
-    A `paper_best` value that was not run is ignored (nothing to highlight)."""
+    A `paper_best` value that was not run is ignored (nothing to highlight); an axis none of whose values ran
+    (the quick demo tier leaves the ablation out) gets a panel saying so, as the ablation table says 'not run'."""
     if not groups:
         raise ValueError("ablation_comparison: no ablation axes given")
     paper_best = paper_best or {}
     fig, axes = new_figure(len(groups))
     for ax, (axis, values) in zip(axes, groups.items(), strict=True):
+        if not any(values.values()):
+            ax.text(0.5, 0.5, f"{axis}: not run", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(axis)
+            ax.set_axis_off()
+            continue
         series = non_empty(values, f"ablation_comparison ({axis})", "value")
         floors = set()
         for k, (value, points) in enumerate(series.items()):
