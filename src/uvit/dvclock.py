@@ -49,8 +49,11 @@ def record_runs(since: float, root: Path = Path(".")) -> tuple[list[str], list[s
                 continue  # never made here (a paper row, an experiment not run): nothing to record or name
             if not stage.changed():
                 continue
+            missing = [str(dep) for dep in stage.deps if not dep.exists]
             dirty = [up for up in graph.successors(stage) if up in unrecorded]
-            if stage.name != SETTINGS_STAGE and not ran_in_this_run(stage, since):
+            if missing:  # the quick tier: the tables of every target, some never made here
+                reason = f"its input {missing[0]} does not exist (`make demo-full` makes it)"
+            elif stage.name != SETTINGS_STAGE and not ran_in_this_run(stage, since):
                 reason = "its outputs were not written by this run (changed by hand, or by another command)"
             elif dirty:
                 reason = f"its input from {dirty[0].addressing} is not what dvc.lock records for that stage"

@@ -20,7 +20,8 @@ from uvit.stages import Lineage, given_reference, reference_name, reference_prot
 try:
     PARAMS = load_params("params.yaml")
     # make demo: --config tier=quick; the tables and figures also show the rest where present and current
-    TIER_TARGETS = tier_targets(PARAMS, config.get("tier", "full"))
+    TIER = config.get("tier", "full")
+    TIER_TARGETS = tier_targets(PARAMS, TIER)
 except ConfigError as err:
     sys.exit(f"error: {err}")
 
@@ -295,14 +296,13 @@ ABLATION_FIGURES = [f"ablation_{grid}" for grid in PARAMS["target_grids"]]
 
 
 def all_targets(experiments=None):
+    """The tables, the sample grids and loss curves of the experiments, and the FID-curve and ablation figures
+    (the full tier only: the quick tier's experiment has no FID curves to draw)."""
     experiments = experiments or TIER_TARGETS
+    figures = FIGURES + ABLATION_FIGURES if TIER == "full" else []
     return [
         *[f"paper_tables/{table}.{ext}" for table in TABLES for ext in ("md", "tex")],
-        *[
-            f"paper_tables/figures/{name}.{ext}"
-            for name in FIGURES + ABLATION_FIGURES
-            for ext in ("png", "pdf")
-        ],
+        *[f"paper_tables/figures/{name}.{ext}" for name in figures for ext in ("png", "pdf")],
         *[f"paper_tables/figures/{name}_samples.{ext}" for name in experiments for ext in ("png", "pdf")],
         *[f"metrics/{name}/loss.csv" for name in experiments],
     ]
