@@ -271,3 +271,18 @@ def test_captioned_samples_show_each_caption(tmp_path):
     assert pdf.read_bytes().startswith(b"%PDF")
     with pytest.raises(FileNotFoundError, match="no PNG samples"):
         captioned_samples(tmp_path / "none", ["x"], tmp_path / "g2")
+
+
+def test_sample_grid_order_puts_one_class_per_row(tmp_path):
+    """A 2-class grid from samples drawn for classes 0, 1, 0, 1 (index mod 2): row 0 holds samples 0 and 2, row 1
+    samples 1 and 3 (COLOURS[k] is sample k's colour)."""
+    write_solid_pngs(tmp_path / "samples", COLOURS, size=4)
+    order = [0, 2, 1, 3]  # written out here, not derived from the code under test
+    grid = np.asarray(
+        Image.open(sample_grid(tmp_path / "samples", tmp_path / "g", 2, 2, order)[0]).convert("RGB")
+    )
+    scale = math.ceil(256 / 14)
+    for cell, sample in enumerate(order):
+        r, c = divmod(cell, 2)
+        top, left = (2 + r * 6) * scale, (2 + c * 6) * scale
+        assert (grid[top : top + 4 * scale, left : left + 4 * scale] == COLOURS[sample]).all(), f"cell {cell}"

@@ -233,16 +233,17 @@ def test_guidance_rows_take_fid_and_accuracy_each_from_its_own_record(params):
                 "classifier_test_images": 10000, "classifier_test_split": "test"}  # fmt: skip
 
     final, zero, one = (
-        f"metrics/fmnist_latent/{p}.json" for p in ("fid", "guidance/scale0", "guidance/scale1")
+        f"metrics/fmnist_latent/{p}.json" for p in ("fid", "guidance/scale0", "guidance/scale3")
     )
-    metrics = {final: fid(0.4), zero: fid(0.0), one: fid(1.0)}
+    # params.yaml: fmnist_latent samples at guidance 1.0 and sweeps [0, 3]
+    metrics = {final: fid(1.0), zero: fid(0.0), one: fid(3.0)}
     metrics |= {
         "metrics/fmnist_latent/accuracy.json": accuracy(0.8125),
         zero[:-5] + ".accuracy.json": accuracy(0.5),
     }
     rows = guidance_table(params, metrics).rows
     assert [(r.cells[0], r.cells[3]) for r in rows] == [
-        ("`fmnist_latent`", s) for s in ("0.0", "0.4 (final)", "1.0")
+        ("`fmnist_latent`", s) for s in ("0.0", "1.0 (final)", "3.0")
     ]
     assert rows[0].cells[5:10] == ["10.00", "5.00", "50.0%", "90.1%", "`fmnist_cnn` (10000 test)"]
     assert rows[0].source == zero and rows[0].origin_of("Classifier accuracy") == zero[:-5] + ".accuracy.json"

@@ -325,7 +325,8 @@ def cmd_accuracy(args, params: dict) -> None:
 
 
 def cmd_sample_grid(args, params: dict) -> None:
-    """The first samples as a grid; a text experiment's with the caption of each."""
+    """The first samples as a grid: a class experiment's one row per class, a text experiment's with the
+    caption of each."""
     from uvit.figures import captioned_samples, sample_grid
 
     exp = resolve_experiment(params, args.experiment)
@@ -337,6 +338,14 @@ def cmd_sample_grid(args, params: dict) -> None:
         captions = [c for image_captions in load_captions(split) for c in image_captions]
         cycled = [captions[i % len(captions)] for i in range(exp["sampling"]["num_samples"])]
         written = captioned_samples(Path(args.samples), cycled, Path(args.out))
+    elif exp["condition"] == "class":
+        from uvit.data import num_classes
+        from uvit.sampling import sample_classes
+
+        classes, per_class = num_classes(Path(args.data) / "train"), 10
+        drawn = sample_classes(list(range(classes * per_class)), classes).tolist()
+        order = [i for c in range(classes) for i in range(len(drawn)) if drawn[i] == c]
+        written = sample_grid(Path(args.samples), Path(args.out), classes, per_class, order)
     else:
         written = sample_grid(Path(args.samples), Path(args.out))
     log("wrote " + ", ".join(map(str, written)))

@@ -40,8 +40,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "fid": ("evaluation", "sampling"),
 }
 # Evaluation keys that add evaluations of their own (stages of their own), not ones a stage above computes with:
-# adding a guidance scale or a classifier must not rerun the FIDs already there.
-EVALUATION_ADDITIONS = ("guidance_scales", "classifier")
+# adding a sampler step count, a guidance scale or a classifier must not rerun the FIDs already there.
+EVALUATION_ADDITIONS = ("sampler_steps", "guidance_scales", "classifier")
 
 
 class ConfigError(UserError, ValueError):
@@ -561,6 +561,8 @@ def settings_differences(recorded, current, key: str = "") -> list[tuple[str, ob
             for diff in settings_differences(recorded.get(k), current.get(k), f"{key}.{k}".lstrip("."))
         ]
     if recorded == current or (key.rsplit(".", 1)[-1] in PRECISION_KEYS and current == "auto"):
+        return []
+    if key in {f"evaluation.{k}" for k in EVALUATION_ADDITIONS}:  # records made before they were left out
         return []
     if recorded is None and key in PREDATED and PREDATED[key] in (None, current):
         return []

@@ -164,11 +164,15 @@ def grid_pixels(images: list[np.ndarray], rows: int, cols: int) -> np.ndarray:
     return grid.repeat(scale, axis=0).repeat(scale, axis=1)  # nearest-neighbour upscaling
 
 
-def sample_grid(sample_dir: Path, out_stem: Path, rows: int = 8, cols: int = 8) -> list[Path]:
-    """A rows x cols grid of the first samples (sorted file names); missing cells stay white."""
+def sample_grid(
+    sample_dir: Path, out_stem: Path, rows: int = 8, cols: int = 8, order: list[int] | None = None
+) -> list[Path]:
+    """A rows x cols grid of the first samples (sorted file names), or of the samples at the indices `order`
+    lists row by row; missing cells stay white."""
     if rows < 1 or cols < 1:
         raise ValueError(f"sample_grid: rows and cols must be positive, got {rows} x {cols}")
-    files = sorted(Path(sample_dir).glob("*.png"))[: rows * cols]
+    files = sorted(Path(sample_dir).glob("*.png"))
+    files = [files[i] for i in order if i < len(files)] if order else files[: rows * cols]
     if not files:
         raise FileNotFoundError(f"{sample_dir}: no PNG samples for the grid")
     images = [np.asarray(Image.open(f).convert("RGB")) for f in files]

@@ -43,7 +43,8 @@ DEMO_NOTE = (
     "on a CPU (tiny models, minutes of training, far fewer samples than the paper's 50,000, and reference "
     "statistics of a subset of the training set: see the Samples and Reference columns). Their FID is biased "
     "upward by the small sample count; the *floor* column is the FID of as many held-out real images against "
-    "the same reference, the best a model can score under that protocol."
+    "the same reference, scored the same way: what real data scores at that count, the yardstick for ours "
+    "(not a bound: samples copying the reference would score below it)."
 )
 
 
@@ -239,7 +240,7 @@ def other_metrics_table(params: dict, metrics: dict[str, dict]) -> Table:
             "sFID (spatial features) and KID: lower is better; Inception Score, precision and recall: higher is "
             "better. All come from the FID stage's one pass of Inception features, with ADM's definitions "
             "(precision and recall: k = 3 manifolds). " + DEMO_NOTE,
-            "FID protocol: the resize and input range of the Inception features (README, FID); '-' marks metrics "
+            "FID protocol: the resize and input range of the Inception features (docs/fid.md); '-' marks metrics "
             "files written before the protocol was recorded (clean-fid's clean resize, the only one then). "
             "'-' in a metric column: not computed for that run (the Inception Score needs Inception's logits, "
             "which the offline weights lack).",
