@@ -21,7 +21,7 @@ import pytest
 from test_recipe import experiment
 
 import uvit.evaluation as evaluation
-from uvit.config import evaluation_point
+from uvit.config import EVALUATION_ADDITIONS, evaluation_point
 from uvit.data import DataError, in_memory, write_split
 from uvit.fid import load_statistics, save_statistics
 from uvit.provenance import dvc_md5
@@ -195,8 +195,9 @@ def test_fid_of_samples_records_the_fid_its_floor_and_what_made_it(pretrained, d
     )
     assert metrics["model"] == "U-ViT (D=32, depth=3, p=4)"
     provenance = metrics["provenance"]
-    # the keys that add evaluations of their own (guidance points, classifier accuracy) are not the FID's settings
-    recorded = {k: v for k, v in exp["evaluation"].items() if k not in ("guidance_scales", "classifier")}
+    # the keys that add evaluations of their own (curve and guidance points, classifier accuracy) are not the FID's
+    recorded = {k: v for k, v in exp["evaluation"].items() if k not in EVALUATION_ADDITIONS}
+    assert set(EVALUATION_ADDITIONS) == {"sampler_steps", "guidance_scales", "classifier"}
     assert provenance["settings"] == {"evaluation": recorded, "sampling": exp["sampling"]}
     assert sorted(provenance["inputs"]) == (
         ["reference", "samples"] if pretrained else ["floor", "reference", "samples"]

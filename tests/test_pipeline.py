@@ -262,10 +262,12 @@ def test_verify_refuses_stale_settings_and_a_dirty_tree(project):
     path = project / "params.yaml"
     original = path.read_text()
     try:
-        set_params(project, lambda p: p["experiments"]["smoke_latent"]["sampling"].__setitem__("seed", 5))
+        # smoke_pixel: the copy's quick tier, whose records the tables require (a full-tier record computed with
+        # other settings is shown as 'not run' instead, and the table cell that still shows it is named)
+        set_params(project, lambda p: p["experiments"]["smoke_pixel"]["sampling"].__setitem__("seed", 5))
         result = verify(project, check=False)
         assert result.returncode == 1
-        assert "metrics/smoke_latent/fid.json is stale: computed with sampling.seed = 0" in result.stderr
+        assert "metrics/smoke_pixel/fid.json is stale: computed with sampling.seed = 0" in result.stderr
         assert "now resolves it to 5" in result.stderr and "snakemake --cores all" in result.stderr
     finally:
         path.write_text(original)
