@@ -112,7 +112,7 @@ def test_latent_scale_factor_is_measured_or_taken_from_the_config(tmp_path):
 
     prepare_dataset({"source": "digits", "resolution": 16, "shard_size": 1000}, tmp_path / "data")
     torch.manual_seed(0)
-    cfg = {"block_channels": [8, 16], "layers_per_block": 1, "latent_channels": 4}
+    cfg = {"space_to_depth": 1, "block_channels": [8, 16], "layers_per_block": 1, "latent_channels": 4}
     build_autoencoder(cfg, 1, 16).save_pretrained(tmp_path / "ae")
     measured = encode_dataset(tmp_path / "ae", tmp_path / "data", tmp_path / "z1", log=lambda m: None)
     moments, labels, scale = load_latents(tmp_path / "z1")
@@ -140,3 +140,26 @@ def test_a_checkpoint_missing_a_weight_is_refused_not_filled_at_random(sd_vae, t
         AutoencoderError, match=r"a checkpoint file \(\.ckpt, \.pt, \.pth, \.bin, \.safetensors\)"
     ):
         load_autoencoder(tmp_path / "weights.npz")
+
+
+def test_space_to_depth_autoencoder_downsamples_by_its_factor_and_survives_a_save(tmp_path):
+    """space_to_depth 2 with blocks [8, 16]: 1x16x16 -> 2x2 blocks as 4 channels at 8x8 -> latents at 4x4 (factor 4,
+    as config.autoencoder_downsampling says); saved and loaded, it decodes the same images."""
+    import torch
+
+    from uvit.autoencoder import SpaceToDepth, build_autoencoder, load_autoencoder
+    from uvit.config import autoencoder_downsampling
+
+    cfg = {"space_to_depth": 2, "block_channels": [8, 16], "layers_per_block": 1, "latent_channels": 2}
+    torch.manual_seed(0)
+    model = build_autoencoder(cfg, 1, 16).eval()
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        z = model.encode(x).latent_dist.mode()
+        assert z.shape == (3, 2, 16 // autoencoder_downsampling(cfg), 16 // 4)
+        out = model.decode(z).sample
+        assert out.shape == x.shape
+        model.save_pretrained(tmp_path / "ae")
+        loaded = load_autoencoder(tmp_path / "ae")
+        assert isinstance(loaded, SpaceToDepth) and loaded.factor == 2
+        assert torch.equal(loaded.decode(loaded.encode(x).latent_dist.mode()).sample, out)

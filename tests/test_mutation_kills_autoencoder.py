@@ -32,7 +32,7 @@ from uvit.autoencoder import (
 )
 from uvit.data import in_memory, write_split
 
-CFG = {"block_channels": [4, 8], "layers_per_block": 1, "latent_channels": 2, "kl_weight": 0.5,
+CFG = {"space_to_depth": 1, "block_channels": [4, 8], "layers_per_block": 1, "latent_channels": 2, "kl_weight": 0.5,
        "batch_size": 4, "lr": 1e-2, "steps": 2, "seed": 3, "eval_images": 6}  # fmt: skip
 
 

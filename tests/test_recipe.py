@@ -142,7 +142,7 @@ def test_encoding_stores_the_moments_of_the_horizontally_flipped_image(split, tm
 
     torch.manual_seed(0)
     build_autoencoder(
-        {"block_channels": [8, 16], "layers_per_block": 1, "latent_channels": 2}, 3, 8
+        {"space_to_depth": 1, "block_channels": [8, 16], "layers_per_block": 1, "latent_channels": 2}, 3, 8
     ).save_pretrained(tmp_path / "ae")
     encode_dataset(tmp_path / "ae", split, tmp_path / "z", log=lambda m: None)
     moments, _, _ = training.load_latents(tmp_path / "z")
