@@ -344,7 +344,9 @@ def cmd_sample_grid(args, params: dict) -> None:
 
         classes, per_class = num_classes(Path(args.data) / "train"), 10
         drawn = sample_classes(list(range(classes * per_class)), classes).tolist()
-        order = [i for c in range(classes) for i in range(len(drawn)) if drawn[i] == c]
+        order = sorted(
+            range(len(drawn)), key=drawn.__getitem__
+        )  # stable: each class's first samples, in order
         written = sample_grid(Path(args.samples), Path(args.out), classes, per_class, order)
     else:
         written = sample_grid(Path(args.samples), Path(args.out))
@@ -445,6 +447,11 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
+def add_guidance_scale(p: argparse.ArgumentParser, text: str) -> None:
+    """--guidance-scale of sample, fid and accuracy: one guidance point of evaluation.guidance_scales."""
+    p.add_argument("--guidance-scale", type=positive(float, zero=True), metavar="S", help=text)
 
 
 def positive(kind, zero: bool = False):
@@ -586,12 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latents", metavar="DIR")
     p.add_argument("--text", metavar="DIR", help="encoded captions to sample for (text experiments)")
     p.add_argument("--sampler-steps", type=positive(int), metavar="N", help="instead of sampling.steps")
-    p.add_argument(
-        "--guidance-scale",
-        type=positive(float, zero=True),
-        metavar="S",
-        help="instead of sampling.guidance_scale (0: the conditional model alone)",
-    )
+    add_guidance_scale(p, "instead of sampling.guidance_scale (0: the conditional model alone)")
     p.add_argument("--out", required=True, metavar="DIR")
 
     for name, func, text in (
@@ -632,12 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sampler-steps", type=positive(int), metavar="N", help="the samples' steps, if not sampling.steps"
     )
-    p.add_argument(
-        "--guidance-scale",
-        type=positive(float, zero=True),
-        metavar="S",
-        help="the samples' guidance scale, if not sampling.guidance_scale",
-    )
+    add_guidance_scale(p, "the samples' guidance scale, if not sampling.guidance_scale")
     p.add_argument("--pretrained", action="store_true", help="the checkpoint is the authors' release")
     p.add_argument(
         "--training-step",
@@ -659,12 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--classifier-metrics", required=True, metavar="FILE", help="its metrics (held-out accuracy)"
     )
     p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (image shape, classes)")
-    p.add_argument(
-        "--guidance-scale",
-        type=positive(float, zero=True),
-        metavar="S",
-        help="the samples' guidance scale, if not sampling.guidance_scale",
-    )
+    add_guidance_scale(p, "the samples' guidance scale, if not sampling.guidance_scale")
     p.add_argument("--metrics", required=True, metavar="FILE")
 
     p = stage(
