@@ -207,6 +207,29 @@ def test_frechet_distance_equals_cleanfid_sqrtm(n1, n2, dim):
     assert fid.frechet_distance(*a, *b) == pytest.approx(cleanfid_distance(*a, *b), rel=1e-6)
 
 
+@pytest.mark.parametrize("count", [16, 300, 511, 512, 513, 1200])
+def test_frechet_distance_to_features_equals_the_distance_of_their_statistics(count):
+    """The N x N route (fewer images than dimensions) and its fall-back: clean-fid's sqrtm is the reference."""
+    from cleanfid.fid import frechet_distance as cleanfid_distance
+
+    rng = np.random.default_rng(count)
+    mixing = rng.standard_normal((64, 512)) * 0.1
+    reference = fid.feature_statistics(
+        np.abs(rng.standard_normal((900, 64)) @ mixing + rng.random((900, 512)))
+    )
+    features = np.abs(rng.standard_normal((count, 64)) @ mixing + 0.3 * rng.random((count, 512)) + 0.05)
+    expected = cleanfid_distance(*fid.feature_statistics(features), *reference)
+    assert fid.frechet_distance_to_features(features, *reference) == pytest.approx(expected, rel=1e-6)
+    # the D x D route (it adds the square roots of the singular product's round-off eigenvalues: ~3e-8 relative)
+    ours = fid.frechet_distance(*fid.feature_statistics(features), *reference)
+    assert fid.frechet_distance_to_features(features, *reference) == pytest.approx(ours, rel=1e-7)
+    assert fid.frechet_distance_to_features(features.astype(np.float32), *reference) == pytest.approx(
+        ours, rel=1e-6
+    )
+    with pytest.raises(ValueError, match="differ in shape"):
+        fid.frechet_distance_to_features(features[:, :100], *reference)
+
+
 def test_fid_grows_with_noise(extractor, grey, grey_features):
     grey, grey_features = grey[:12], grey_features[:12]  # 3 x 12 noisy images through Inception
     dims = _top_dims(grey_features)

@@ -113,7 +113,7 @@ def reconstruction_metrics(model, split_dir: Path, count: int, batch_size: int =
     """Quality of reconstructions (from the posterior mean) of held-out images: PSNR (dB, on uint8 images)
     and reconstruction FID (rFID: reconstructions against the originals, Inception features as for FID).
     At a few hundred images rFID is biased upward; it compares autoencoders at the same count."""
-    from uvit.fid import InceptionFeatureExtractor, feature_statistics, frechet_distance
+    from uvit.fid import InceptionFeatureExtractor, feature_statistics, frechet_distance_to_features
 
     images, _ = load_split(split_dir, limit=count)
     model.eval()
@@ -130,11 +130,8 @@ def reconstruction_metrics(model, split_dir: Path, count: int, batch_size: int =
     mse = np.mean((recon.astype(np.float64) - images.astype(np.float64)) ** 2, axis=(1, 2, 3))
     psnr = float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
     extractor = InceptionFeatureExtractor()
-    stats = [
-        feature_statistics(extractor.features(x, desc=name))
-        for x, name in ((images, "originals"), (recon, "reconstructions"))
-    ]
-    rfid = frechet_distance(*stats[0], *stats[1])
+    originals = feature_statistics(extractor.features(images, desc="originals"))
+    rfid = frechet_distance_to_features(extractor.features(recon, desc="reconstructions"), *originals)
     return {"heldout_images": len(images), "psnr_db": round(psnr, 3), "rfid": round(rfid, 4)}
 
 

@@ -17,8 +17,7 @@ from uvit.fid import (
     INCEPTION_SHA256,
     PROTOCOL_NAMES,
     InceptionFeatureExtractor,
-    feature_statistics,
-    frechet_distance,
+    frechet_distance_to_features,
     load_reference,
     read_image_folder,
     recorded_protocol,
@@ -58,12 +57,10 @@ def reference_statistics(
 def sample_metrics(features: dict, reference: dict, metrics: list[str]) -> dict[str, float]:
     """FID and the requested other metrics of one feature pass against a reference's arrays (ADM's definitions,
     `uvit.metrics`), as plain numbers."""
-    out = {
-        "fid": frechet_distance(*feature_statistics(features["pool"]), reference["mu"], reference["sigma"])
-    }
+    out = {"fid": frechet_distance_to_features(features["pool"], reference["mu"], reference["sigma"])}
     if "sfid" in metrics:
-        out["sfid"] = frechet_distance(
-            *feature_statistics(features["spatial"]), reference["mu_s"], reference["sigma_s"]
+        out["sfid"] = frechet_distance_to_features(
+            features["spatial"], reference["mu_s"], reference["sigma_s"]
         )
     if "precision" in metrics or "recall" in metrics:
         out["precision"], out["recall"] = precision_recall(reference["features"], features["pool"])

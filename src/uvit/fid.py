@@ -580,6 +580,33 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_covmean)
 
 
+def frechet_distance_to_features(features: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
+    """frechet_distance(*feature_statistics(features), mu, sigma), without a D x D eigendecomposition when the
+    N x D features are fewer than D + 1 (every demo and smoke FID: 16-1,000 images against 2048-d).
+
+    Their covariance S2 = Xc^T Xc / (N - 1) (Xc: centred features) then has rank < N, and the spectrum of S1 S2 is
+    that of the N x N matrix Xc S1 Xc^T / (N - 1) plus zeros, so tr((S1 S2)^(1/2)) is the sum of the square roots
+    of its eigenvalues: ~20x faster at 1,000 images, and free of the D x D route's square roots of round-off
+    eigenvalues (the two agree within 1e-7 relative; tests/test_fid.py).
+    """
+    features = np.atleast_2d(np.asarray(features, dtype=np.float64))
+    mu, sigma = np.atleast_1d(mu).astype(np.float64), np.atleast_2d(sigma).astype(np.float64)
+    count, dims = features.shape
+    if count - 1 >= dims:
+        return frechet_distance(*feature_statistics(features), mu, sigma)
+    if mu.shape != (dims,) or sigma.shape != (dims, dims):
+        raise ValueError(
+            f"statistics differ in shape: features {features.shape}, mu {mu.shape}, sigma {sigma.shape}"
+        )
+    mean = features.mean(axis=0)
+    centred = features - mean
+    gram = centred @ sigma @ centred.T / (count - 1)
+    trace_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((gram + gram.T) / 2), 0, None)).sum()
+    diff = mean - mu
+    trace_sigma2 = np.einsum("ij,ij->", centred, centred) / (count - 1)
+    return float(diff @ diff + np.trace(sigma) + trace_sigma2 - 2 * trace_covmean)
+
+
 def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **meta: Any) -> None:
     """Write ``mu``/``sigma`` (+ small metadata arrays) to an .npz atomically.
 
@@ -706,5 +733,4 @@ def fid_from_images(
     progress: bool = False,
 ) -> float:
     """FID of uint8 images against reference statistics."""
-    mu, sigma = feature_statistics(extractor.features(images, progress=progress))
-    return frechet_distance(mu, sigma, ref_mu, ref_sigma)
+    return frechet_distance_to_features(extractor.features(images, progress=progress), ref_mu, ref_sigma)
