@@ -238,10 +238,8 @@ def test_guidance_points_list_the_other_scales_and_their_records(params):
     assert all(float(guidance_label(s)) == s for s in (0.0, 0.4, 2.0, 1e-5, 0.1 + 0.2))
     assert metrics_paths(params, "smoke_latent") == [
         "metrics/smoke_latent/fid.json",
-        "metrics/smoke_latent/guidance/scale0.json",
         "metrics/smoke_latent/guidance/scale1.json",
         "metrics/smoke_latent/accuracy.json",
-        "metrics/smoke_latent/guidance/scale0.accuracy.json",
         "metrics/smoke_latent/guidance/scale1.accuracy.json",
     ]
     assert metrics_paths(params, "smoke_text") == ["metrics/smoke_text/fid.json"]  # no classifier, no sweep

@@ -197,7 +197,7 @@ def test_the_readme_slurm_command_submits_and_retries(tmp_path):
     runs each job: prepare and encode are submitted with the default resources, the import runs on the login
     node, training asks for the experiment's 8 A100s, memory, hours and CPUs, sees the devices SLURM gave it,
     runs under torchrun, and, preempted once, is resubmitted."""
-    project = make_project_copy(tmp_path / "project")
+    project = make_project_copy(tmp_path / "project", targets=["imagenet256_uvit_h2"])
     state = tmp_path / "slurm"
     state.mkdir()
     env = project_env() | {"FAKE_SLURM": str(state), "UVIT_SKIP_DVC_COMMIT": "1"}

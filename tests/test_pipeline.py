@@ -97,8 +97,8 @@ def test_curves_over_training_and_sampler_steps(project):
 
 
 def test_guidance_sweep_and_classifier_accuracy(project):
-    """smoke_latent samples guidance scales 0 and 1 besides its 0.4: samples, an FID and a classifier accuracy each,
-    in guidance.md beside the classifier's own held-out accuracy; its results row shows the final accuracy."""
+    """smoke_latent samples guidance scale 1 besides its 0.4: samples, an FID and a classifier accuracy each, in
+    guidance.md beside the classifier's own held-out accuracy; its results row shows the final accuracy."""
     import numpy as np
     from PIL import Image
 
@@ -106,7 +106,7 @@ def test_guidance_sweep_and_classifier_accuracy(project):
     assert classifier["test_images"] == 297 and classifier["test_accuracy"] >= 0.5  # 10 classes: chance 0.1
     guidance = (project / "paper_tables" / "guidance.md").read_text()
     pixels = {}
-    for label, scale in (("0", 0.0), ("1", 1.0)):
+    for label, scale in (("1", 1.0),):
         fid = json.loads((project / f"metrics/smoke_latent/guidance/scale{label}.json").read_text())
         accuracy = json.loads(
             (project / f"metrics/smoke_latent/guidance/scale{label}.accuracy.json").read_text()
@@ -119,8 +119,14 @@ def test_guidance_sweep_and_classifier_accuracy(project):
         row = next(line for line in guidance.splitlines() if f"| {scale} |" in line)
         assert f"{fid['fid']:.2f}" in row and f"{100 * accuracy['classifier_accuracy']:.1f}%" in row
         pixels[scale] = np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
-    assert not np.array_equal(pixels[0.0], pixels[1.0])  # the scale reached the sampler
     final = json.loads((project / "metrics/smoke_latent/accuracy.json").read_text())
+    drawn = project / "results/smoke_latent/samples"
+    assert (
+        json.loads((drawn / "sampling.json").read_text())["seed"]
+        == json.loads((project / "results/smoke_latent/guidance/scale1/sampling.json").read_text())["seed"]
+    )
+    pixels[0.4] = np.stack([np.asarray(Image.open(p)) for p in sorted(drawn.glob("*.png"))])
+    assert not np.array_equal(pixels[0.4], pixels[1.0])  # same seeds: the scale reached the sampler
     assert final["guidance_scale"] == 0.4 and "| 0.4 (final) |" in guidance
     table = (project / "paper_tables" / "results.md").read_text()
     row = next(line for line in table.splitlines() if "`smoke_latent`" in line)
@@ -140,7 +146,7 @@ def test_verify_names_a_tampered_accuracy_cell(project):
         result = verify(project, check=False)
         assert result.returncode == 1
         assert (
-            "paper_tables/guidance.md: row 3" in result.stderr
+            "paper_tables/guidance.md: row 2" in result.stderr
             and "column 'Classifier accuracy'" in result.stderr
         )
         assert "metrics/smoke_latent/guidance/scale1.accuracy.json gives" in result.stderr

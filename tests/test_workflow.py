@@ -77,12 +77,11 @@ def assert_engines_agree(project, jobs: list[dict], every_stage: bool = True) ->
 # (those whose lineage param changes, and the tables and figures their metrics feed).
 SMOKE_TARGETS = ["smoke_pixel", "smoke_latent", "smoke_text"]
 SMOKE_PIXEL_DOWNSTREAM = {"sample", "sample_curve_point", "fid", "fid_curve_point", "sample_grid"}
-# smoke_latent's guidance points (scales 0 and 1 besides 0.4) and classifier accuracies
+# smoke_latent's guidance point (scale 1 besides 0.4) and classifier accuracies
 SMOKE_LATENT_GUIDANCE = {"sample_guidance_point", "fid_guidance_point", "accuracy", "accuracy_guidance_point"}
 CLASSIFIER_JOBS = {
     "train_classifier@digits_cnn",
     "accuracy@smoke_latent",
-    "accuracy_guidance_point@smoke_latent-scale0",
     "accuracy_guidance_point@smoke_latent-scale1",
 }
 KEYS = {
@@ -192,7 +191,7 @@ def test_another_guidance_scale_adds_its_jobs_and_reruns_none_there_were(tmp_pat
     the FIDs and accuracies already there keep their settings and lineage."""
     from uvit.stages import dag_jobs
 
-    edit = {"experiments": {"smoke_latent": {"evaluation": {"guidance_scales": [0, 1, 2.5]}}}}
+    edit = {"experiments": {"smoke_latent": {"evaluation": {"guidance_scales": [1, 2.5]}}}}
     before, after = edited_params(tmp_path, edit)
     jobs, more = dag_jobs(before, SMOKE_TARGETS, report=True), dag_jobs(after, SMOKE_TARGETS, report=True)
     added = {f"{rule}@smoke_latent-scale2.5" for rule in SMOKE_LATENT_GUIDANCE - {"accuracy"}}

@@ -86,10 +86,19 @@ def module_closure(command: str) -> tuple[str, ...]:
         if name in seen:
             continue
         seen.add(name)
-        for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("uvit."):
-                todo.append(node.module.split(".")[1])
+        todo += uvit_imports(name)
     return tuple(sorted(seen))
+
+
+@functools.cache
+def uvit_imports(name: str) -> tuple[str, ...]:
+    """The uvit modules one module imports (parsed once per process: every subcommand's closure shares them)."""
+    tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+    return tuple(
+        node.module.split(".")[1]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("uvit.")
+    )
 
 
 def code_files(command: str) -> list[Path]:
