@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 EMOJI := data/raw/emoji-datasource-google-16.0.0.tgz
 
-.PHONY: setup lock data demo demo-full test lint format dvc-yaml mutation clean
+.PHONY: setup lock data demo demo-full test lint format dvc-yaml experiments mutation clean
 
 setup: $(VENV)/.installed ## create .venv and install the project with its dev tools
 
@@ -66,6 +66,12 @@ format: setup
 # Not in CI or `make test`: hours on 2 CPU cores for all modules (MUTATION_ARGS="--modules diffusion --max-mutants 60").
 mutation: setup ## mutation testing (mutmut) of the core modules -> benchmarks/results/mutation.json
 	nice -n 19 python benchmarks/mutation.py $(MUTATION_ARGS)
+
+# `dvc exp show` alone has a column for every key of params.yaml and every dependency's hash (~450 in the smoke
+# project): keep the scores and the settings that differ between the experiments shown.
+EXP_SHOW_DROP := ^(settings|results|data|src|workflow)/|^params\.yaml$$|^metrics/[^:]*$$|^(rev|typ)$$
+experiments: ## DVC experiments (dvc exp run -S ...) with their scores and the settings they changed; ARGS=--csv etc.
+	dvc exp show --only-changed --drop '$(EXP_SHOW_DROP)' $(ARGS)
 
 dvc-yaml: setup ## regenerate dvc.yaml and experiments/dvc.yaml (templated) from the jobs of params.yaml
 	python workflow/scripts/export_dvc.py

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CORES, make_project_copy, run, set_params, write_emoji_package
+from conftest import CORES, ROOT, make_project_copy, run, set_params, write_emoji_package
 
 from uvit.config import load_params
 from uvit.report import table_metrics_files
@@ -339,6 +339,11 @@ def test_a_sampling_key_reruns_sampling_not_training_under_both_engines(project)
     set_params(project, lambda p: p["experiments"]["smoke_text"]["sampling"].__setitem__("seed", 2))
     assert planned_jobs(project) == {"sample", "fid", "sample_grid", "figures", "tables", "all"}
     path.write_text(original)
+    run(["git", "add", "-A"], project)  # the results committed, as a user would before trying a setting
+    run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke run", "--allow-empty"],
+        project,
+    )
     # `+`: a key params.yaml leaves to its default (Hydra's syntax, which `dvc exp run -S` takes)
     out = run(
         ["dvc", "exp", "run", "-S", "+experiments.smoke_text.sampling.seed=2", "tables"], project
@@ -355,3 +360,13 @@ def test_a_sampling_key_reruns_sampling_not_training_under_both_engines(project)
         r["rev"] != "workspace" and p.get("seed") == 2 and m.get("fid") == fid
         for r, p, m in zip(shown, params, scores, strict=True)
     )
+    # `make experiments`: a handful of columns, the scores and the changed key (not every key and hash)
+    table = run(["make", "-s", "-f", str(ROOT / "Makefile"), "experiments", "ARGS=--csv"], project).stdout
+    header, *rows = table.splitlines()
+    assert header.split(",") == [
+        "Experiment",
+        "Created",
+        *(f"metrics/smoke_text/fid.scores.json:{k}" for k in ("fid", "kid", "sfid")),
+        "experiments.smoke_text.sampling.seed",
+    ]
+    assert any(row.endswith(",2") and f",{fid}," in row for row in rows), table
