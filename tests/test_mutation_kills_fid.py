@@ -79,3 +79,46 @@ def test_grey_stored_as_rgb_is_resized_once_as_one_plane():
     assert torch.equal(as_rgb, extractor._prepare(grey))
     colour = np.stack([grey, grey, 255 - grey], axis=-1)
     assert extractor._prepare(colour).shape == (2, 3, 299, 299)
+
+
+def test_a_reference_records_its_protocol_and_is_refused_for_another(tmp_path):
+    """reference_arrays keeps both Gaussians, the pool features and the protocol; load_reference hands back what
+    the metrics need and refuses a reference made with another protocol, or one that records none."""
+    rng = np.random.default_rng(0)
+    features = {"pool": rng.random((12, 16)), "spatial": rng.random((12, 8))}
+    arrays = fid.reference_arrays(features, "pytorch_fid")
+    assert sorted(arrays) == ["features", "mu", "mu_s", "protocol", "sigma", "sigma_s"]
+    np.testing.assert_allclose(arrays["mu"], features["pool"].mean(axis=0))
+    np.testing.assert_allclose(arrays["sigma"], np.cov(features["pool"], rowvar=False))
+    np.testing.assert_allclose(arrays["mu_s"], features["spatial"].mean(axis=0))
+    np.testing.assert_allclose(arrays["sigma_s"], np.cov(features["spatial"], rowvar=False))
+    assert arrays["features"].dtype == np.float32 and str(arrays["protocol"]) == "pytorch_fid"
+    np.testing.assert_array_equal(arrays["features"], features["pool"].astype(np.float32))
+    fid.save_statistics(tmp_path / "ref.npz", **arrays)
+    assert fid.recorded_protocol(tmp_path / "ref.npz") == "pytorch_fid"
+    loaded = fid.load_reference(tmp_path / "ref.npz", ("fid", "sfid", "kid"), protocol_name="pytorch_fid")
+    assert sorted(loaded) == ["features", "mu", "mu_s", "sigma", "sigma_s"]
+    with pytest.raises(
+        DataError, match="made with fid_protocol 'pytorch_fid', the experiment asks for 'clean'"
+    ):
+        fid.load_reference(tmp_path / "ref.npz", ("fid",), protocol_name="clean")
+    np.savez(
+        tmp_path / "raw.npz", mu=arrays["mu"], sigma=arrays["sigma"]
+    )  # the authors' fid_stats: no protocol
+    assert fid.recorded_protocol(tmp_path / "raw.npz") is None
+    assert sorted(fid.load_reference(tmp_path / "raw.npz", ("fid",))) == ["mu", "sigma"]
+    with pytest.raises(
+        DataError, match=r"raw\.npz: records no fid_protocol, the experiment asks for 'clean'"
+    ):
+        fid.load_reference(tmp_path / "raw.npz", ("fid",), protocol_name="clean")
+
+
+def test_a_sample_folder_of_mixed_sizes_names_both_sizes(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(tmp_path / "a.png")  # 24 wide, 16 high
+    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(tmp_path / "b.png")
+    with pytest.raises(
+        DataError, match=r"b\.png: 20x16 pixels, .*a\.png is 24x16; a sample folder holds images"
+    ):
+        fid.read_image_folder(tmp_path)
