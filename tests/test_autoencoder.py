@@ -144,15 +144,18 @@ def test_a_checkpoint_missing_a_weight_is_refused_not_filled_at_random(sd_vae, t
 
 def test_space_to_depth_autoencoder_downsamples_by_its_factor_and_survives_a_save(tmp_path):
     """space_to_depth 2 with blocks [8, 16]: 1x16x16 -> 2x2 blocks as 4 channels at 8x8 -> latents at 4x4 (factor 4,
-    as config.autoencoder_downsampling says); saved and loaded, it decodes the same images."""
+    as config.autoencoder_downsampling says), layers_per_block resnets per encoder block (diffusers' decoder: one
+    more); saved, loaded frozen and imported, it decodes the same images."""
     import torch
 
-    from uvit.autoencoder import SpaceToDepth, build_autoencoder, load_autoencoder
+    from uvit.autoencoder import SpaceToDepth, build_autoencoder, import_autoencoder, load_autoencoder
     from uvit.config import autoencoder_downsampling
 
-    cfg = {"space_to_depth": 2, "block_channels": [8, 16], "layers_per_block": 1, "latent_channels": 2}
+    cfg = {"space_to_depth": 2, "block_channels": [8, 16], "layers_per_block": 2, "latent_channels": 2}
     torch.manual_seed(0)
     model = build_autoencoder(cfg, 1, 16).eval()
+    assert [len(b.resnets) for b in model.inner.encoder.down_blocks] == [2, 2]
+    assert [len(b.resnets) for b in model.inner.decoder.up_blocks] == [3, 3]
     x = torch.rand(3, 1, 16, 16) * 2 - 1
     with torch.no_grad():
         z = model.encode(x).latent_dist.mode()
@@ -162,4 +165,9 @@ def test_space_to_depth_autoencoder_downsamples_by_its_factor_and_survives_a_sav
         model.save_pretrained(tmp_path / "ae")
         loaded = load_autoencoder(tmp_path / "ae")
         assert isinstance(loaded, SpaceToDepth) and loaded.factor == 2
+        assert not any(p.requires_grad for p in loaded.parameters())  # frozen, as the stages use it
         assert torch.equal(loaded.decode(loaded.encode(x).latent_dist.mode()).sample, out)
+        import_autoencoder(tmp_path / "ae", tmp_path / "imported")
+        imported = load_autoencoder(tmp_path / "imported")
+        assert isinstance(imported, SpaceToDepth) and imported.factor == 2
+        assert torch.equal(imported.decode(imported.encode(x).latent_dist.mode()).sample, out)
