@@ -301,3 +301,17 @@ def test_an_fp16_run_resumes_with_its_gradient_scaler_state(split, tmp_path):
     assert any("resuming from" in m and "(step 2)" in m for m in logs)
     state = torch.load(tmp_path / "checkpoints" / "ckpt-0000003.pt", weights_only=True)
     assert state["scaler"]["scale"] > 0 and state["step"] == 3
+
+
+def test_condition_dropout_draws_from_the_step_generator_only():
+    """The null-condition mask comes from the step's generator (the step seed decides the batch): the global RNG
+    state does not change it, another step seed does."""
+    exp = experiment("smoke_latent", training={"cond_drop_prob": 0.5})
+    labels, index = torch.arange(1000) % 10, torch.arange(1000)
+    draws = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        draws.append(Conditions(exp, classes=10).draw(index, labels, torch.Generator().manual_seed(0)))
+    assert torch.equal(draws[0], draws[1]) and (draws[0] == 10).any()
+    other = Conditions(exp, classes=10).draw(index, labels, torch.Generator().manual_seed(1))
+    assert not torch.equal(other, draws[0])

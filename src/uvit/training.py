@@ -358,7 +358,7 @@ def micro_batches(share: slice, accumulation: int) -> list[slice]:
 
 def out_of_memory_message(exp: dict, processes: Processes) -> str:
     cfg = exp["training"]
-    per_micro = cfg["batch_size"] // processes.world // cfg.get("grad_accumulation", 1)
+    per_micro = cfg["batch_size"] // processes.world // cfg["grad_accumulation"]
     return (
         f"{exp['name']}: out of memory at {per_micro} images per forward pass on {processes.device}. Raise "
         "training.grad_accumulation (same global batch, smaller passes), set model.use_checkpoint: true, "
@@ -434,7 +434,7 @@ def _train(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     schedule = make_schedule(exp["diffusion"]["schedule"])
     share = processes.share(cfg["batch_size"])
-    micros = micro_batches(share, cfg.get("grad_accumulation", 1))
+    micros = micro_batches(share, cfg["grad_accumulation"])
 
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
