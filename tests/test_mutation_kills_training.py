@@ -315,3 +315,46 @@ def test_condition_dropout_draws_from_the_step_generator_only():
     assert torch.equal(draws[0], draws[1]) and (draws[0] == 10).any()
     other = Conditions(exp, classes=10).draw(index, labels, torch.Generator().manual_seed(1))
     assert not torch.equal(other, draws[0])
+
+
+def test_a_weight_of_another_shape_is_refused_with_both_shapes():
+    from uvit.training import CheckpointError, check_state_dict
+
+    model = torch.nn.Linear(2, 3)
+    state = model.state_dict() | {"weight": torch.zeros(3, 4)}
+    with pytest.raises(
+        CheckpointError,
+        match=r"^w\.pth: weight has shape \[3, 4\], the model of smoke_pixel expects \[3, 2\]; give the EMA",
+    ):
+        check_state_dict(Path("w.pth"), state, model, "smoke_pixel")
+
+
+def test_resume_skips_empty_and_truncated_checkpoints_naming_each(tmp_path):
+    """What a kill during a (non-atomic) copy leaves: an empty file (torch raises EOFError) and a cut zip; each
+    is skipped with the reason and resume falls back to the newest whole checkpoint."""
+    from uvit.training import CHECKPOINT_KEYS, latest_checkpoint, save_checkpoint
+
+    for step in (5, 10):
+        state = dict.fromkeys(CHECKPOINT_KEYS, torch.zeros(64)) | {"step": step, "trajectory_hash": "h"}
+        save_checkpoint(tmp_path / f"ckpt-{step:07d}.pt", state)
+    whole = (tmp_path / "ckpt-0000010.pt").read_bytes()
+    (tmp_path / "ckpt-0000015.pt").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "ckpt-0000020.pt").write_bytes(b"")
+    logs = []
+    assert latest_checkpoint(tmp_path, "h", 20, logs.append)["step"] == 10
+    assert logs == [
+        f"skipping {tmp_path / 'ckpt-0000020.pt'}: truncated or damaged; expected a training checkpoint",
+        f"skipping {tmp_path / 'ckpt-0000015.pt'}: truncated or damaged; expected a training checkpoint",
+        f"resuming from {tmp_path / 'ckpt-0000010.pt'} (step 10)",
+    ]
+
+
+def test_a_text_model_reads_as_many_context_tokens_as_its_text_encoder_gives():
+    """model_for passes the encoder's token count to the model: 5 tokens of width 12 -> 5 context tokens in the
+    model's extra tokens (the time token and the context), not CLIP's 77."""
+    from uvit.training import model_for
+
+    exp = experiment("smoke_pixel") | {"condition": "text"}
+    net = model_for(exp, (3, 8, 8), classes=0, context_shape=(5, 12))
+    assert net.context_embed.in_features == 12
+    assert net.extras == 1 + 5
