@@ -139,18 +139,24 @@ def markdown_table(report: dict) -> str:
         "# Mutation testing (benchmarks/mutation.py, `make mutation`)",
         "",
         f"{report['tool']}, pytest {' '.join(report['pytest_args'])}; {report['machine']}.",
-        "Score: killed over the sampled mutants some selected test reaches; of all: over every sampled mutant.",
+        "Score: killed over the sampled mutants some selected test reaches; of all: over every sampled mutant;",
+        "equivalent: survivors whose note judges them equivalent (no test can tell them apart here), left out of",
+        "the last column's denominator (the usual mutation score).",
         "",
-        "| module | mutants (total) | sampled | killed | survived | no tests | score | of all | seconds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| module | mutants (total) | sampled | killed | survived | no tests | score | of all | equivalent "
+        "| score, equivalents out | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for module, r in report["modules"].items():
         score = "-" if r["score"] is None else f"{r['score']:.2f}"
         of_all = "-" if r.get("score_of_sampled") is None else f"{r['score_of_sampled']:.2f}"
+        killed = r["killed"] + r["timeout"]
+        equivalent = sum(report["notes"].get(n, "").startswith("equivalent") for n in r["survivors"])
+        reached = killed + r["survived"] - equivalent
         lines.append(
             f"| {module} | {r['mutants_generated']} | {r['mutants']}{' (partial)' if r.get('partial') else ''} | "
-            f"{r['killed'] + r['timeout']} | "
-            f"{r['survived']} | {r['no_tests']} | {score} | {of_all} | {r['seconds']:.0f} |"
+            f"{killed} | {r['survived']} | {r['no_tests']} | {score} | {of_all} | {equivalent} | "
+            f"{killed / reached if reached else float('nan'):.2f} | {r['seconds']:.0f} |"
         )
     lines += [f"\n{m}: {r['partial']}" for m, r in report["modules"].items() if r.get("partial")]
     lines += ["", "## Survivors", ""]
