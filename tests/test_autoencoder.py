@@ -126,6 +126,52 @@ def test_latent_scale_factor_is_measured_or_taken_from_the_config(tmp_path):
     assert fixed["measured_scale_factor"] == pytest.approx(measured["scale_factor"])
 
 
+def test_encoding_streams_batches_into_shards_equal_to_encoding_at_once(tmp_path):
+    """The encode stage reads the split batch by batch and writes shard by shard (memory flat in the dataset's
+    size): 7-image batches into 10-row shards hold the moments of encoding every image and its flip in one
+    call, with their labels, and the measured scale factor is 1 / std of all posterior means."""
+    from uvit.autoencoder import (
+        build_autoencoder,
+        encode_dataset,
+        load_autoencoder,
+        load_latents,
+        to_unit_range,
+    )
+    from uvit.data import load_split, prepare_dataset, read_manifest
+
+    prepare_dataset({"source": "digits", "resolution": 16, "shard_size": 16}, tmp_path / "data")
+    torch.manual_seed(0)
+    cfg = {"space_to_depth": 1, "block_channels": [8], "layers_per_block": 1, "latent_channels": 2}
+    build_autoencoder(cfg, 1, 16).save_pretrained(tmp_path / "ae")
+    manifest = encode_dataset(tmp_path / "ae", tmp_path / "data", tmp_path / "z", 7, 10, log=lambda m: None)
+    images, labels = load_split(tmp_path / "data" / "train")
+    model = load_autoencoder(tmp_path / "ae")
+    with torch.no_grad():
+        x = to_unit_range(images)
+        whole = torch.stack(
+            [model.encode(x).latent_dist.parameters, model.encode(x.flip(3)).latent_dist.parameters], 1
+        )
+    moments, stored_labels, scale = load_latents(tmp_path / "z")
+    torch.testing.assert_close(moments, whole, rtol=1e-5, atol=1e-6)  # batch size changes only float rounding
+    assert stored_labels.tolist() == labels.tolist()
+    assert [s["count"] for s in read_manifest(tmp_path / "z")["shards"]][::2] == [10] * 150
+    assert scale == pytest.approx(1 / whole[:, :, :2].double().std(unbiased=False).item(), rel=1e-6)
+    assert manifest["moments_shape"] == [2, 4, 16, 16]
+
+
+def test_running_moments_equal_numpy_over_the_concatenation():
+    import numpy as np
+
+    from uvit.autoencoder import RunningMoments
+
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(1e3, 2.0, size).astype(np.float32) for size in (1, 7, 1000, 3, 250)]
+    running = RunningMoments()
+    for part in parts:
+        running.add(part.reshape(-1, 1))
+    assert running.std() == pytest.approx(np.concatenate(parts).astype(np.float64).std(), rel=1e-12)
+
+
 def test_a_checkpoint_missing_a_weight_is_refused_not_filled_at_random(sd_vae, tmp_path):
     """Loading is strict: a KL-f8 file without one of its weights must not load with that layer left at its
     random initialisation (found by mutation testing: strict=False passed the other tests)."""

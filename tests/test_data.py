@@ -386,3 +386,47 @@ def test_emoji_transparency_becomes_white_and_missing_files_are_named(tmp_path):
         load_emoji({"root": str(tmp_path / "pkg"), "resolution": 16})
     with pytest.raises(DataError, match=r"not found. Expected the npm package emoji-datasource-google"):
         load_emoji({"root": str(tmp_path / "nowhere.tgz"), "resolution": 16})
+
+
+def test_shard_rows_read_across_shards_like_the_loaded_arrays(tmp_path):
+    """Rows of a split read from the shards on demand equal indexing the concatenated arrays (across shard edges,
+    in any order, with an index within each row), pickle without open files, a damaged shard is named before
+    anything is read and a cut one when a row beyond its end is asked for."""
+    import pickle
+
+    from uvit.data import ShardRows, read_manifest
+
+    cfg = {"source": "digits", "resolution": 16, "shard_size": 400}
+    prepare_dataset(cfg, tmp_path)
+    split = tmp_path / "train"
+    images, labels = load_split(split)
+    rows_of = ShardRows(split, read_manifest(split), "images", "prepare_data")
+    assert len(rows_of) == 1500 and rows_of.row_shape == (16, 16, 1) and rows_of.dtype == np.uint8
+    rows = np.array([1499, 0, 399, 400, 800, 3, 3, 1200, 799])
+    np.testing.assert_array_equal(rows_of.take(rows), images[rows])
+    column, channel = np.array([0, 5, 15, 7, 1, 2, 9, 0, 3]), np.zeros(9, dtype=np.int64)
+    np.testing.assert_array_equal(rows_of.take(rows, column), images[rows, column])
+    np.testing.assert_array_equal(
+        rows_of.take(rows, column, column[::-1]), images[rows, column, column[::-1]]
+    )
+    np.testing.assert_array_equal(
+        rows_of.take(rows, column, column, channel), images[rows, column, column, channel]
+    )
+    np.testing.assert_array_equal(
+        ShardRows(split, read_manifest(split), "labels", "prepare_data").all(), labels
+    )
+    state = pickle.dumps(rows_of)
+    assert len(state) < 2000  # paths and offsets, not the images
+    np.testing.assert_array_equal(pickle.loads(state).take(rows), images[rows])
+    shard = split / "images-00002.npy"
+    shard.write_bytes(shard.read_bytes()[:-1] + b"\x01")
+    pattern = r"^\S+images-00002\.npy: checksum mismatch with \S+/train/manifest\.json; re-run prepare_data$"
+    with pytest.raises(DataError, match=pattern):
+        ShardRows(split, read_manifest(split), "images", "prepare_data")
+    shard.write_bytes(shard.read_bytes()[: -16 * 16 * 10])  # the last ten rows cut off
+    unchecked = ShardRows(split, read_manifest(split), "images", "prepare_data", verify=False)  # other ranks
+    np.testing.assert_array_equal(unchecked.take([800, 1189]), images[[800, 1189]])
+    with pytest.raises(
+        DataError, match=r"images-00002\.npy: shorter than its manifest says; re-run prepare_data"
+    ):
+        unchecked.take([1190])

@@ -23,7 +23,7 @@ from conftest import ROOT
 
 import uvit.sampling as sampling
 import uvit.training as training
-from uvit.autoencoder import build_autoencoder, encode_dataset
+from uvit.autoencoder import build_autoencoder, encode_dataset, load_latents
 from uvit.config import load_params, resolve_experiment
 from uvit.data import in_memory, load_split, write_manifest, write_shards, write_split
 from uvit.diffusion import DiscreteSchedule, SeededNoise, VPSchedule, sample
@@ -145,7 +145,7 @@ def test_encoding_stores_the_moments_of_the_horizontally_flipped_image(split, tm
         {"space_to_depth": 1, "block_channels": [8, 16], "layers_per_block": 1, "latent_channels": 2}, 3, 8
     ).save_pretrained(tmp_path / "ae")
     encode_dataset(tmp_path / "ae", split, tmp_path / "z", log=lambda m: None)
-    moments, _, _ = training.load_latents(tmp_path / "z")
+    moments, _, _ = load_latents(tmp_path / "z")
     ae = AutoencoderKL.from_pretrained(tmp_path / "ae").eval()
     images, _ = load_split(split / "train")
     with torch.no_grad():

@@ -54,6 +54,31 @@ def test_resumed_run_is_bitwise_identical_to_an_uninterrupted_one(digits, tmp_pa
     ]
 
 
+def test_data_loader_workers_give_the_same_run_as_the_main_process(digits, tmp_path):
+    """Batches read by two DataLoader worker processes (as on a GPU machine) are those of the main process:
+    each step's batch and randomness come from its seed alone, whichever process draws them."""
+    exp = smoke_experiment(6, hflip=True, cond_drop_prob=0.2) | {"condition": "class"}
+    train(exp, digits, tmp_path / "main", log=lambda m: None)
+    exp["training"]["data_workers"] = 2
+    train(exp, digits, tmp_path / "workers", log=lambda m: None)
+    for name in ("nnet.pth", "nnet_ema.pth", "loss.jsonl"):
+        assert (tmp_path / "main" / name).read_bytes() == (tmp_path / "workers" / name).read_bytes(), name
+
+
+def test_data_workers_follow_the_device(monkeypatch):
+    from uvit.training import data_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert data_workers("auto", torch.device("cpu")) == 0
+    assert (
+        data_workers("auto", torch.device("cuda", 3)) == 1
+    )  # 16 CPUs over 8 GPU processes, one for the step
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert data_workers("auto", torch.device("cuda", 0)) == 4
+    assert data_workers(3, torch.device("cpu")) == 3
+
+
 def test_checkpoints_of_other_settings_are_not_resumed(digits, tmp_path):
     train(smoke_experiment(5), digits, tmp_path, log=lambda m: None)
     logs = []

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from uvit.data import load_split, read_manifest, read_shards, write_manifest, write_shards
+from uvit.data import ShardRows, load_split, read_manifest, read_shards, rechunk, write_manifest, write_shards
 from uvit.errors import UserError
 
 SPACE_TO_DEPTH_FILE = "space_to_depth.json"  # beside diffusers' config.json: the pixel (un)shuffle factor
@@ -222,24 +222,34 @@ def encode_dataset(
     The latent scale factor is measured (1 / std of the posterior means) unless given: the authors use
     0.18215 for Stable Diffusion's KL-f8 on ImageNet and 0.23010 on MS-COCO."""
     model = load_autoencoder(ae_dir)
-    images, labels = load_split(data_dir / "train")
+    split = data_dir / "train"
+    manifest = read_manifest(split)
+    images = ShardRows(split, manifest, "images", "prepare_data")  # read batch by batch: memory flat in N
+    labels = ShardRows(split, manifest, "labels", "prepare_data").all()
     out_dir.mkdir(parents=True, exist_ok=True)
-    moments, start = [], time.perf_counter()
-    for i in tqdm(range(0, len(images), batch_size), desc="encode", mininterval=5):
-        x = to_unit_range(images[i : i + batch_size])
-        pair = torch.stack(
-            [model.encode(x).latent_dist.parameters, model.encode(x.flip(3)).latent_dist.parameters], 1
-        )
-        moments.append(pair.numpy())
+    means, start = RunningMoments(), time.perf_counter()
+
+    def encoded():
+        for i in tqdm(range(0, len(images), batch_size), desc="encode", mininterval=5):
+            rows = np.arange(i, min(i + batch_size, len(images)))
+            x = to_unit_range(images.take(rows))
+            pair = torch.stack(
+                [model.encode(x).latent_dist.parameters, model.encode(x.flip(3)).latent_dist.parameters], 1
+            ).numpy()
+            means.add(pair[:, :, : pair.shape[2] // 2])
+            yield pair, labels[rows]
+
+    shards = []
+    for index, (moments, block_labels) in enumerate(rechunk(encoded(), shard_size)):
+        blocks = {"moments": moments, "labels": block_labels}
+        shards += write_shards(out_dir, blocks, shard_size, first_index=index)
     seconds = time.perf_counter() - start
     log(
         f"encode: {len(images)} images (and their flips) in {seconds:.1f} s, {len(images) / seconds:.1f} images/s"
     )
-    moments = np.concatenate(moments)
-    measured = float(1.0 / moments[:, :, : moments.shape[2] // 2].std())  # 1 / std of the posterior means
-    shards = write_shards(out_dir, {"moments": moments, "labels": labels}, shard_size)
+    measured = 1.0 / means.std()  # 1 / std of the posterior means
     manifest = {
-        "count": len(moments),
+        "count": len(images),
         "moments_shape": list(moments.shape[1:]),
         "scale_factor": float(scale_factor) if scale_factor else measured,
         "scale_factor_source": "config" if scale_factor else "measured: 1 / std of the posterior means",
@@ -248,6 +258,24 @@ def encode_dataset(
     }
     write_manifest(out_dir, manifest)
     return manifest
+
+
+class RunningMoments:
+    """Mean and standard deviation of every value of a stream of arrays, in float64 (Chan et al.'s merge)."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        values = values.astype(np.float64).ravel()
+        count, mean = len(values), float(values.mean())
+        m2, delta, total = float(((values - mean) ** 2).sum()), mean - self.mean, self.count + len(values)
+        self.m2 += m2 + delta**2 * self.count * count / total
+        self.mean += delta * count / total
+        self.count = total
+
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.count)
 
 
 def load_latents(latent_dir: Path) -> tuple[torch.Tensor, torch.Tensor, float]:

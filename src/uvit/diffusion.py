@@ -180,12 +180,22 @@ def noise_prediction_loss(
     return (prediction.float() - noise).pow(2).mean()
 
 
+def null_mask(count: int, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Which of `count` conditions classifier-free guidance training replaces by the null one (rate `prob`)."""
+    return torch.rand(count, generator=generator) < prob
+
+
 def drop_condition(
-    cond: torch.Tensor, null: int | torch.Tensor, prob: float, generator: torch.Generator | None = None
+    cond: torch.Tensor,
+    null: int | torch.Tensor,
+    prob: float,
+    generator: torch.Generator | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Classifier-free guidance training: replace each condition (a class index, or a text context) by the
-    null one (the null class, or the empty caption's context) with probability `prob`."""
-    drop = torch.rand(len(cond), generator=generator) < prob
+    null one (the null class, or the empty caption's context) with probability `prob`; `mask` gives the draw
+    (a process holding some rows of a batch takes them from the whole batch's mask)."""
+    drop = null_mask(len(cond), prob, generator) if mask is None else mask
     mask = drop.to(cond.device).view(-1, *[1] * (cond.ndim - 1))
     return torch.where(mask, torch.as_tensor(null, dtype=cond.dtype, device=cond.device), cond)
 

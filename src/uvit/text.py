@@ -114,14 +114,15 @@ def encode_caption_dataset(
 class Contexts:
     """The encoded captions of a split: each image's caption rows, and the null (empty caption) context."""
 
-    def __init__(self, text_dir: Path):
-        from uvit.data import read_checked, read_manifest, read_shards
+    def __init__(self, text_dir: Path, verify: bool = True):
+        from uvit.data import ShardRows, read_checked, read_manifest
 
         text_dir = Path(text_dir)
         manifest = read_manifest(text_dir)
-        arrays = read_shards(text_dir, manifest, "encode_text")
-        self.contexts = torch.from_numpy(arrays["contexts"])
-        image_index = torch.from_numpy(arrays["image_index"])
+        self.contexts = ShardRows(text_dir, manifest, "contexts", "encode_text", verify)  # memory-mapped
+        image_index = torch.from_numpy(
+            ShardRows(text_dir, manifest, "image_index", "encode_text", verify).all()
+        )
         counts = torch.bincount(image_index, minlength=manifest["images"])
         if (counts == 0).any():
             raise ValueError(f"{text_dir}: image {int((counts == 0).nonzero()[0])} has no caption")
@@ -136,13 +137,16 @@ class Contexts:
     @property
     def shape(self) -> tuple[int, int]:
         """(tokens, width) of one context."""
-        return tuple(self.contexts.shape[1:])
+        return tuple(self.contexts.row_shape)
 
-    def of_images(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One caption of each image, drawn uniformly among its captions (COCO has five per image)."""
+    def of_images(
+        self, index: torch.Tensor, generator: torch.Generator, rows: slice = slice(None)
+    ) -> torch.Tensor:
+        """Rows `rows` of one caption of each image of `index`, drawn uniformly among its captions (COCO has five
+        per image; the draw is the whole batch's)."""
         pick = (torch.rand(len(index), generator=generator) * self.counts[index]).long()
-        return self.contexts[self.first[index] + pick]
+        return torch.from_numpy(self.contexts.take((self.first[index] + pick)[rows].numpy()))
 
     def cycled(self, indices: list[int]) -> torch.Tensor:
         """Caption i mod N for sample i: samples follow the split's captions in order (evaluation)."""
-        return self.contexts[torch.tensor(indices) % len(self.contexts)]
+        return torch.from_numpy(self.contexts.take(np.asarray(indices) % len(self.contexts)))

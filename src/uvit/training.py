@@ -29,10 +29,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from uvit.autoencoder import load_latents, to_unit_range
+from uvit.autoencoder import to_unit_range
 from uvit.config import settings_hash
-from uvit.data import atomic_write_bytes, load_split, num_classes
-from uvit.diffusion import drop_condition, make_schedule, mix_seed, noise_prediction_loss
+from uvit.data import ShardRows, atomic_write_bytes, num_classes, read_manifest
+from uvit.diffusion import drop_condition, make_schedule, mix_seed, noise_prediction_loss, null_mask
 from uvit.errors import UserError
 from uvit.model import UViT, build_model
 from uvit.precision import autocast, choose
@@ -48,6 +48,7 @@ BOOKKEEPING_KEYS = (
     "log_every",
     "sample_every",
     "grad_accumulation",
+    "data_workers",
 )
 
 
@@ -116,11 +117,13 @@ class Processes:
 
 
 class PixelData:
-    """Prepared uint8 images, scaled to [-1, 1], optionally flipped at random."""
+    """Prepared uint8 images, memory-mapped; each batch scaled to [-1, 1] and optionally flipped at random."""
 
-    def __init__(self, data_dir: Path, hflip: bool):
-        images, labels = load_split(data_dir / "train")
-        self.images, self.labels = to_unit_range(images), torch.from_numpy(labels)
+    def __init__(self, data_dir: Path, hflip: bool, verify: bool = True):
+        split = Path(data_dir) / "train"
+        manifest = read_manifest(split)
+        self.images = ShardRows(split, manifest, "images", "prepare_data", verify)
+        self.labels = torch.from_numpy(ShardRows(split, manifest, "labels", "prepare_data", verify).all())
         self.hflip = hflip
 
     def __len__(self) -> int:
@@ -128,21 +131,33 @@ class PixelData:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape[1:])
+        height, width, channels = self.images.row_shape
+        return (channels, height, width)
 
-    def batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[index]
-        if self.hflip:
-            flip = torch.rand(len(index), generator=generator) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        return x, self.labels[index]
+    def batch(
+        self, index: torch.Tensor, generator: torch.Generator, rows: slice = slice(None)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows `rows` of the batch of images `index` (the random draws are the whole batch's, for every rank)."""
+        flip = torch.rand(len(index), generator=generator) < 0.5 if self.hflip else None
+        mine = index[rows]
+        x = to_unit_range(self.images.take(mine.numpy()))
+        if flip is not None:
+            x = torch.where(flip[rows][:, None, None, None], x.flip(3), x)
+        return x, self.labels[mine]
 
 
 class LatentData:
-    """Stored posterior moments of each image and its flip; a fresh posterior sample every step (scaled)."""
+    """Stored posterior moments of each image and its flip (memory-mapped); a fresh posterior sample every step
+    (scaled by the recorded factor)."""
 
-    def __init__(self, latent_dir: Path, hflip: bool):
-        self.moments, self.labels, self.scale_factor = load_latents(latent_dir)
+    def __init__(self, latent_dir: Path, hflip: bool, verify: bool = True):
+        latent_dir = Path(latent_dir)
+        manifest = read_manifest(latent_dir)
+        self.moments = ShardRows(latent_dir, manifest, "moments", "encode_latents", verify)
+        self.labels = torch.from_numpy(
+            ShardRows(latent_dir, manifest, "labels", "encode_latents", verify).all()
+        )
+        self.scale_factor = manifest["scale_factor"]
         self.hflip = hflip
 
     def __len__(self) -> int:
@@ -150,19 +165,24 @@ class LatentData:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        channels = self.moments.shape[2] // 2
-        return (channels, *self.moments.shape[3:])
+        _, moments, height, width = self.moments.row_shape
+        return (moments // 2, height, width)
 
-    def batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, index: torch.Tensor, generator: torch.Generator, rows: slice = slice(None)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows `rows` of the batch of images `index` (the random draws are the whole batch's, for every rank)."""
         version = (
             (torch.rand(len(index), generator=generator) < 0.5).long()
             if self.hflip
             else torch.zeros_like(index)
         )
-        mean, logvar = self.moments[index, version].chunk(2, dim=1)
+        mine = index[rows]
+        moments = torch.from_numpy(self.moments.take(mine.numpy(), version[rows].numpy()))
+        mean, logvar = moments.chunk(2, dim=1)
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        z = mean + std * torch.randn(mean.shape, generator=generator)
-        return z * self.scale_factor, self.labels[index]
+        noise = torch.randn((len(index), *mean.shape[1:]), generator=generator)[rows]
+        return (mean + std * noise) * self.scale_factor, self.labels[mine]
 
 
 def batch_indices(step: int, batch_size: int, size: int, seed: int) -> torch.Tensor:
@@ -212,12 +232,49 @@ class Conditions:
             self.null = self.contexts.null
 
     def draw(
-        self, index: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+        self, index: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, rows: slice = slice(None)
     ) -> torch.Tensor | None:
+        """Rows `rows` of the conditions of the batch of images `index` (with their labels, the whole batch's)."""
         if self.kind == "none":
             return None
-        cond = labels if self.kind == "class" else self.contexts.of_images(index, generator)
-        return drop_condition(cond, self.null, self.drop, generator) if self.drop > 0 else cond
+        cond = labels[rows] if self.kind == "class" else self.contexts.of_images(index, generator, rows)
+        if self.drop > 0:
+            mask = null_mask(len(index), self.drop, generator)[rows]
+            cond = drop_condition(cond, self.null, self.drop, mask=mask)
+        return cond
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item k: this process's rows of step k's global batch with all of its randomness (data, condition,
+    diffusion time and noise), drawn from step k's seed alone, so any DataLoader worker, rank or resumed run
+    draws the same numbers."""
+
+    def __init__(self, data, conditions: Conditions, schedule, cfg: dict, rows: slice):
+        self.data, self.conditions, self.schedule, self.rows = data, conditions, schedule, rows
+        self.seed, self.batch_size, self.steps = cfg["seed"], cfg["batch_size"], cfg["steps"]
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, step + 1))
+        index = batch_indices(step, self.batch_size, len(self.data), self.seed)
+        x0, _ = self.data.batch(index, generator, self.rows)
+        cond = self.conditions.draw(index, self.data.labels[index], generator, self.rows)
+        t = self.schedule.sample_time(len(index), generator)[self.rows]
+        noise = torch.randn((len(index), *x0.shape[1:]), generator=generator)[self.rows]
+        return {"x0": x0, "t": t, "noise": noise} | ({} if cond is None else {"cond": cond})
+
+
+def data_workers(setting: int | str, device: torch.device) -> int:
+    """training.data_workers: `auto` is none on the CPU (the step's own threads use every core), else up to 4
+    per GPU process from the CPUs this job may use."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    per_process = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(4, per_process - 1))
 
 
 def warmup_constant(warmup_steps: int):
@@ -416,10 +473,11 @@ def _train(
     cfg = exp["training"]
     device = processes.device
     precision = choose(cfg["precision"], device, "training.precision", log)
+    # Shards are md5-checked once, by the main process.
     data = (
-        LatentData(latent_dir, cfg["hflip"])
+        LatentData(latent_dir, cfg["hflip"], verify=processes.main)
         if exp["space"] == "latent"
-        else PixelData(data_dir, cfg["hflip"])
+        else PixelData(data_dir, cfg["hflip"], verify=processes.main)
     )
     classes = num_classes(data_dir / "train")
     conditions = Conditions(exp, classes, text_dir)
@@ -434,7 +492,7 @@ def _train(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     schedule = make_schedule(exp["diffusion"]["schedule"])
     share = processes.share(cfg["batch_size"])
-    micros = micro_batches(share, cfg["grad_accumulation"])
+    micros = micro_batches(slice(0, share.stop - share.start), cfg["grad_accumulation"])
 
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -469,28 +527,25 @@ def _train(
         mininterval=5,
         disable=not processes.main,
     )
-    for step in progress:
-        # The whole global batch's randomness, drawn the same way on every rank; each rank takes its share.
-        generator = torch.Generator().manual_seed(mix_seed(cfg["seed"], step + 1))
-        index = batch_indices(step, cfg["batch_size"], len(data), cfg["seed"])
-        x0, labels = data.batch(index, generator)
-        cond = conditions.draw(index, labels, generator)
-        t = schedule.sample_time(len(x0), generator)
-        noise = torch.randn(x0.shape, generator=generator)
+    cuda = device.type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        StepBatches(data, conditions, schedule, cfg, share),
+        batch_size=None,
+        sampler=range(start_step, cfg["steps"]),
+        num_workers=data_workers(cfg["data_workers"], device),
+        pin_memory=cuda,
+    )
+    for step, batch in zip(progress, loader, strict=True):
         optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=device)
         for i, micro in enumerate(micros):
-            cond_kwargs = {} if cond is None else {"cond": cond[micro].to(device)}
+            inputs = {key: value[micro].to(device, non_blocking=cuda) for key, value in batch.items()}
+            cond_kwargs = {"cond": inputs["cond"]} if "cond" in inputs else {}
             sync = contextlib.nullcontext() if i == len(micros) - 1 or processes.world == 1 else net.no_sync()
             with sync:
                 with autocast(precision, device):
                     loss = noise_prediction_loss(
-                        net,
-                        schedule,
-                        x0[micro].to(device),
-                        t=t[micro].to(device),
-                        noise=noise[micro].to(device),
-                        **cond_kwargs,
+                        net, schedule, inputs["x0"], t=inputs["t"], noise=inputs["noise"], **cond_kwargs
                     )
                 scaler.scale(loss / len(micros)).backward()
             loss_sum += loss.detach() / len(micros)
@@ -507,7 +562,7 @@ def _train(
         scaler.update()
         scheduler.step()
         update_ema(ema, model, cfg["ema_rate"])
-        images_seen += len(x0)
+        images_seen += cfg["batch_size"]
         done = step + 1
         if done % cfg["log_every"] == 0 or done == cfg["steps"]:
             history.append({"step": done, "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0]})
