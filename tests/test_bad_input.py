@@ -55,6 +55,7 @@ def world(tmp_path_factory) -> World:
     params = yaml.safe_load(path.read_text())
     params["datasets"]["emoji_mini"]["root"] = str(root / "raw" / "emoji")
     params["datasets"]["imagenet64"]["root"] = str(root / "raw" / "imagenet")
+    params["datasets"]["imagenet64"]["classes"] = 1  # the small folders below have one synset
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     w = World(root)
     uvit(w, "prepare-data", "--dataset", "digits", "--out", w.data)
@@ -139,7 +140,9 @@ def corrupt_shard(split: Path) -> None:
     shard.write_bytes(shard.read_bytes()[:-10])
 
 
-def imagenet(w: World, loose: bool = False, broken: bool = False, empty: bool = False) -> str:
+def imagenet(
+    w: World, loose: bool = False, broken: bool = False, empty: bool = False, extra_class: bool = False
+) -> str:
     """A small ImageNet train folder at the root params.yaml names for imagenet64 (rewritten by each case)."""
     root = Path(w.root) / "raw" / "imagenet"
     shutil.rmtree(root, ignore_errors=True)
@@ -150,6 +153,9 @@ def imagenet(w: World, loose: bool = False, broken: bool = False, empty: bool = 
         Image.new("RGB", (80, 80)).save(root / "train" / "n01_2.JPEG")
     if broken:
         write(root / "train" / "n01" / "n01_3.JPEG", b"\xff\xd8\xff\xe0 not a jpeg")
+    if extra_class:
+        (root / "train" / "n02").mkdir()
+        Image.new("RGB", (80, 80)).save(root / "train" / "n02" / "n02_1.JPEG")
     return "imagenet64"
 
 
@@ -303,6 +309,8 @@ CASES = [
      ("n01_2.JPEG: not directly in a synset folder", "Move each image into its class's folder"), False),
     ("imagenet-broken-image", lambda w, t: w.cmd("prepare-data", "--dataset", imagenet(w, broken=True), "--out", str(t / "out")),
      ("n01_3.JPEG: unreadable image", "skip_corrupt"), False),
+    ("imagenet-class-count", lambda w, t: w.cmd("prepare-data", "--dataset", imagenet(w, extra_class=True), "--out", str(t / "out")),
+     ("has 2 synset folders with images, datasets.<name>.classes expects 1",), False),
     ("imagenet-empty", lambda w, t: w.cmd("prepare-data", "--dataset", imagenet(w, empty=True), "--out", str(t / "out")),
      ("ImageNet: no images under", "one folder per synset"), False),
     ("cifar-missing", lambda w, t: w.cmd("prepare-data", "--dataset", "cifar10", "--out", str(t / "out")),

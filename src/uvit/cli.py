@@ -427,6 +427,16 @@ def cmd_settings(args, params: dict) -> None:
     )
 
 
+def cmd_rehearse(args, params: dict) -> None:
+    import torch
+
+    from uvit.rehearsal import rehearse
+
+    tiny = not torch.cuda.is_available() if args.tiny is None else args.tiny
+    root = Path(args.params).resolve().parent
+    rehearse(args.row, Path(args.out).resolve(), root, args.per_class, tiny, args.cores, log=log)
+
+
 def cmd_verify(args, params: dict) -> None:
     from uvit.verify import TraceError, verify
 
@@ -691,6 +701,26 @@ def build_parser() -> argparse.ArgumentParser:
         "Write each DVC stage's resolved settings to settings/<rule>/<key>.json (rewriting only those that changed).",
     )
     p.add_argument("--root", default=".", metavar="DIR", help="project root (default: %(default)s)")
+
+    p = stage(
+        "rehearse",
+        cmd_rehearse,
+        "A paper row's whole DAG on synthetic data in its real raw layout, steps and samples cut to fit.",
+    )
+    p.add_argument("row", help="a paper row of params.yaml (uvit plan lists them)")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="a new folder: the project copy and its outputs"
+    )
+    p.add_argument(
+        "--per-class", type=positive(int), default=2, metavar="N", help="synthetic images per class"
+    )
+    p.add_argument(
+        "--tiny",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tiny U-ViT and autoencoder widths (default: on a machine without a GPU)",
+    )
+    p.add_argument("--cores", type=positive(int), default=os.cpu_count() or 1, help="Snakemake's --cores")
 
     p = stage(
         "verify",

@@ -440,6 +440,11 @@ def load_imagenet(cfg: dict) -> dict[str, SplitData]:
         )
     synsets = [f.parent.name for f in files]
     index = {name: i for i, name in enumerate(sorted(set(synsets)))}
+    if cfg.get("classes", len(index)) != len(index):
+        raise DataError(
+            f"ImageNet: {train} has {len(index)} synset folders with images, datasets.<name>.classes expects "
+            f"{cfg['classes']}; point root at the whole ILSVRC-2012 training set (or change classes)"
+        )
     items = [(f, index[s], None) for f, s in zip(files, synsets, strict=True)]
     transform = functools.partial(adm_center_crop, size=cfg["resolution"])
     return {"train": image_split(items, transform, cfg, "ImageNet train")}
