@@ -65,6 +65,52 @@ def test_data_loader_workers_give_the_same_run_as_the_main_process(digits, tmp_p
         assert (tmp_path / "main" / name).read_bytes() == (tmp_path / "workers" / name).read_bytes(), name
 
 
+def test_losses_are_read_back_only_at_steps_that_log_save_or_preview(digits, tmp_path, monkeypatch):
+    """No host sync in the other steps (a GPU runs ahead): 10 steps, log every 5, checkpoint every 5, read back
+    twice, five losses each, and the logged loss is the logging step's own."""
+    import uvit.training as training
+
+    reads = []
+    real = training.check_losses
+
+    def counted(unread, *args):
+        reads.append([step for step, _ in unread])
+        return real(unread, *args)
+
+    monkeypatch.setattr(training, "check_losses", counted)
+    train(smoke_experiment(10), digits, tmp_path, log=lambda m: None)
+    assert reads == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    logged = [json.loads(line) for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in logged] == [5, 10]
+
+
+def test_compiled_training_takes_the_same_steps_as_eager(digits, tmp_path, monkeypatch):
+    """training.compile: true wraps the network in torch.compile (here with the eager backend, which traces
+    without generating code; the inductor run is benchmarks/gpu_check.py's): the same weights as eager."""
+    from uvit.training import compile_enabled
+
+    compiled = []
+    real = torch.compile
+
+    def eager_backend(module, **kwargs):
+        compiled.append(type(module).__name__)
+        return real(module, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", eager_backend)
+    train(smoke_experiment(3, compile=True), digits, tmp_path / "compiled", log=lambda m: None)
+    train(smoke_experiment(3, compile=False), digits, tmp_path / "eager", log=lambda m: None)
+    assert compiled == ["UViT"]
+    for name in ("nnet.pth", "nnet_ema.pth"):
+        compiled_state = torch.load(tmp_path / "compiled" / name, weights_only=True)
+        eager_state = torch.load(tmp_path / "eager" / name, weights_only=True)
+        assert compiled_state.keys() == eager_state.keys()  # no _orig_mod. prefixes
+        for key, value in eager_state.items():
+            torch.testing.assert_close(compiled_state[key], value, rtol=1e-5, atol=1e-6)
+    assert compile_enabled("auto", torch.device("cuda", 0)) and not compile_enabled(
+        "auto", torch.device("cpu")
+    )
+
+
 def test_data_workers_follow_the_device(monkeypatch):
     from uvit.training import data_workers
 
