@@ -20,6 +20,7 @@ from uvit.config import (
     stage_settings,
 )
 from uvit.errors import UserError
+from uvit.zoo import CONTEXT_TOKENS
 
 
 def log(message: str) -> None:
@@ -540,7 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
 
     p = stage(
-        "encode-text", cmd_encode_text, "Encode the captions of a prepared text dataset (77 tokens each)."
+        "encode-text",
+        cmd_encode_text,
+        f"Encode the captions of a prepared text dataset ({CONTEXT_TOKENS} tokens each by default).",
     )
     p.add_argument("--data", required=True, metavar="DIR", help="a prepared split with captions.json")
     p.add_argument(
@@ -552,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokens",
         type=positive(int),
-        default=77,
+        default=CONTEXT_TOKENS,
         help="context tokens per caption (default: %(default)s, CLIP's)",
     )
     p.add_argument("--out", required=True, metavar="DIR")

@@ -20,7 +20,7 @@ import jsonschema
 import yaml
 
 from uvit.errors import UserError
-from uvit.zoo import MODEL_ZOO
+from uvit.zoo import CONTEXT_TOKENS, MODEL_ZOO
 
 # Which schedules each sampler (uvit.diffusion) runs on; here, torch-free, so the DAG validates it fast.
 SAMPLER_SCHEDULES: dict[str, tuple[str, ...]] = {
@@ -42,6 +42,11 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 # Evaluation keys that add evaluations of their own (stages of their own), not ones a stage above computes with:
 # adding a sampler step count, a guidance scale or a classifier must not rerun the FIDs already there.
 EVALUATION_ADDITIONS = ("sampler_steps", "guidance_scales", "classifier")
+
+
+def text_tokens(dataset: dict) -> int:
+    """Context tokens per caption of a text dataset."""
+    return dataset.get("text_tokens", CONTEXT_TOKENS)
 
 
 class ConfigError(UserError, ValueError):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from uvit.zoo import ARCHITECTURE_CHOICES, resolve_model_settings
+from uvit.zoo import ARCHITECTURE_CHOICES, CONTEXT_TOKENS, resolve_model_settings
 
 # --------------------------------------------------------------------------------------------------------
 # Embeddings
@@ -361,7 +361,7 @@ def build_model(
         mlp_ratio=settings.get("mlp_ratio", 4.0),
         num_classes=num_classes,
         context_dim=context_dim,
-        context_tokens=settings.get("context_tokens", 77) if context_dim else 0,
+        context_tokens=settings.get("context_tokens", CONTEXT_TOKENS) if context_dim else 0,
         skip=settings.get("skip", "concat_linear"),
         time_cond=settings.get("time_cond", "token"),
         conv=settings.get("conv", "after"),

@@ -15,7 +15,7 @@ attention kernel, precision and data loading.
 from __future__ import annotations
 
 from uvit.config import latent_geometry, resolve_experiment, token_grid_size
-from uvit.zoo import resolve_model_settings
+from uvit.zoo import CONTEXT_TOKENS, resolve_model_settings
 
 # The authors' reported training costs (reference "Cost"), by experiment: (GPU-hours, GPU model).
 AUTHORS_COST = {
@@ -31,7 +31,7 @@ def forward_flops(params: dict, exp: dict) -> float:
     side = token_grid_size(params, exp)
     channels = latent_geometry(params, exp)[0][0] if exp["space"] == "latent" else 3
     patches = (side // m["patch_size"]) ** 2
-    text_tokens = m.get("context_tokens", 77) if m.get("context_dim") else 0
+    text_tokens = m.get("context_tokens", CONTEXT_TOKENS) if m.get("context_dim") else 0
     extras = 1 + (1 if exp["condition"] == "class" else 0) + text_tokens
     tokens, dim, depth = patches + extras, m["embed_dim"], m["depth"]
     # multiply-adds: qkv 3 D^2 + projection D^2 + MLP 2 r D^2 per token, attention 2 L D per token

@@ -31,6 +31,7 @@ from PIL import Image
 from uvit.config import resolve_experiment
 from uvit.errors import UserError
 from uvit.plan import CALIBRATION
+from uvit.zoo import CONTEXT_TOKENS
 
 IMAGENET_CLASSES = 1000
 TINY_MODEL = {"embed_dim": 32, "depth": 3, "num_heads": 2}
@@ -181,7 +182,7 @@ def write_random_text_encoder(out: Path, tiny: bool) -> None:
         intermediate_size=4 * width,
         num_hidden_layers=2 if tiny else 12,
         num_attention_heads=2 if tiny else 12,
-        max_position_embeddings=77,
+        max_position_embeddings=CONTEXT_TOKENS,
         bos_token_id=len(vocab) - 2,
         eos_token_id=len(vocab) - 1,
     )

@@ -21,7 +21,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from uvit.autoencoder import load_autoencoder, to_uint8
-from uvit.config import settings_hash, token_grid_size
+from uvit.config import settings_hash, text_tokens, token_grid_size
 from uvit.data import atomic_write_bytes, atomic_writer, md5_file, num_classes, read_manifest
 from uvit.diffusion import SeededNoise, guided_noise_predictor, make_schedule, sample
 from uvit.errors import UserError
@@ -151,7 +151,7 @@ def model_for_weights(params: dict, exp: dict, state: dict) -> torch.nn.Module:
     if exp["condition"] == "text":
         embed = state.get("context_embed.weight")
         width = embed.shape[1] if isinstance(embed, torch.Tensor) else 1
-        context = (params["datasets"][exp["dataset"]].get("text_tokens", 77), width)
+        context = (text_tokens(params["datasets"][exp["dataset"]]), width)
     return model_for(exp, (channels, side, side), max(classes, 1), context)
 
 

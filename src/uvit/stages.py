@@ -22,7 +22,14 @@ import os
 import re
 from pathlib import Path
 
-from uvit.config import accuracy_settings, caption_split, evaluation_point, resolve_experiment, stage_settings
+from uvit.config import (
+    accuracy_settings,
+    caption_split,
+    evaluation_point,
+    resolve_experiment,
+    stage_settings,
+    text_tokens,
+)
 from uvit.errors import UserError
 
 PACKAGE = Path(__file__).resolve().parent
@@ -299,7 +306,7 @@ class Lineage:
 
     def encode_text(self, dataset, split):
         cfg = self.params["datasets"][dataset]
-        return {"encoder": cfg["text_encoder"], "tokens": cfg.get("text_tokens", 77), "split": split}, [
+        return {"encoder": cfg["text_encoder"], "tokens": text_tokens(cfg), "split": split}, [
             self("prepare_data", dataset=dataset)
         ]
 

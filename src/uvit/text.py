@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-CONTEXT_TOKENS = 77  # CLIP's context length, kept for every encoder so the U-ViT sees the same layout
+from uvit.zoo import CONTEXT_TOKENS  # every encoder pads to it, so the U-ViT sees the same layout
 
 
 class TextEncoder:

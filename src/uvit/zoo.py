@@ -8,8 +8,12 @@ can validate names fast.
 
 from __future__ import annotations
 
+# CLIP's context length: the tokens per caption unless a dataset's text_tokens says otherwise (the authors pad
+# every caption to 77 for the U-ViT's context).
+CONTEXT_TOKENS = 77
+
 _SMALL = dict(embed_dim=512, depth=13, num_heads=8)
-_TEXT = dict(context_dim=768, context_tokens=77)
+_TEXT = dict(context_dim=768, context_tokens=CONTEXT_TOKENS)
 
 MODEL_ZOO: dict[str, dict] = {
     "U-ViT-S/2": dict(**_SMALL, patch_size=2, conv="after"),
