@@ -55,7 +55,8 @@ def test_every_paper_row_has_a_synthetic_layout_and_keeps_its_shapes_with_counts
 @pytest.mark.parametrize("source", ["cifar10", "celeba", "mscoco"])
 def test_synthetic_raw_data_is_read_by_the_sources_adapter(tmp_path, source):
     """The synthetic CIFAR-10 tarball, CelebA zip and COCO folders are read by the same adapters as the real
-    downloads (ImageNet's 1,000 folders run end to end below)."""
+    downloads, each split large enough for the rehearsal's floor at one image per class (ImageNet's 1,000
+    folders run end to end below)."""
     writer, raw = RAW_WRITERS[source]
     root = writer(tmp_path / raw, 32, 1)
     cfg = {"source": source, "root": str(root), "resolution": 32, "shard_size": 100}
@@ -64,6 +65,7 @@ def test_synthetic_raw_data_is_read_by_the_sources_adapter(tmp_path, source):
     for split in splits.values():
         images = np.concatenate([x for x, _ in split.chunks])
         assert images.shape[1:3] == (32, 32) and images.dtype == np.uint8
+        assert len(images) >= CUTS["sampling"]["num_samples"]  # the floor scores as many held-out images
 
 
 def test_an_imagenet_folder_without_all_its_classes_is_refused(tmp_path):

@@ -88,8 +88,10 @@ def write_cifar10(root: Path, resolution: int, per_class: int) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(root, "w:gz") as tar:
         names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        # Ten classes per batch file; the test batch holds at least the floor's num_samples images.
+        per_file = 10 * max(per_class, -(-CUTS["sampling"]["num_samples"] // 10))
         for name in names:
-            blob = batch(10 * per_class)
+            blob = batch(per_file)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
