@@ -21,7 +21,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from uvit.data import ShardRows, load_split, read_manifest, read_shards, rechunk, write_manifest, write_shards
+from uvit.data import (
+    labelled_rows,
+    load_split,
+    read_manifest,
+    read_shards,
+    rechunk,
+    write_manifest,
+    write_shards,
+)
 from uvit.errors import UserError
 
 # Pixels per encoding batch: 4,096 images at 32 x 32, 64 at 256 x 256, 16 at 512 x 512. A fixed count of 500
@@ -225,10 +233,7 @@ def encode_dataset(
     The latent scale factor is measured (1 / std of the posterior means) unless given: the authors use
     0.18215 for Stable Diffusion's KL-f8 on ImageNet and 0.23010 on MS-COCO."""
     model = load_autoencoder(ae_dir)
-    split = data_dir / "train"
-    manifest = read_manifest(split)
-    images = ShardRows(split, manifest, "images", "prepare_data")  # read batch by batch: memory flat in N
-    labels = ShardRows(split, manifest, "labels", "prepare_data").all()
+    images, labels, _ = labelled_rows(data_dir / "train", "images", "prepare_data")  # read batch by batch
     height, width, _ = images.row_shape
     batch_size = batch_size or max(1, ENCODE_PIXELS // (height * width))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -429,13 +429,10 @@ def cmd_settings(args, params: dict) -> None:
 
 
 def cmd_rehearse(args, params: dict) -> None:
-    import torch
-
     from uvit.rehearsal import rehearse
 
-    tiny = not torch.cuda.is_available() if args.tiny is None else args.tiny
     root = Path(args.params).resolve().parent
-    rehearse(args.row, Path(args.out).resolve(), root, args.per_class, tiny, args.cores, log=log)
+    rehearse(args.row, Path(args.out).resolve(), root, args.per_class, args.tiny, args.cores, log=log)
 
 
 def cmd_verify(args, params: dict) -> None:

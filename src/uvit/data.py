@@ -79,14 +79,18 @@ def read_checked(path: Path, md5: str, manifest_dir: Path, stage: str) -> bytes:
     """A file's bytes, verified against the md5 its manifest records."""
     blob = path.read_bytes() if path.is_file() else b""
     if hashlib.md5(blob).hexdigest() != md5:
-        raise DataError(f"{path}: checksum mismatch with {manifest_dir}/manifest.json; re-run {stage}")
+        raise checksum_mismatch(path, manifest_dir, stage)
     return blob
 
 
 def check_file(path: Path, md5: str, manifest_dir: Path, stage: str) -> None:
     """read_checked without holding the file: its md5 read in chunks (shards larger than memory)."""
     if not path.is_file() or md5_file(path) != md5:
-        raise DataError(f"{path}: checksum mismatch with {manifest_dir}/manifest.json; re-run {stage}")
+        raise checksum_mismatch(path, manifest_dir, stage)
+
+
+def checksum_mismatch(path: Path, manifest_dir: Path, stage: str) -> DataError:
+    return DataError(f"{path}: checksum mismatch with {manifest_dir}/manifest.json; re-run {stage}")
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -690,6 +694,15 @@ class ShardRows:
 
     def all(self) -> np.ndarray:
         return self.take(np.arange(len(self)))
+
+
+def labelled_rows(
+    directory: Path, kind: str, stage: str, verify: bool = True
+) -> tuple[ShardRows, np.ndarray, dict]:
+    """A prepared or encoded split's rows of `kind` (read on demand), its labels (loaded) and its manifest."""
+    manifest = read_manifest(directory)
+    rows = ShardRows(directory, manifest, kind, stage, verify)
+    return rows, ShardRows(directory, manifest, "labels", stage, verify).all(), manifest
 
 
 def npy_header(path: Path, stage: str) -> tuple[int, tuple[int, ...], np.dtype]:

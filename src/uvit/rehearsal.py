@@ -257,11 +257,15 @@ def make_project(root: Path, dest: Path, params: dict) -> None:
         subprocess.run([*git, *command], cwd=dest, check=True, capture_output=True)
 
 
-def rehearse(row: str, out: Path, root: Path, per_class: int, tiny: bool, cores: int, log=print) -> dict:
-    """Write the row's synthetic inputs into a project copy at `out` and run its FID target there."""
+def rehearse(
+    row: str, out: Path, root: Path, per_class: int, tiny: bool | None, cores: int, log=print
+) -> dict:
+    """Write the row's synthetic inputs into a project copy at `out` and run its FID target there; `tiny`
+    None: tiny widths on a machine without a GPU."""
     import torch
 
     gpus = min(torch.cuda.device_count(), 1)
+    tiny = not gpus if tiny is None else tiny
     params = rehearsal_params(yaml.safe_load((root / "params.yaml").read_text()), row, tiny, gpus)
     exp = params["experiments"][row]
     dataset = params["datasets"][exp["dataset"]]

@@ -119,7 +119,7 @@ class Contexts:
 
         text_dir = Path(text_dir)
         manifest = read_manifest(text_dir)
-        self.contexts = ShardRows(text_dir, manifest, "contexts", "encode_text", verify)  # memory-mapped
+        self.contexts = ShardRows(text_dir, manifest, "contexts", "encode_text", verify)  # read on demand
         image_index = torch.from_numpy(
             ShardRows(text_dir, manifest, "image_index", "encode_text", verify).all()
         )

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from uvit.autoencoder import to_unit_range
 from uvit.config import settings_hash
-from uvit.data import ShardRows, atomic_write_bytes, num_classes, read_manifest
+from uvit.data import atomic_write_bytes, labelled_rows, num_classes
 from uvit.diffusion import drop_condition, make_schedule, mix_seed, noise_prediction_loss, null_mask
 from uvit.errors import UserError
 from uvit.model import UViT, build_model
@@ -118,14 +118,11 @@ class Processes:
 
 
 class PixelData:
-    """Prepared uint8 images, memory-mapped; each batch scaled to [-1, 1] and optionally flipped at random."""
+    """Prepared uint8 images, read per batch from the shards; scaled to [-1, 1], optionally flipped at random."""
 
     def __init__(self, data_dir: Path, hflip: bool, verify: bool = True):
-        split = Path(data_dir) / "train"
-        manifest = read_manifest(split)
-        self.images = ShardRows(split, manifest, "images", "prepare_data", verify)
-        self.labels = torch.from_numpy(ShardRows(split, manifest, "labels", "prepare_data", verify).all())
-        self.hflip = hflip
+        self.images, labels, _ = labelled_rows(Path(data_dir) / "train", "images", "prepare_data", verify)
+        self.labels, self.hflip = torch.from_numpy(labels), hflip
 
     def __len__(self) -> int:
         return len(self.images)
@@ -148,18 +145,12 @@ class PixelData:
 
 
 class LatentData:
-    """Stored posterior moments of each image and its flip (memory-mapped); a fresh posterior sample every step
-    (scaled by the recorded factor)."""
+    """Stored posterior moments of each image and its flip, read per batch from the shards; a fresh posterior
+    sample every step (scaled by the recorded factor)."""
 
     def __init__(self, latent_dir: Path, hflip: bool, verify: bool = True):
-        latent_dir = Path(latent_dir)
-        manifest = read_manifest(latent_dir)
-        self.moments = ShardRows(latent_dir, manifest, "moments", "encode_latents", verify)
-        self.labels = torch.from_numpy(
-            ShardRows(latent_dir, manifest, "labels", "encode_latents", verify).all()
-        )
-        self.scale_factor = manifest["scale_factor"]
-        self.hflip = hflip
+        self.moments, labels, manifest = labelled_rows(Path(latent_dir), "moments", "encode_latents", verify)
+        self.labels, self.scale_factor, self.hflip = torch.from_numpy(labels), manifest["scale_factor"], hflip
 
     def __len__(self) -> int:
         return len(self.moments)
@@ -222,14 +213,14 @@ class Conditions:
     """What a batch is conditioned on: nothing, class labels, or a text context per image (one of its captions);
     with `cond_drop_prob` > 0 each is replaced by its null value at that rate (classifier-free guidance)."""
 
-    def __init__(self, exp: dict, classes: int, text_dir: Path | None = None):
+    def __init__(self, exp: dict, classes: int, text_dir: Path | None = None, verify: bool = True):
         self.kind, self.drop = exp["condition"], exp["training"]["cond_drop_prob"]
         self.null = classes if self.kind == "class" else None
         self.contexts = None
         if self.kind == "text":
             if text_dir is None:
                 raise UserError(f"{exp['name']}: a text experiment trains on encoded captions; give --text")
-            self.contexts = Contexts(text_dir)
+            self.contexts = Contexts(text_dir, verify)
             self.null = self.contexts.null
 
     def draw(
@@ -495,14 +486,14 @@ def _train(
     cfg = exp["training"]
     device = processes.device
     precision = choose(cfg["precision"], device, "training.precision", log)
-    # Shards are md5-checked once, by the main process.
+    # Shards are md5-checked once, by the main process (here and in Conditions).
     data = (
         LatentData(latent_dir, cfg["hflip"], verify=processes.main)
         if exp["space"] == "latent"
         else PixelData(data_dir, cfg["hflip"], verify=processes.main)
     )
     classes = num_classes(data_dir / "train")
-    conditions = Conditions(exp, classes, text_dir)
+    conditions = Conditions(exp, classes, text_dir, verify=processes.main)
     torch.manual_seed(cfg["seed"])
     context_shape = conditions.contexts.shape if conditions.contexts is not None else None
     model = model_for(exp, data.shape, classes, context_shape).to(device)
