@@ -228,7 +228,8 @@ def test_curve_points_list_kept_checkpoints_then_other_sampler_steps(params):
 
 def test_guidance_points_list_the_other_scales_and_their_records(params):
     """Each scale of evaluation.guidance_scales but sampling.guidance_scale's (the final FID has it), increasing,
-    named by the shortest text that reads back as the same float; FID records first, then accuracies."""
+    named by the shortest text that reads back as the same float; FID records first, then accuracies, then the
+    trained autoencoder's held-out record."""
     from uvit.config import guidance_label, guidance_points, metrics_paths, resolve_experiment
 
     exp = resolve_experiment(params, "smoke_latent")
@@ -241,6 +242,7 @@ def test_guidance_points_list_the_other_scales_and_their_records(params):
         "metrics/smoke_latent/guidance/scale1.json",
         "metrics/smoke_latent/accuracy.json",
         "metrics/smoke_latent/guidance/scale1.accuracy.json",
+        "metrics/autoencoders/digits_kl.json",
     ]
     assert metrics_paths(params, "smoke_text") == ["metrics/smoke_text/fid.json"]  # no classifier, no sweep
 

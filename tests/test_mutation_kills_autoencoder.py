@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_mutation_kills_evaluation import ChannelMeans
+from test_mutation_kills_evaluation import ChannelMeans, save_reference
 
 import uvit.autoencoder as autoencoder
 import uvit.fid
@@ -73,6 +73,22 @@ def test_held_out_metrics_are_psnr_and_rfid_of_the_posterior_mean_reconstruction
         to_uint8(to_unit_range(splits["test"][:7]) + 2 / 127.5).astype(int).tolist()
         == (splits["test"][:7].astype(int) + 2).tolist()
     )  # the constructed reconstruction is exactly two levels up
+
+
+def test_with_a_reference_the_same_pass_gives_the_floor_and_the_reconstructions_fid_at_the_same_count(
+    data, tmp_path
+):
+    """The reference is made from the held-out images two levels brighter, i.e. from exactly the reconstructions:
+    the originals score the reference as the reconstructions score the originals (8.0), the reconstructions 0."""
+    root, splits = data
+    save_reference(tmp_path / "ref.npz", splits["test"][:7] + 2)
+    metrics = reconstruction_metrics(
+        Brighter(), root / "test", 7, batch_size=3, reference=tmp_path / "ref.npz"
+    )
+    assert metrics["rfid"] == pytest.approx(8.0, abs=1e-4)
+    assert metrics["floor_fid"] == pytest.approx(8.0, abs=1e-4)
+    assert metrics["reconstructions_fid"] == pytest.approx(0.0, abs=1e-4)
+    assert metrics["fid_protocol"] == "clean" and metrics["heldout_images"] == 7
 
 
 def test_training_takes_adamw_steps_on_mse_plus_weighted_kl_per_element(data, tmp_path, monkeypatch):

@@ -255,3 +255,35 @@ def test_guidance_rows_take_fid_and_accuracy_each_from_its_own_record(params):
         row.cells[column] == "81.2%"
         and row.origin_of("Classifier accuracy") == "metrics/fmnist_latent/accuracy.json"
     )
+
+
+def test_autoencoder_rows_put_rfid_beside_the_floor_at_the_same_count(params):
+    """One row per trained autoencoder of the targets (each once, though several experiments might share it),
+    the latent shape from its settings, rFID / floor computed, '-' for a record that predates the floor."""
+    from uvit.report import AUTOENCODER_COLUMNS, autoencoder_table
+
+    def record(name: str, **extra) -> dict:
+        prov = {"commit": "d" * 40, "dirty": False, "inputs": {}}
+        return {"autoencoder": name, "heldout_images": 500, "psnr_db": 25.5, "rfid": 60.0, **extra,
+                "provenance": prov}  # fmt: skip
+
+    metrics = {
+        "metrics/autoencoders/fmnist_kl.json": record("fmnist_kl", floor_fid=40.0, reconstructions_fid=70.5),
+        "metrics/autoencoders/emoji_kl.json": record("emoji_kl"),
+        "metrics/autoencoders/digits_kl.json": record("digits_kl", floor_fid=1.0),  # no target uses it
+    }
+    rows = autoencoder_table(params, metrics).rows
+    assert [r.source for r in rows] == [
+        "metrics/autoencoders/emoji_kl.json",
+        "metrics/autoencoders/fmnist_kl.json",
+    ]
+    cells = dict(zip(AUTOENCODER_COLUMNS, rows[1].cells, strict=True))
+    ae = params["autoencoders"]["fmnist_kl"]
+    side = 32 // (ae["space_to_depth"] * 2 ** (len(ae["block_channels"]) - 1))
+    assert cells["Latent"] == f"{ae['latent_channels']}x{side}x{side}" and cells["Training steps"] == str(
+        ae["steps"]
+    )
+    assert [cells[c] for c in ("PSNR (dB)", "rFID", "FID floor", "rFID / floor", "Reconstructions' FID")] == [
+        "25.50", "60.00", "40.00", "1.50", "70.50"
+    ]  # fmt: skip
+    assert rows[0].cells[7:10] == ["-", "-", "-"] and cells["Commit"] == "`dddddddd`"

@@ -89,8 +89,11 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def train_autoencoder(cfg: dict, data_dir: Path, out_dir: Path, log=print) -> dict:
-    """Train the autoencoder on the prepared training split (MSE + kl_weight * KL); return its metrics."""
+def train_autoencoder(
+    cfg: dict, data_dir: Path, out_dir: Path, log=print, reference: Path | None = None
+) -> dict:
+    """Train the autoencoder on the prepared training split (MSE + kl_weight * KL); return its held-out metrics
+    (with the FID floor at the same count when `reference`, the FID reference statistics, is given)."""
     torch.manual_seed(cfg["seed"])
     images, _ = load_split(data_dir / "train")
     x_all = to_unit_range(images)
@@ -114,17 +117,28 @@ def train_autoencoder(cfg: dict, data_dir: Path, out_dir: Path, log=print) -> di
     model.save_pretrained(out_dir)
     # Timings go to the log, not the metrics: artifacts stay byte-identical across runs.
     log(f"autoencoder: {seconds:.1f} s, {cfg['steps'] * cfg['batch_size'] / seconds:.1f} images/s")
-    metrics = reconstruction_metrics(model, data_dir / "test", cfg["eval_images"])
+    metrics = reconstruction_metrics(model, data_dir / "test", cfg["eval_images"], reference=reference)
     log(f"autoencoder: {json.dumps(metrics)}")
     return metrics
 
 
 @torch.no_grad()
-def reconstruction_metrics(model, split_dir: Path, count: int, batch_size: int = 250) -> dict:
+def reconstruction_metrics(
+    model, split_dir: Path, count: int, batch_size: int = 250, reference: Path | None = None
+) -> dict:
     """Quality of reconstructions (from the posterior mean) of held-out images: PSNR (dB, on uint8 images)
     and reconstruction FID (rFID: reconstructions against the originals, Inception features as for FID).
-    At a few hundred images rFID is biased upward; it compares autoencoders at the same count."""
-    from uvit.fid import InceptionFeatureExtractor, feature_statistics, frechet_distance_to_features
+    At a few hundred images rFID is biased upward, so with the FID `reference` statistics the same feature pass
+    also gives the yardstick at this count: `floor_fid`, the originals against the reference (held-out real
+    images scored as samples are), and `reconstructions_fid`, the reconstructions against it (what a latent
+    model that drew exactly these latents would score)."""
+    from uvit.fid import (
+        InceptionFeatureExtractor,
+        feature_statistics,
+        frechet_distance_to_features,
+        load_reference,
+        recorded_protocol,
+    )
 
     images, _ = load_split(split_dir, limit=count)
     model.eval()
@@ -140,10 +154,22 @@ def reconstruction_metrics(model, split_dir: Path, count: int, batch_size: int =
     )
     mse = np.mean((recon.astype(np.float64) - images.astype(np.float64)) ** 2, axis=(1, 2, 3))
     psnr = float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
-    extractor = InceptionFeatureExtractor()
-    originals = feature_statistics(extractor.features(images, desc="originals"))
-    rfid = frechet_distance_to_features(extractor.features(recon, desc="reconstructions"), *originals)
-    return {"heldout_images": len(images), "psnr_db": round(psnr, 3), "rfid": round(rfid, 4)}
+    protocol_name = (recorded_protocol(reference) or "clean") if reference is not None else "clean"
+    extractor = InceptionFeatureExtractor(protocol_name=protocol_name)
+    original_features = extractor.features(images, desc="originals")
+    recon_features = extractor.features(recon, desc="reconstructions")
+    rfid = frechet_distance_to_features(recon_features, *feature_statistics(original_features))
+    metrics = {"heldout_images": len(images), "psnr_db": round(psnr, 3), "rfid": round(rfid, 4)}
+    if reference is not None:
+        ref = load_reference(reference, ("fid",), protocol_name=protocol_name)
+        metrics["floor_fid"] = round(
+            frechet_distance_to_features(original_features, ref["mu"], ref["sigma"]), 4
+        )
+        metrics["reconstructions_fid"] = round(
+            frechet_distance_to_features(recon_features, ref["mu"], ref["sigma"]), 4
+        )
+        metrics["fid_protocol"] = protocol_name
+    return metrics
 
 
 # Stable Diffusion's KL-f8 autoencoder (the LDM "kl-f8" first stage): 3 -> 4 x H/8 x W/8.

@@ -68,8 +68,10 @@ def cmd_train_autoencoder(args, params: dict) -> None:
 
     cfg = named(params, "autoencoders", args.autoencoder)
     check_data(params, cfg["dataset"], args.data)
-    metrics = train_autoencoder(cfg, Path(args.data), Path(args.out), log=log)
-    provenance = record(cfg, {"dataset": args.data}, settings_hash(cfg))
+    reference = Path(args.reference) if args.reference else None
+    metrics = train_autoencoder(cfg, Path(args.data), Path(args.out), log=log, reference=reference)
+    inputs = {"dataset": args.data, **({"reference": args.reference} if reference else {})}
+    provenance = record(cfg, inputs, settings_hash(cfg))
     write_json(args.metrics, {"autoencoder": args.autoencoder, **metrics, "provenance": provenance})
 
 
@@ -364,7 +366,7 @@ def cmd_figures(args, params: dict) -> None:
     out_dir = Path(args.out_dir)
     paper = {name: m["fid"] for name, m in paper_data()["sampler_steps"]["models"].items()}
     over_training = curves_by_experiment(params, metrics, "training_steps")
-    shown = {m["experiment"] for m in metrics.values()}
+    shown = {m["experiment"] for m in metrics.values() if "experiment" in m}  # not autoencoder records
     loss = {Path(p).parent.name: Path(p) for p in args.loss}
     loss |= {n: p for n in sorted(shown - set(loss)) if (p := Path(f"metrics/{n}/loss.csv")).is_file()}
     written = figures.loss_curves(loss, out_dir / "loss_curves")
@@ -508,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--autoencoder", required=True, help="name under `autoencoders`")
     p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset")
+    p.add_argument(
+        "--reference", metavar="NPZ", help="FID reference statistics: the floor beside the reconstruction FID"
+    )
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--metrics", required=True, metavar="FILE")
 

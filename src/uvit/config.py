@@ -494,9 +494,22 @@ def accuracy_metrics_paths(params: dict, name: str) -> list[str]:
     return [f"metrics/{name}/accuracy.json", *guidance]
 
 
+def autoencoder_metrics_paths(params: dict, name: str) -> list[str]:
+    """The held-out reconstruction record of the autoencoder a latent experiment trains (none for a pretrained
+    or no autoencoder)."""
+    exp = resolve_experiment(params, name)
+    if exp["space"] != "latent" or "pretrained" in params["autoencoders"][exp["autoencoder"]]:
+        return []
+    return [f"metrics/autoencoders/{exp['autoencoder']}.json"]
+
+
 def metrics_paths(params: dict, name: str) -> list[str]:
-    """Every metrics record an experiment ends in: its FIDs, then its classifier accuracies."""
-    return fid_metrics_paths(params, name) + accuracy_metrics_paths(params, name)
+    """Every metrics record an experiment ends in: its FIDs, its classifier accuracies, then its autoencoder's."""
+    return (
+        fid_metrics_paths(params, name)
+        + accuracy_metrics_paths(params, name)
+        + autoencoder_metrics_paths(params, name)
+    )
 
 
 def caption_split(exp: dict) -> str:
@@ -576,7 +589,10 @@ def settings_differences(recorded, current, key: str = "") -> list[tuple[str, ob
 
 def current_settings(params: dict, m: dict) -> dict:
     """The settings params.yaml now resolves to for the number a metrics file records: an FID (a curve or guidance
-    point: its checkpoint step, sampler steps and guidance scale) or a classifier accuracy (at its guidance scale)."""
+    point: its checkpoint step, sampler steps and guidance scale), a classifier accuracy (at its guidance scale) or
+    an autoencoder's held-out reconstructions (its settings)."""
+    if "rfid" in m:
+        return params["autoencoders"][m["autoencoder"]]
     exp = evaluation_point(
         resolve_experiment(params, m["experiment"]),
         m["training_steps"],

@@ -179,6 +179,8 @@ def experiment_jobs(params: dict, name: str) -> list[tuple[str, dict]]:
     if exp["evaluation"]["classifier"]:
         jobs.append(("accuracy", {"experiment": name}))
         jobs += [("accuracy_guidance_point", {"experiment": name, "scale": scale}) for scale in scales]
+    if exp["space"] == "latent" and "pretrained" not in params["autoencoders"][exp["autoencoder"]]:
+        jobs.append(("train_autoencoder", {"autoencoder": exp["autoencoder"]}))
     return jobs
 
 
@@ -224,6 +226,24 @@ def reference_name(ev: dict) -> str:
     if ev["reference_npz"]:
         return Path(ev["reference_npz"]).stem
     return f"{ev['reference_split']}{ev['reference_images']}"
+
+
+def reference_path(exp: dict) -> str:
+    """The experiment's FID reference statistics: a given .npz as imported, or the ones computed once per dataset."""
+    ev = exp["evaluation"]
+    if ev["reference_npz"]:
+        return f"data/external/fid_refs/{reference_name(ev)}.npz"
+    return f"results/fid_refs/{exp['dataset']}-{reference_name(ev)}.npz"
+
+
+def autoencoder_reference(params: dict, autoencoder: str) -> dict | None:
+    """The experiment whose FID reference scores a trained autoencoder's held-out reconstructions (the first one
+    encoding with it, in params.yaml order; its reference gives the floor at the autoencoder's count), or None."""
+    for name in params["experiments"]:
+        exp = resolve_experiment(params, name)
+        if exp["space"] == "latent" and exp["autoencoder"] == autoencoder:
+            return exp
+    return None
 
 
 def given_reference(params: dict, ref: str) -> str | None:
@@ -315,7 +335,13 @@ class Lineage:
 
     def train_autoencoder(self, autoencoder):
         cfg = self.params["autoencoders"][autoencoder]
-        return cfg, [self("prepare_data", dataset=cfg["dataset"])]
+        scored_by = autoencoder_reference(self.params, autoencoder)
+        reference = (
+            []
+            if scored_by is None
+            else [self.reference(scored_by["dataset"], reference_name(scored_by["evaluation"]))]
+        )
+        return cfg, [self("prepare_data", dataset=cfg["dataset"]), *reference]
 
     def autoencoder(self, name: str) -> str:
         cfg = self.params["autoencoders"][name]

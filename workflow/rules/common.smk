@@ -15,7 +15,14 @@ from uvit.config import (
     tier_targets,
 )
 from uvit.plan import estimate
-from uvit.stages import Lineage, given_reference, reference_name, reference_protocol
+from uvit.stages import (
+    Lineage,
+    autoencoder_reference,
+    given_reference,
+    reference_name,
+    reference_path,
+    reference_protocol,
+)
 
 try:
     PARAMS = load_params("params.yaml")
@@ -163,11 +170,17 @@ def autoencoder_dataset(wildcards):
 
 def reference_stats(wildcards):
     """The experiment's reference statistics: a given .npz as imported, or the ones the pipeline computes once."""
-    exp = experiment(wildcards)
-    ev = exp["evaluation"]
-    if ev["reference_npz"]:
-        return f"data/external/fid_refs/{reference_name(ev)}.npz"
-    return f"results/fid_refs/{exp['dataset']}-{reference_name(ev)}.npz"
+    return reference_path(experiment(wildcards))
+
+
+def autoencoder_reference_input(wildcards):
+    """A trained autoencoder's held-out reconstructions are scored against its experiment's FID reference."""
+    scored_by = autoencoder_reference(PARAMS, wildcards.autoencoder)
+    return {} if scored_by is None else {"reference": reference_path(scored_by)}
+
+
+def autoencoder_reference_flag(wildcards, input):
+    return f"--reference {input.reference}" if "reference" in input.keys() else ""
 
 
 def stats_protocol(wildcards):
@@ -290,7 +303,7 @@ def curve_model_input(wildcards):
     return f"results/{wildcards.experiment}/snapshots"
 
 
-TABLES = ["results", "training_steps", "sampler_steps", "ablations", "guidance"]
+TABLES = ["results", "training_steps", "sampler_steps", "ablations", "guidance", "autoencoders"]
 FIGURES = ["loss_curves", "fid_over_training", "fid_over_sampler_steps"]
 ABLATION_FIGURES = [f"ablation_{grid}" for grid in PARAMS["target_grids"]]
 
@@ -315,7 +328,7 @@ def target_metrics(wildcards):
 
 def table_metrics(wildcards):
     """The tables' input: the tier's FID and classifier-accuracy records."""
-    return [path for name in TIER_TARGETS for path in metrics_paths(PARAMS, name)]
+    return list(dict.fromkeys(path for name in TIER_TARGETS for path in metrics_paths(PARAMS, name)))
 
 
 def target_loss_curves(wildcards):

@@ -91,6 +91,7 @@ rule import_weights:
 
 rule train_autoencoder:
     input:
+        unpack(autoencoder_reference_input),
         data=autoencoder_dataset,
     output:
         model=directory("results/autoencoders/{autoencoder}"),
@@ -107,9 +108,10 @@ rule train_autoencoder:
     params:
         lineage=lineage("train_autoencoder"),
         settings=settings("train_autoencoder"),
+        reference=autoencoder_reference_flag,
     shell:
         "uvit --threads {threads} train-autoencoder --autoencoder {wildcards.autoencoder} --data {input.data}"
-        " --out {output.model} --metrics {output.metrics} 2> {log}"
+        " {params.reference} --out {output.model} --metrics {output.metrics} 2> {log}"
 
 
 rule encode_latents:

@@ -104,6 +104,12 @@ rule tables:
             category="Tables",
         ),
         guidance_tex="paper_tables/guidance.tex",
+        autoencoders=report(
+            "paper_tables/autoencoders.md",
+            caption="../report/autoencoders.rst",
+            category="Tables",
+        ),
+        autoencoders_tex="paper_tables/autoencoders.tex",
     log:
         "logs/tables.log",
     conda:

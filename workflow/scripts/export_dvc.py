@@ -37,10 +37,12 @@ from uvit.stages import (  # noqa: E402
     PACKAGE_DATA,
     RULE_COMMANDS,
     SETTINGS_DIR,
+    autoencoder_reference,
     dag_jobs,
     given_reference,
     module_closure,
     reference_name,
+    reference_path,
     reference_protocol,
     stage_key,
 )
@@ -82,9 +84,9 @@ TEMPLATES: dict[str, dict] = {
         "outs": ["data/external/weights/{key}.pth"],
     },
     "train_autoencoder": {
-        "cmd": "uvit train-autoencoder --autoencoder {key} --data {data} --out results/autoencoders/{key}"
-        " --metrics metrics/autoencoders/{key}.json",
-        "deps": ["{data}"],
+        "cmd": "uvit train-autoencoder --autoencoder {key} --data {data} {reference_flag}"
+        " --out results/autoencoders/{key} --metrics metrics/autoencoders/{key}.json",
+        "deps": ["{data}", "{ae_reference}"],
         "outs": ["results/autoencoders/{key}", ("metrics/autoencoders/{key}.json", "git")],
     },
     "encode_latents": {
@@ -278,11 +280,7 @@ class Paths:
         gpus = exp["resources"]["gpus"]
         run = f"torchrun --standalone --nproc_per_node {gpus} -m uvit.cli" if gpus > 1 else "uvit"
         ref = reference_name(ev)
-        reference = (
-            f"data/external/fid_refs/{ref}.npz"
-            if ev["reference_npz"]
-            else f"results/fid_refs/{exp['dataset']}-{ref}.npz"
-        )
+        reference = reference_path(exp)
         floor = f"metrics/fid_floors/{exp['dataset']}-{ref}-{ev['floor_split']}{exp['sampling']['num_samples']}.json"
         needs_dataset = not ev["reference_npz"] or text
         weights = f"data/external/weights/{name}.pth"
@@ -360,7 +358,11 @@ class Paths:
             name = wildcards["autoencoder"]
             cfg = self.params["autoencoders"][name]
             scale = cfg.get("scale_factor")
+            scored_by = autoencoder_reference(self.params, name)
+            reference = reference_path(scored_by) if scored_by else None
             return {
+                "reference_flag": f"--reference {reference}" if reference else "",
+                "ae_reference": reference or f"data/prepared/{cfg['dataset']}",
                 "source": cfg.get("pretrained", ""),
                 "data": f"data/prepared/{cfg['dataset']}",
                 "autoencoder": self.autoencoder_path(name),
