@@ -287,3 +287,20 @@ def test_autoencoder_rows_put_rfid_beside_the_floor_at_the_same_count(params):
         "25.50", "60.00", "40.00", "1.50", "70.50"
     ]  # fmt: skip
     assert rows[0].cells[7:10] == ["-", "-", "-"] and cells["Commit"] == "`dddddddd`"
+
+
+def test_a_traceability_error_in_an_autoencoder_record_names_its_rfid_cell(tmp_path):
+    """`uvit verify` points at the cell a record's number sits in: 'Our FID' in the FID tables, 'rFID' in the
+    autoencoders table, which has no 'Our FID' column."""
+    from uvit.report import AUTOENCODER_COLUMNS
+    from uvit.verify import first_cell
+
+    source = "metrics/autoencoders/fmnist_kl.json"
+    table = Table(
+        "autoencoders", "t", [], AUTOENCODER_COLUMNS, [], [Row(["`fmnist_kl`"] + ["x"] * 10, source=source)]
+    )
+    cell = first_cell([table], source, tmp_path)
+    assert (
+        str(cell)
+        == f"{tmp_path}/paper_tables/autoencoders.md: row 1 (`fmnist_kl` / x / x / x / x / x), column 'rFID'"
+    )
