@@ -289,16 +289,15 @@ def test_autoencoder_rows_put_rfid_beside_the_floor_at_the_same_count(params):
     assert rows[0].cells[7:10] == ["-", "-", "-"] and cells["Commit"] == "`dddddddd`"
 
 
-def test_a_traceability_error_in_an_autoencoder_record_names_its_rfid_cell(tmp_path):
+def test_a_traceability_error_in_an_autoencoder_record_names_its_rfid_cell(params, tmp_path):
     """`uvit verify` points at the cell a record's number sits in: 'Our FID' in the FID tables, 'rFID' in the
     autoencoders table, which has no 'Our FID' column."""
-    from uvit.report import AUTOENCODER_COLUMNS
+    from uvit.report import autoencoder_table
     from uvit.verify import first_cell
 
     source = "metrics/autoencoders/fmnist_kl.json"
-    table = Table(
-        "autoencoders", "t", [], AUTOENCODER_COLUMNS, [], [Row(["`fmnist_kl`"] + ["x"] * 10, source=source)]
-    )
+    table = autoencoder_table(params, {})  # the real table, one constructed row
+    table.rows.append(Row(["`fmnist_kl`"] + ["x"] * 10, source=source))
     cell = first_cell([table], source, tmp_path)
     assert (
         str(cell)

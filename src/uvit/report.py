@@ -82,6 +82,7 @@ class Table:
     columns: list[str]
     numeric: list[str]  # right-aligned columns
     rows: list[Row] = field(default_factory=list)
+    main_column: str = "Our FID"  # where a row's headline number sits (what `uvit verify` points at)
 
     @property
     def alignment(self) -> str:
@@ -644,6 +645,7 @@ def autoencoder_table(params: dict, metrics: dict[str, dict]) -> Table:
         AUTOENCODER_COLUMNS,
         ["Training steps", "Held-out images", "PSNR (dB)", "rFID", "FID floor", "rFID / floor",
          "Reconstructions' FID"],
+        main_column="rFID",
     )  # fmt: skip
     paths = {path for name in params["targets"] for path in autoencoder_metrics_paths(params, name)}
     for path in sorted(paths & set(metrics)):

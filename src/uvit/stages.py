@@ -166,7 +166,7 @@ def settings_path(rule: str, wildcards: dict) -> str:
 def experiment_jobs(params: dict, name: str) -> list[tuple[str, dict]]:
     """An experiment's final jobs (its metrics files, as uvit.config.metrics_paths lists them): the jobs upstream of
     them follow from the lineage."""
-    from uvit.config import curve_points, guidance_label, guidance_points
+    from uvit.config import autoencoder_metrics_paths, curve_points, guidance_label, guidance_points
 
     exp = resolve_experiment(params, name)
     jobs = [("fid", {"experiment": name})]
@@ -179,7 +179,7 @@ def experiment_jobs(params: dict, name: str) -> list[tuple[str, dict]]:
     if exp["evaluation"]["classifier"]:
         jobs.append(("accuracy", {"experiment": name}))
         jobs += [("accuracy_guidance_point", {"experiment": name, "scale": scale}) for scale in scales]
-    if exp["space"] == "latent" and "pretrained" not in params["autoencoders"][exp["autoencoder"]]:
+    if autoencoder_metrics_paths(params, name):  # it trains its autoencoder
         jobs.append(("train_autoencoder", {"autoencoder": exp["autoencoder"]}))
     return jobs
 

@@ -189,8 +189,7 @@ def first_cell(tables: list[Table], source: str, root: Path, column: str | None 
     for table in tables:
         for i, row in enumerate(table.rows):
             if row.source == source:
-                main = "Our FID" if "Our FID" in table.columns else "rFID"  # an autoencoder's record
-                return Cell(root / "paper_tables" / f"{table.name}.md", table, i, column or main)
+                return Cell(root / "paper_tables" / f"{table.name}.md", table, i, column or table.main_column)
     for table in tables:
         for i, row in enumerate(table.rows):
             taken = [c for c, s in row.cell_sources.items() if s == source]
