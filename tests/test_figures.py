@@ -17,6 +17,7 @@ from uvit.figures import (
     fid_over_training,
     loss_curves,
     sample_grid,
+    write_curve_data,
 )
 
 PAPER = {
@@ -236,6 +237,21 @@ def test_ablation_comparison_empty(tmp_path):
 # --------------------------------------------------------------------------------------------------------
 # loss_curves
 # --------------------------------------------------------------------------------------------------------
+
+
+def test_curve_data_is_each_experiments_points_sorted_and_drops_stale_files(tmp_path):
+    points = {
+        "b": [fid_point("b", 30.5, 400), fid_point("b", 41.25, 100)],
+        "a": [fid_point("a", 9.0, 200) | {"fid_floor": None}],
+    }
+    (tmp_path / "gone.csv").write_text("training_steps,fid,fid_floor\n1,2,3\n")
+    written = write_curve_data(points, "training_steps", tmp_path)
+    assert [p.name for p in written] == ["a.csv", "b.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv"]
+    assert (
+        tmp_path / "b.csv"
+    ).read_text() == "training_steps,fid,fid_floor\n100,41.25,21.61\n400,30.5,21.61\n"
+    assert (tmp_path / "a.csv").read_text() == "training_steps,fid,fid_floor\n200,9.0,\n"
 
 
 def test_loss_curves(tmp_path):

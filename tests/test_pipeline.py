@@ -94,6 +94,24 @@ def test_curves_over_training_and_sampler_steps(project):
     for name in ("fid_over_training", "fid_over_sampler_steps", "loss_curves"):
         for ext in ("png", "pdf"):
             assert (project / "paper_tables" / "figures" / f"{name}.{ext}").stat().st_size > 1000
+    # the numbers behind the FID figures, one CSV per experiment, overlaid by `dvc plots show`
+    over_training = project / "paper_tables/figures/fid_over_training/smoke_pixel.csv"
+    assert over_training.read_text().splitlines() == [
+        "training_steps,fid,fid_floor",
+        f"10,{point['fid']},{point['fid_floor']}",
+        f"20,{final['fid']},{final['fid_floor']}",
+    ]
+    over_sampler = (project / "paper_tables/figures/fid_over_sampler_steps/smoke_pixel.csv").read_text()
+    assert over_sampler.splitlines()[1:] == [
+        f"3,{fewer['fid']},{fewer['fid_floor']}",
+        f"5,{final['fid']},{final['fid_floor']}",
+    ]
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
+    values = plots["fid_over_training"][0]["content"]["data"]["values"]
+    assert {(v["training_steps"], v["fid"]) for v in values} == {
+        ("10", str(point["fid"])),
+        ("20", str(final["fid"])),
+    }
 
 
 def test_guidance_sweep_and_classifier_accuracy(project):

@@ -360,20 +360,21 @@ def cmd_figures(args, params: dict) -> None:
     """FID over training steps, FID over sampler steps and loss curves of the experiments given, and of those
     the tables show beside them (uvit.report.present_metrics)."""
     from uvit import figures
-    from uvit.report import curves_by_experiment, paper_data, present_metrics
+    from uvit.report import CURVES, curves_by_experiment, paper_data, present_metrics
 
     metrics = present_metrics(params, args.metrics)
     out_dir = Path(args.out_dir)
     paper = {name: m["fid"] for name, m in paper_data()["sampler_steps"]["models"].items()}
     over_training = curves_by_experiment(params, metrics, "training_steps")
+    over_sampler = curves_by_experiment(params, metrics, "sampler_steps")
     shown = {m["experiment"] for m in metrics.values() if "experiment" in m}  # not autoencoder records
     loss = {Path(p).parent.name: Path(p) for p in args.loss}
     loss |= {n: p for n in sorted(shown - set(loss)) if (p := Path(f"metrics/{n}/loss.csv")).is_file()}
     written = figures.loss_curves(loss, out_dir / "loss_curves")
     written += figures.fid_over_training(over_training, out_dir / "fid_over_training")
-    written += figures.fid_over_sampler_steps(
-        curves_by_experiment(params, metrics, "sampler_steps"), paper, out_dir / "fid_over_sampler_steps"
-    )
+    written += figures.fid_over_sampler_steps(over_sampler, paper, out_dir / "fid_over_sampler_steps")
+    for x_key, points in (("training_steps", over_training), ("sampler_steps", over_sampler)):
+        written += figures.write_curve_data(points, x_key, out_dir / CURVES[x_key])
     written += ablation_figures(params, over_training, out_dir)
     log("wrote " + ", ".join(map(str, written)))
 

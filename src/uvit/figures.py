@@ -8,6 +8,7 @@
 - `fid_over_sampler_steps`: FID against sampler steps; the paper's ImageNet 256 curves (approximate values
   read off the paper, U-ViT vs LDM with DPM-Solver) on the left, ours on the right. Stands in for the
   paper's comparison of sampler steps on ImageNet 256.
+- `write_curve_data`: the numbers behind the two FID figures, a CSV per experiment (DVC plots overlay them).
 - `loss_curves`: training loss against step from each experiment's `loss.csv` (header `step,loss,lr`).
   No paper counterpart; a sanity check for the demo runs.
 - `ablation_comparison`: one panel per ablation axis (skip, time condition, conv, patch embedding, position
@@ -251,6 +252,23 @@ def fid_over_sampler_steps(
     style_fid_axes(ax, "sampler steps", "ours (demo scale)", steps)
     floor_legend(ax)
     return save_figure(fig, out_stem)
+
+
+def write_curve_data(points: dict[str, list[dict]], x_key: str, out_dir: Path) -> list[Path]:
+    """The data behind an FID figure: `<out_dir>/<experiment>.csv` (`x_key,fid,fid_floor`, sorted by x) per
+    experiment; a CSV of an experiment no longer given is removed (no stale curve looks current)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, series in sorted(points.items()):
+        rows = [f"{x_key},fid,fid_floor"]
+        for p in sorted(series, key=lambda p: p[x_key]):
+            rows.append(f"{p[x_key]},{p['fid']},{'' if p.get('fid_floor') is None else p['fid_floor']}")
+        path = out_dir / f"{name}.csv"
+        atomic_write_bytes(path, ("\n".join(rows) + "\n").encode())
+        written.append(path)
+    for stale in set(out_dir.glob("*.csv")) - set(written):
+        stale.unlink()
+    return written
 
 
 def read_loss_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:

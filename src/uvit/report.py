@@ -284,17 +284,32 @@ def other_metrics_table(params: dict, metrics: dict[str, dict]) -> Table:
     return table
 
 
+CURVES = {"training_steps": "fid_over_training", "sampler_steps": "fid_over_sampler_steps"}  # x -> figure
+
+
+def curve_experiments(params: dict, over: str) -> list[str]:
+    """The targets with an FID curve over `over` (training_steps: checkpoints kept; sampler_steps: extra step
+    counts evaluated)."""
+
+    def varied(exp: dict) -> list:
+        return (
+            exp["training"]["keep_steps"] if over == "training_steps" else exp["evaluation"]["sampler_steps"]
+        )
+
+    return [name for name in params["targets"] if varied(resolve_experiment(params, name))]
+
+
+def curve_data_paths(params: dict, over: str) -> list[str]:
+    """The CSV of each curve over `over` (the data behind its figure; DVC's top-level plots overlay them)."""
+    return [f"paper_tables/figures/{CURVES[over]}/{name}.csv" for name in curve_experiments(params, over)]
+
+
 def curve_rows(params: dict, metrics: dict[str, dict], over: str) -> list[tuple[str, dict]]:
     """(path, metrics) of the points of each experiment's curve over `over` (training_steps or
     sampler_steps), the final point included, sorted by experiment then x."""
     points = []
-    for name in params["targets"]:
+    for name in curve_experiments(params, over):
         exp = resolve_experiment(params, name)
-        varied = (
-            exp["training"]["keep_steps"] if over == "training_steps" else exp["evaluation"]["sampler_steps"]
-        )
-        if not varied:
-            continue
         for path in fid_metrics_paths(params, name):
             m = metrics.get(path)
             if m is None:

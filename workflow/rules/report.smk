@@ -57,6 +57,9 @@ rule figures:
             for name in ABLATION_FIGURES
         ],
         ablation_pdf=[f"paper_tables/figures/{name}.pdf" for name in ABLATION_FIGURES],
+        # the numbers behind the two FID figures, a CSV per experiment (dvc.yaml's top-level plots)
+        training_data=directory("paper_tables/figures/fid_over_training"),
+        sampler_data=directory("paper_tables/figures/fid_over_sampler_steps"),
     log:
         "logs/figures.log",
     conda:

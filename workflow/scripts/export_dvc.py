@@ -411,12 +411,13 @@ def outputs(outs: list) -> dict:
 
 def report_stages(params: dict) -> dict:
     """tables and figures: one stage each over the targets' metrics files (and loss curves)."""
-    from uvit.report import build_tables, figure_metrics_files, table_metrics_files
+    from uvit.report import CURVES, build_tables, figure_metrics_files, table_metrics_files
 
     metrics, table_metrics = figure_metrics_files(params), table_metrics_files(params)
     loss = [f"metrics/{name}/loss.csv" for name in params["targets"]]
     grids = [f"ablation_{grid}" for grid in params["target_grids"]]
     figures = [f"paper_tables/figures/{n}.{ext}" for n in FIGURES + grids for ext in ("png", "pdf")]
+    figures += [f"paper_tables/figures/{name}" for name in CURVES.values()]  # each a folder of CSVs
     names = [table.name for table in build_tables(params, {})]  # each table names itself
     tables = [f"paper_tables/{name}.{ext}" for name in names for ext in ("md", "tex")]
 
@@ -463,6 +464,19 @@ def tables_of(jobs: dict, paths: Paths) -> tuple[dict, dict]:
     return rows, experiments
 
 
+def top_level_plots(params: dict) -> list[dict]:
+    """`dvc plots show` / `dvc plots diff`: the targets' loss curves, and their FID curves over training and
+    over sampler steps, overlaid across experiments."""
+    from uvit.report import CURVES, curve_data_paths
+
+    loss = [f"metrics/{name}/loss.csv" for name in params["targets"]]
+    plots = [{"loss": {"template": "linear", "x": "step", "y": {path: "loss" for path in loss}}}]
+    for x_key, name in CURVES.items():
+        if paths := curve_data_paths(params, x_key):
+            plots.append({name: {"template": "linear", "x": x_key, "y": {path: "fid" for path in paths}}})
+    return plots
+
+
 def document(jobs: dict, paths: Paths, params: dict, default: bool) -> dict:
     rows, experiments = tables_of(jobs, paths)
     doc: dict = {"vars": [{"experiment_jobs": dict(sorted(experiments.items()))}]} if experiments else {}
@@ -474,8 +488,7 @@ def document(jobs: dict, paths: Paths, params: dict, default: bool) -> dict:
             stages[rule] = {"foreach": dict(sorted(rows[rule].items())), "do": template(rule)}
     if default:
         stages |= report_stages(params)
-        curves = [f"metrics/{name}/loss.csv" for name in params["targets"]]
-        doc["plots"] = [{"loss": {"template": "linear", "x": "step", "y": {path: "loss" for path in curves}}}]
+        doc["plots"] = top_level_plots(params)
     else:
         stages = {
             name: {"wdir": "..", **stage} if "do" not in stage else stage for name, stage in stages.items()
