@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uvit.data import write_manifest, write_shards
 from uvit.precision import describe_device
+from uvit.shards import write_manifest, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 MOMENTS = (2, 8, 32, 32)  # (image, flip) x (mean, logvar) of 4 channels x 32 x 32

@@ -211,8 +211,8 @@ def profile_top(model_cfg: dict, args: argparse.Namespace, device: torch.device,
 
 def loss_check(model_cfg: dict, args: argparse.Namespace, device: torch.device) -> dict:
     """fp32 vs bf16 training losses over the first N steps on the same batches and noise."""
-    from uvit.data import load_split
     from uvit.diffusion import VPSchedule, noise_prediction_loss
+    from uvit.shards import load_split
     from uvit.training import to_unit_range
 
     images, _ = load_split(Path(args.data) / "train", limit=args.batch_size * args.loss_check)

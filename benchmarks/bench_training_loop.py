@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from uvit.config import load_params, resolve_experiment
-from uvit.data import num_classes, read_manifest
 from uvit.diffusion import make_schedule, noise_prediction_loss
 from uvit.precision import autocast, resolve_precision
+from uvit.shards import num_classes, read_manifest
 from uvit.training import model_for, train
 
 

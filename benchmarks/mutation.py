@@ -44,6 +44,9 @@ MODULE_TESTS = {
     # Before tests/test_mutation_kills_evaluation.py only the CLI and the slow DAG tests reached evaluation.py.
     "evaluation": ["tests/test_recipe.py", "tests/test_mutation_kills_evaluation.py"],
 }
+# The files mutated for a module, below src/uvit (default `<module>.py`): `data` is the dataset code, split
+# into the prepare-data entry, the file helpers, the shard format and the source adapters.
+MODULE_FILES = {"data": ["data.py", "fileio.py", "shards.py", "sources/*.py"]}
 # torch_compile: fullgraph compilation breaks on mutmut's trampoline (a ContextVar.set), not on the mutant.
 PYTEST_ARGS = [
     "-m", "not slow", "-k", "not sigkill and not gloo and not torch_compile", "-p", "no:cacheprovider", "-W", "ignore",
@@ -56,12 +59,17 @@ COPY_IGNORE = shutil.ignore_patterns(
 )  # fmt: skip
 
 
+def module_files(module: str) -> list[str]:
+    return MODULE_FILES.get(module, [f"{module}.py"])
+
+
 def mutmut_config(module: str) -> str:
     tests = ", ".join(json.dumps(t) for t in MODULE_TESTS[module])
+    files = ", ".join(json.dumps(f"src/uvit/{f}") for f in module_files(module))
     return (
         "\n[tool.mutmut]\n"
         'source_paths = ["src/uvit"]\n'
-        f'only_mutate = ["src/uvit/{module}.py"]\n'
+        f"only_mutate = [{files}]\n"
         f"pytest_add_cli_args_test_selection = [{tests}]\n"
         f"pytest_add_cli_args = {json.dumps(PYTEST_ARGS)}\n"
         'also_copy = ["params.yaml", "workflow/"]\n'
@@ -79,8 +87,12 @@ def mutmut(work: Path, *args: str, log) -> subprocess.CompletedProcess:
 
 
 def exit_codes(work: Path, module: str) -> dict[str, int | None]:
-    meta = work / "mutants" / "src" / "uvit" / f"{module}.py.meta"
-    return json.loads(meta.read_text())["exit_code_by_key"] if meta.is_file() else {}
+    """Each mutant's exit code, from mutmut's .meta file beside each mutated file, in file and source order."""
+    mutants, codes = work / "mutants" / "src" / "uvit", {}
+    for pattern in module_files(module):
+        for meta in sorted(mutants.glob(f"{pattern}.meta")):
+            codes |= json.loads(meta.read_text())["exit_code_by_key"]
+    return codes
 
 
 def spread(names: list[str], count: int | None) -> list[str]:

@@ -137,7 +137,8 @@ def test_encoding_streams_batches_into_shards_equal_to_encoding_at_once(tmp_path
         load_latents,
         to_unit_range,
     )
-    from uvit.data import load_split, prepare_dataset, read_manifest
+    from uvit.data import prepare_dataset
+    from uvit.shards import load_split, read_manifest
 
     prepare_dataset({"source": "digits", "resolution": 16, "shard_size": 16}, tmp_path / "data")
     torch.manual_seed(0)

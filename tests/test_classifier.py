@@ -11,9 +11,10 @@ import torch
 
 from uvit.classifier import accuracy_of_samples, label_accuracy, load_classifier, predict, train_classifier
 from uvit.config import ConfigError, deep_merge, evaluation_point, resolve_experiment
-from uvit.data import load_split, prepare_dataset
+from uvit.data import prepare_dataset
 from uvit.provenance import write_json
 from uvit.sampling import ImageSampler, sample_classes, sample_name, write_png
+from uvit.shards import load_split
 
 
 def test_accuracy_is_the_share_labelled_as_the_class_drawn_for():

@@ -14,23 +14,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uvit.data import (
-    DataError,
-    SplitData,
-    adm_center_crop,
-    celeba_crop,
-    coco_center_crop,
-    load_captions,
-    load_cifar10,
-    load_digits,
-    load_fashion_mnist,
-    load_split,
-    pad_to,
-    prepare_dataset,
-    read_idx,
-    read_manifest,
-    write_split,
-)
+from uvit.data import prepare_dataset
+from uvit.fileio import DataError
+from uvit.shards import SplitData, load_captions, load_split, read_manifest, write_split
+from uvit.sources.celeba import celeba_crop
+from uvit.sources.cifar10 import load_cifar10
+from uvit.sources.common import pad_to
+from uvit.sources.digits import load_digits
+from uvit.sources.fashion_mnist import load_fashion_mnist, read_idx
+from uvit.sources.imagenet import adm_center_crop
+from uvit.sources.mscoco import coco_center_crop
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -65,7 +58,7 @@ def test_real_fashion_mnist_is_padded_to_32():
 
 def test_missing_fashion_mnist_names_the_file_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(
-        "uvit.data._download",
+        "uvit.sources.fashion_mnist._download",
         lambda url, path: (_ for _ in ()).throw(DataError(f"{path}: not found and could not download {url}")),
     )
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz"):
@@ -350,7 +343,7 @@ def test_emoji_adapter_reads_the_npm_package(tmp_path, packed):
 
     from conftest import write_emoji_package
 
-    from uvit.data import load_emoji
+    from uvit.sources.emoji import load_emoji
 
     captions = write_emoji_package(tmp_path / "pkg", count=12)
     root = tmp_path / "pkg"
@@ -375,7 +368,8 @@ def test_emoji_transparency_becomes_white_and_missing_files_are_named(tmp_path):
     from conftest import write_emoji_package
     from PIL import Image
 
-    from uvit.data import DataError, emoji_on_white, load_emoji
+    from uvit.fileio import DataError
+    from uvit.sources.emoji import emoji_on_white, load_emoji
 
     buffer = io.BytesIO()
     Image.new("RGBA", (64, 64), (255, 0, 0, 0)).save(buffer, format="PNG")
@@ -394,7 +388,7 @@ def test_shard_rows_read_across_shards_like_the_loaded_arrays(tmp_path):
     anything is read and a cut one when a row beyond its end is asked for."""
     import pickle
 
-    from uvit.data import ShardRows, read_manifest
+    from uvit.shards import ShardRows, read_manifest
 
     cfg = {"source": "digits", "resolution": 16, "shard_size": 400}
     prepare_dataset(cfg, tmp_path)

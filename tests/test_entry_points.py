@@ -18,8 +18,9 @@ import pytest
 import yaml
 from conftest import CORES, ROOT, make_project_copy, project_env, run, set_params
 
+from uvit import stages
 from uvit.config import load_params
-from uvit.stages import Lineage, module_closure
+from uvit.stages import Lineage, code_files, module_closure
 
 
 def md5(path: Path) -> str:
@@ -85,6 +86,27 @@ def test_each_stage_hashes_the_code_it_imports():
     assert "training" in module_closure("train") and "diffusion" in module_closure("sample")
     assert "training" not in module_closure("prepare-data") and "report" not in module_closure("train")
     assert "fid" in module_closure("fid") and "sampling" not in module_closure("fid")
+    # A subpackage: its __init__.py and each module of it that a stage imports, by file.
+    assert {"data", "shards", "fileio", "sources", "sources.common", "sources.celeba"} <= set(
+        module_closure("prepare-data")
+    )
+    assert "sources" not in module_closure("train") and "data" not in module_closure("train")
+    assert stages.PACKAGE / "sources" / "__init__.py" in code_files("prepare-data")
+    assert stages.PACKAGE / "sources" / "emoji.py" in code_files("prepare-data")
+
+
+def test_the_code_closure_follows_relative_and_subpackage_imports(tmp_path, monkeypatch):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("from .a import x\nfrom . import b\n")
+    (tmp_path / "pkg" / "a.py").write_text("from ..top import y\nfrom uvit.pkg.b import z\n")
+    (tmp_path / "pkg" / "b.py").write_text("import uvit.top\n")
+    (tmp_path / "top.py").write_text("from uvit import pkg\n")
+    monkeypatch.setattr(stages, "PACKAGE", tmp_path)
+    imports = stages.uvit_imports.__wrapped__  # uncached: these names are this test's own
+    assert set(imports("pkg")) == {"pkg", "pkg.a", "pkg.b"}
+    assert set(imports("pkg.a")) == {"top", "pkg", "pkg.b"}
+    assert set(imports("pkg.b")) == {"top"} and set(imports("top")) == {"pkg"}
+    assert stages.module_path("pkg") == "pkg/__init__.py" and stages.module_path("pkg.a") == "pkg/a.py"
 
 
 # -- GPU jobs side by side -----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from uvit import fid
-from uvit.data import DataError
+from uvit.fileio import DataError
 from uvit.precision import cpu_has_native_bf16
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")

@@ -30,7 +30,7 @@ from uvit.autoencoder import (
     to_unit_range,
     train_autoencoder,
 )
-from uvit.data import in_memory, write_split
+from uvit.shards import in_memory, write_split
 
 CFG = {"space_to_depth": 1, "block_channels": [4, 8], "layers_per_block": 1, "latent_channels": 2, "kl_weight": 0.5,
        "batch_size": 4, "lr": 1e-2, "steps": 2, "seed": 3, "eval_images": 6}  # fmt: skip
@@ -135,7 +135,7 @@ def test_damaged_latents_name_the_stage_that_writes_them(tmp_path):
     from test_recipe import write_latents
 
     from uvit.autoencoder import load_latents
-    from uvit.data import DataError
+    from uvit.fileio import DataError
 
     write_latents(tmp_path, torch.zeros(3, 2, 4, 2, 2), torch.zeros(3, dtype=torch.long), 0.5)
     moments, labels, scale = load_latents(tmp_path)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from test_data import cifar_batch, write_idx
 
-import uvit.data as data
-from uvit.data import DataError, read_idx, read_json
+from uvit.fileio import DataError, read_json
+from uvit.sources import cifar10, fashion_mnist
+from uvit.sources.fashion_mnist import read_idx
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
          "t10k-labels-idx1-ubyte.gz")  # fmt: skip
@@ -31,11 +32,11 @@ def test_idx_dimensions_are_32_bit_big_endian_integers(tmp_path):
 
 def test_missing_fashion_mnist_without_download_names_all_four_files(tmp_path):
     with pytest.raises(DataError) as err:
-        data.ensure_fashion_mnist(tmp_path / "nowhere", download=False)
+        fashion_mnist.ensure_fashion_mnist(tmp_path / "nowhere", download=False)
     message = str(err.value)
     assert message.startswith(f"Fashion-MNIST: {tmp_path / 'nowhere' / FILES[0]} not found")
     assert all(name in message for name in FILES) and "apt-get install dataset-fashion-mnist" in message
-    assert data.FASHION_MNIST_URL in message
+    assert fashion_mnist.FASHION_MNIST_URL in message
 
 
 class Response(io.BytesIO):
@@ -55,8 +56,8 @@ def test_a_missing_file_is_downloaded_from_the_official_url_then_checked(tmp_pat
 
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     with pytest.raises(DataError, match="checksum differs from the published Fashion-MNIST file"):
-        data.ensure_fashion_mnist(tmp_path / "fm")
-    assert calls == [(data.FASHION_MNIST_URL + FILES[0], 60)]
+        fashion_mnist.ensure_fashion_mnist(tmp_path / "fm")
+    assert calls == [(fashion_mnist.FASHION_MNIST_URL + FILES[0], 60)]
     assert (tmp_path / "fm" / FILES[0]).read_bytes() == b"not the published file"
 
     def offline(url, timeout):
@@ -66,7 +67,7 @@ def test_a_missing_file_is_downloaded_from_the_official_url_then_checked(tmp_pat
     with pytest.raises(
         DataError, match=r"t10k.* not found and could not download https?://\S+ \(network unreachable\)"
     ):
-        data._download(data.FASHION_MNIST_URL + FILES[2], tmp_path / FILES[2])
+        fashion_mnist._download(fashion_mnist.FASHION_MNIST_URL + FILES[2], tmp_path / FILES[2])
     assert not (tmp_path / FILES[2]).exists()
 
 
@@ -76,7 +77,7 @@ def test_cifar10_is_read_from_its_documented_default_folder(tmp_path, monkeypatc
     for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
         (folder / name).write_bytes(pickle.dumps(cifar_batch(2, i), protocol=2))
     monkeypatch.chdir(tmp_path)
-    splits = data.load_cifar10({})
+    splits = cifar10.load_cifar10({})
     assert splits["train"][0].shape == (10, 32, 32, 3) and splits["test"][0].shape == (2, 32, 32, 3)
 
 

@@ -22,10 +22,11 @@ from test_recipe import experiment
 
 import uvit.evaluation as evaluation
 from uvit.config import EVALUATION_ADDITIONS, evaluation_point
-from uvit.data import DataError, in_memory, write_split
 from uvit.fid import load_statistics, save_statistics
+from uvit.fileio import DataError
 from uvit.provenance import dvc_md5
 from uvit.sampling import write_png
+from uvit.shards import in_memory, write_split
 
 COUNT, SIZE = 40, 6
 

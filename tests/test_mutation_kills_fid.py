@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import uvit.fid as fid
-from uvit.data import DataError
+from uvit.fileio import DataError
 
 
 def test_a_given_reference_is_checked_for_2048_d_statistics_and_stored_with_its_source(tmp_path):

@@ -24,8 +24,9 @@ import torch
 from test_recipe import CLASSES, COUNT, experiment, flipped_rows, write_latents
 
 import uvit.training as training
-from uvit.data import atomic_write_bytes, load_split, write_manifest, write_shards
 from uvit.errors import UserError
+from uvit.fileio import atomic_write_bytes
+from uvit.shards import load_split, write_manifest, write_shards
 from uvit.training import Conditions, LatentData, PixelData, Processes, batch_indices, train
 
 SCALE = 0.25

@@ -25,8 +25,8 @@ import uvit.sampling as sampling
 import uvit.training as training
 from uvit.autoencoder import build_autoencoder, encode_dataset, load_latents
 from uvit.config import load_params, resolve_experiment
-from uvit.data import in_memory, load_split, write_manifest, write_shards, write_split
 from uvit.diffusion import DiscreteSchedule, SeededNoise, VPSchedule, sample
+from uvit.shards import in_memory, load_split, write_manifest, write_shards, write_split
 from uvit.training import (
     Conditions,
     LatentData,

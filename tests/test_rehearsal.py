@@ -13,9 +13,10 @@ import yaml
 from conftest import CORES, project_env
 
 from uvit.config import load_params, resolve_experiment
-from uvit.data import ADAPTERS, DataError
 from uvit.errors import UserError
+from uvit.fileio import DataError
 from uvit.rehearsal import CUTS, RAW_WRITERS, paper_rows, rehearsal_params
+from uvit.sources import ADAPTERS
 
 ROOT = Path(__file__).resolve().parents[1]
 

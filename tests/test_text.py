@@ -48,7 +48,8 @@ def test_missing_encoder_directory_is_named(tmp_path):
 def test_caption_dataset_encoding(tmp_path, encoder):
     from test_data import write_coco
 
-    from uvit.data import prepare_dataset, read_manifest, read_shards
+    from uvit.data import prepare_dataset
+    from uvit.shards import read_manifest, read_shards
     from uvit.text import encode_caption_dataset
 
     write_coco(tmp_path / "coco")

@@ -1,6 +1,7 @@
 """U-ViT reproduction pipeline: "All are Worth Words: A ViT Backbone for Diffusion Models" (Bao et al., CVPR 2023).
 
-Modules by role: `config` (params.yaml), `data` (datasets and shards), `autoencoder` (latent space),
+Modules by role: `config` (params.yaml), `sources` (dataset adapters), `shards` (the prepared format),
+`data` (prepare-data), `fileio` (atomic writes, checksums), `autoencoder` (latent space),
 `model` (the U-ViT network), `diffusion` (schedule, loss, samplers), `training` (the training loop),
 `sampling` (sample folders), `fid` (Inception features and FID), `provenance` (hashes), `report` (tables),
 `cli` (one command with a subcommand per pipeline stage).

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from uvit.data import (
+from uvit.errors import UserError
+from uvit.shards import (
     labelled_rows,
     load_split,
     read_manifest,
@@ -30,7 +31,6 @@ from uvit.data import (
     write_manifest,
     write_shards,
 )
-from uvit.errors import UserError
 
 # Pixels per encoding batch: 4,096 images at 32 x 32, 64 at 256 x 256, 16 at 512 x 512. A fixed count of 500
 # held 7.2 GB of activations for 256-pixel images in a 16-channel autoencoder (uvit rehearse imagenet256_uvit_h2).

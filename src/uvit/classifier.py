@@ -23,9 +23,10 @@ from torch import nn
 
 from uvit.autoencoder import to_unit_range
 from uvit.config import accuracy_settings, settings_hash
-from uvit.data import DataError, atomic_write_bytes, load_split, num_classes, read_json, read_manifest
+from uvit.fileio import DataError, atomic_write_bytes, read_json
 from uvit.provenance import record, write_json
 from uvit.sampling import read_samples, sample_classes
+from uvit.shards import load_split, num_classes, read_manifest
 from uvit.training import CheckpointError, batch_indices, read_torch_file
 
 STRIDES = 3  # stride-2 convolutions: 32 -> 4, 16 -> 2 pixels before the linear layer

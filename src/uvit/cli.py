@@ -36,7 +36,7 @@ def named(params: dict, section: str, name: str) -> dict:
 
 def check_data(params: dict, dataset: str, data_dir: str) -> None:
     """Refuse a prepared folder made from another dataset than the one the experiment names."""
-    from uvit.data import check_prepared
+    from uvit.shards import check_prepared
 
     check_prepared(Path(data_dir) / "train", dataset, params["datasets"][dataset])
 
@@ -180,7 +180,7 @@ def write_loss_csv(loss_log: Path, out: Path) -> None:
     """The loss log as CSV (step, loss, lr): DVC plots read it, and it is small enough for git."""
     import json
 
-    from uvit.data import atomic_write_bytes
+    from uvit.fileio import atomic_write_bytes
 
     rows = [json.loads(line) for line in loss_log.read_text().splitlines() if line]
     text = "step,loss,lr\n" + "".join(f"{r['step']},{r['loss']},{r['lr']}\n" for r in rows)
@@ -335,15 +335,15 @@ def cmd_sample_grid(args, params: dict) -> None:
     exp = resolve_experiment(params, args.experiment)
     if exp["condition"] == "text":
         from uvit.config import caption_split
-        from uvit.data import load_captions
+        from uvit.shards import load_captions
 
         split = Path(args.data) / caption_split(exp)
         captions = [c for image_captions in load_captions(split) for c in image_captions]
         cycled = [captions[i % len(captions)] for i in range(exp["sampling"]["num_samples"])]
         written = captioned_samples(Path(args.samples), cycled, Path(args.out))
     elif exp["condition"] == "class":
-        from uvit.data import num_classes
         from uvit.sampling import sample_classes
+        from uvit.shards import num_classes
 
         classes, per_class = num_classes(Path(args.data) / "train"), 10
         drawn = sample_classes(list(range(classes * per_class)), classes).tolist()

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from uvit.config import settings_hash, stage_settings
-from uvit.data import DataError, load_split, read_json
 from uvit.fid import (
     INCEPTION_SHA256,
     PROTOCOL_NAMES,
@@ -24,8 +23,10 @@ from uvit.fid import (
     reference_arrays,
     save_statistics,
 )
+from uvit.fileio import DataError, read_json
 from uvit.metrics import kernel_inception_distance, precision_recall
 from uvit.provenance import dvc_md5, record, write_json
+from uvit.shards import load_split
 
 FEATURE_NETWORK = "Inception-v3 (inception-2015-12-05, sha256 " + INCEPTION_SHA256[:12] + ")"
 # Inception Score needs the network's 1008-way output layer, which the offline weights file does not ship.

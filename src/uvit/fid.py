@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from uvit.data import DataError
+from uvit.fileio import DataError
 
 FEATURE_DIM = 2048
 SPATIAL_DIM = 2023  # ADM: mixed_6/conv:0[..., :7] at 17 x 17

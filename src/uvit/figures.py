@@ -37,7 +37,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 from PIL import Image
 
-from uvit.data import atomic_write_bytes
+from uvit.fileio import atomic_write_bytes
 
 BORDER = 2  # px of white between and around grid cells
 MIN_GRID_WIDTH = 256  # px

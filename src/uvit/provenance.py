@@ -12,7 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from uvit.data import atomic_write_bytes, md5_file
+from uvit.fileio import atomic_write_bytes, md5_file
 
 # Paths the pipeline itself rewrites; changes there do not make the code or settings "dirty".
 GENERATED_PATHS = ("metrics", "paper_tables", "dvc.lock")

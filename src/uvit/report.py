@@ -40,7 +40,7 @@ from uvit.config import (
     settings_differences,
     variant_runs,
 )
-from uvit.data import read_json
+from uvit.fileio import read_json
 
 DEMO_NOTE = (
     "**Demo-scale rows are not reproductions of the paper's numbers**: they run the same pipeline on small data "

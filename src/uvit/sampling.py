@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from uvit.autoencoder import load_autoencoder, to_uint8
 from uvit.config import settings_hash, text_tokens, token_grid_size
-from uvit.data import atomic_write_bytes, atomic_writer, md5_file, num_classes, read_manifest
 from uvit.diffusion import SeededNoise, guided_noise_predictor, make_schedule, sample
 from uvit.errors import UserError
+from uvit.fileio import atomic_write_bytes, atomic_writer, md5_file
 from uvit.precision import autocast, choose
+from uvit.shards import num_classes, read_manifest
 from uvit.text import Contexts
 from uvit.training import CheckpointError, check_state_dict, model_for, placement, read_torch_file
 from uvit.zoo import resolve_model_settings

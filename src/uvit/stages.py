@@ -86,7 +86,8 @@ RULE_COMMANDS: dict[str, str] = {
 
 @functools.cache
 def module_closure(command: str) -> tuple[str, ...]:
-    """Names of the uvit modules a subcommand runs: its entry modules, their transitive uvit imports, the CLI."""
+    """Names of the uvit modules a subcommand runs: its entry modules, their transitive uvit imports, the CLI.
+    A name is dotted below uvit: `data`, `sources` (a subpackage's __init__.py), `sources.celeba`."""
     seen, todo = {"cli"}, [*ENTRY_MODULES[command], "config", "provenance"]
     while todo:
         name = todo.pop()
@@ -97,20 +98,49 @@ def module_closure(command: str) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
+def module_path(name: str) -> str:
+    """A module's file relative to the package: `sources.celeba` -> sources/celeba.py, `sources` ->
+    sources/__init__.py."""
+    path = name.replace(".", "/")
+    return f"{path}/__init__.py" if (PACKAGE / path).is_dir() else f"{path}.py"
+
+
+def is_module(parts: list[str]) -> bool:
+    path = PACKAGE.joinpath(*parts)
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 @functools.cache
 def uvit_imports(name: str) -> tuple[str, ...]:
-    """The uvit modules one module imports (parsed once per process: every subcommand's closure shares them)."""
-    tree = ast.parse((PACKAGE / f"{name}.py").read_text())
-    return tuple(
-        node.module.split(".")[1]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("uvit.")
-    )
+    """The uvit modules one module imports (parsed once per process: every subcommand's closure shares them).
+    Importing `uvit.a.b` runs the package a's __init__.py as well, and `from uvit.a import b` imports the
+    module a.b where there is one; relative imports count from the module's own package."""
+    path = module_path(name)
+    package = name.split(".")[: None if path.endswith("__init__.py") else -1]
+    imported: list[list[str]] = []
+    for node in ast.walk(ast.parse((PACKAGE / path).read_text())):
+        if isinstance(node, ast.Import):
+            imported += [alias.name.split(".")[1:] for alias in node.names if alias.name.startswith("uvit.")]
+            continue
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        module = node.module.split(".") if node.module else []
+        if node.level:
+            target = package[: len(package) - node.level + 1] + module
+        elif module[:1] == ["uvit"]:
+            target = module[1:]
+        else:
+            continue
+        submodules = [[*target, alias.name] for alias in node.names if is_module([*target, alias.name])]
+        imported += [target, *submodules]
+    # Each imported module and the packages above it, whose __init__.py the import runs first.
+    names = [".".join(parts[:i]) for parts in imported for i in range(1, len(parts) + 1)]
+    return tuple(dict.fromkeys(names))
 
 
 def code_files(command: str) -> list[Path]:
     """The source files (and package data) a subcommand's output depends on."""
-    files = [PACKAGE / f"{name}.py" for name in module_closure(command)]
+    files = [PACKAGE / module_path(name) for name in module_closure(command)]
     for module in ENTRY_MODULES[command]:
         for entry in PACKAGE_DATA.get(module, []):
             path = PACKAGE / entry

@@ -84,7 +84,8 @@ def encode_caption_dataset(
     with the `image_index` of each caption, the empty caption's `null_context.npy`, and a manifest."""
     import time
 
-    from uvit.data import atomic_write_bytes, load_captions, npy_bytes, write_manifest, write_shards
+    from uvit.fileio import atomic_write_bytes, npy_bytes
+    from uvit.shards import load_captions, write_manifest, write_shards
 
     captions = load_captions(split_dir)
     flat = [caption for image_captions in captions for caption in image_captions]
@@ -115,7 +116,8 @@ class Contexts:
     """The encoded captions of a split: each image's caption rows, and the null (empty caption) context."""
 
     def __init__(self, text_dir: Path, verify: bool = True):
-        from uvit.data import ShardRows, read_checked, read_manifest
+        from uvit.fileio import read_checked
+        from uvit.shards import ShardRows, read_manifest
 
         text_dir = Path(text_dir)
         manifest = read_manifest(text_dir)

@@ -31,11 +31,12 @@ from tqdm import tqdm
 
 from uvit.autoencoder import to_unit_range
 from uvit.config import settings_hash
-from uvit.data import atomic_write_bytes, labelled_rows, num_classes
 from uvit.diffusion import drop_condition, make_schedule, mix_seed, noise_prediction_loss, null_mask
 from uvit.errors import UserError
+from uvit.fileio import atomic_write_bytes
 from uvit.model import UViT, build_model
 from uvit.precision import autocast, choose
+from uvit.shards import labelled_rows, num_classes
 from uvit.text import Contexts
 
 # Settings that do not change the trajectory of training; a checkpoint made under other values resumes.

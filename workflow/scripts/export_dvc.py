@@ -41,6 +41,7 @@ from uvit.stages import (  # noqa: E402
     dag_jobs,
     given_reference,
     module_closure,
+    module_path,
     reference_name,
     reference_path,
     reference_protocol,
@@ -372,7 +373,7 @@ class Paths:
 
 
 def code_deps(subcommand: str) -> list[str]:
-    code = [f"src/uvit/{name}.py" for name in module_closure(subcommand)]
+    code = [f"src/uvit/{module_path(name)}" for name in module_closure(subcommand)]
     return code + [f"src/uvit/{path}" for m in ENTRY_MODULES[subcommand] for path in PACKAGE_DATA.get(m, [])]
 
 
