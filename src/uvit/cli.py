@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from uvit import layout
 from uvit.config import (
     latent_geometry,
     load_params,
@@ -138,11 +139,11 @@ def cmd_train(args, params: dict) -> None:
     settings = stage_settings(exp, "train")
     inputs = {"dataset": args.data, **({"latents": args.latents} if latents else {})}
     provenance = record(settings, inputs, settings_hash(settings))
-    provenance["outputs"] = {"checkpoint": str(Path(args.out) / "nnet_ema.pth")}
+    provenance["outputs"] = {"checkpoint": str(Path(args.out) / layout.EMA_WEIGHTS)}
     if placement()[0] == 0:  # under torchrun, one process writes the metrics
         write_json(args.metrics, {"experiment": args.experiment, **metrics, "provenance": provenance})
         if args.loss_plot:
-            write_loss_csv(Path(args.out) / "loss.jsonl", Path(args.loss_plot))
+            write_loss_csv(Path(args.out) / layout.LOSS_LOG, Path(args.loss_plot))
 
 
 def training_preview(exp: dict, args):
@@ -164,7 +165,7 @@ def training_preview(exp: dict, args):
         device=placement()[2],
         text_dir=Path(args.text) if args.text else None,
     )
-    progress_dir = Path(args.out) / "progress"
+    progress_dir = Path(args.out) / layout.PROGRESS
     progress_dir.mkdir(parents=True, exist_ok=True)
 
     def preview(step, ema):
@@ -279,7 +280,7 @@ def cmd_fid_floor(args, params: dict) -> None:
 def cmd_fid(args, params: dict) -> None:
     from uvit.config import evaluation_point
     from uvit.evaluation import fid_of_samples
-    from uvit.provenance import scores, scores_path, write_json
+    from uvit.provenance import scores, write_json
 
     exp = evaluation_point(
         resolve_experiment(params, args.experiment),
@@ -301,14 +302,14 @@ def cmd_fid(args, params: dict) -> None:
         inputs["weights_output"] = args.weights_output  # the DVC output the checkpoint file lies in
     floor = Path(args.floor) if args.floor else None
     metrics = fid_of_samples(exp, inputs, floor, Path(args.metrics), pretrained=args.pretrained, log=log)
-    write_json(scores_path(args.metrics), scores(metrics))
+    write_json(layout.scores(args.metrics), scores(metrics))
 
 
 def cmd_accuracy(args, params: dict) -> None:
     """The share of an experiment's samples its classifier labels as the class each was drawn for."""
     from uvit.classifier import accuracy_of_samples
     from uvit.config import evaluation_point
-    from uvit.provenance import scores, scores_path, write_json
+    from uvit.provenance import scores, write_json
 
     exp = evaluation_point(resolve_experiment(params, args.experiment), guidance_scale=args.guidance_scale)
     if exp["evaluation"]["classifier"] is None:
@@ -324,7 +325,7 @@ def cmd_accuracy(args, params: dict) -> None:
         "classifier_metrics": args.classifier_metrics,
     }
     metrics = accuracy_of_samples(params, exp, inputs, Path(args.metrics), log=log)
-    write_json(scores_path(args.metrics), scores(metrics))
+    write_json(layout.scores(args.metrics), scores(metrics))
 
 
 def cmd_sample_grid(args, params: dict) -> None:
@@ -360,7 +361,7 @@ def cmd_figures(args, params: dict) -> None:
     """FID over training steps, FID over sampler steps and loss curves of the experiments given, and of those
     the tables show beside them (uvit.report.present_metrics)."""
     from uvit import figures
-    from uvit.report import CURVES, curves_by_experiment, paper_data, present_metrics
+    from uvit.report import curves_by_experiment, paper_data, present_metrics
 
     metrics = present_metrics(params, args.metrics)
     out_dir = Path(args.out_dir)
@@ -369,12 +370,13 @@ def cmd_figures(args, params: dict) -> None:
     over_sampler = curves_by_experiment(params, metrics, "sampler_steps")
     shown = {m["experiment"] for m in metrics.values() if "experiment" in m}  # not autoencoder records
     loss = {Path(p).parent.name: Path(p) for p in args.loss}
-    loss |= {n: p for n in sorted(shown - set(loss)) if (p := Path(f"metrics/{n}/loss.csv")).is_file()}
-    written = figures.loss_curves(loss, out_dir / "loss_curves")
-    written += figures.fid_over_training(over_training, out_dir / "fid_over_training")
-    written += figures.fid_over_sampler_steps(over_sampler, paper, out_dir / "fid_over_sampler_steps")
+    loss |= {n: p for n in sorted(shown - set(loss)) if (p := Path(layout.loss_csv(n))).is_file()}
+    loss_figure, training_figure, sampler_figure = layout.FIGURES
+    written = figures.loss_curves(loss, out_dir / loss_figure)
+    written += figures.fid_over_training(over_training, out_dir / training_figure)
+    written += figures.fid_over_sampler_steps(over_sampler, paper, out_dir / sampler_figure)
     for x_key, points in (("training_steps", over_training), ("sampler_steps", over_sampler)):
-        written += figures.write_curve_data(points, x_key, out_dir / CURVES[x_key])
+        written += figures.write_curve_data(points, x_key, out_dir / layout.CURVE_FIGURES[x_key])
     written += ablation_figures(params, over_training, out_dir)
     log("wrote " + ", ".join(map(str, written)))
 
@@ -398,7 +400,7 @@ def ablation_figures(params: dict, points: dict[str, list[dict]], out_dir: Path)
             }
             for axis, values in params["ablations"][grid]["axes"].items()
         }
-        written += figures.ablation_comparison(groups, out_dir / f"ablation_{grid}", paper_best)
+        written += figures.ablation_comparison(groups, out_dir / layout.ablation_figure(grid), paper_best)
     return written
 
 
@@ -421,12 +423,12 @@ def cmd_plan(args, params: dict) -> None:
 
 
 def cmd_settings(args, params: dict) -> None:
-    from uvit.stages import SETTINGS_DIR, Lineage, all_jobs
+    from uvit.stages import Lineage, all_jobs
 
     jobs = all_jobs(params)
     changed = Lineage(params).write_settings(jobs, Path(args.root))
     log(
-        f"settings of {len(jobs)} stages in {Path(args.root) / SETTINGS_DIR}/: {len(changed)} changed"
+        f"settings of {len(jobs)} stages in {Path(args.root) / layout.SETTINGS_DIR}/: {len(changed)} changed"
         + "".join(f"\n  {name}" for name in changed[:20])
     )
 

@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from uvit import layout
 from uvit.errors import UserError
 from uvit.zoo import CONTEXT_TOKENS, MODEL_ZOO
 
@@ -470,18 +471,17 @@ def guidance_label(scale: float) -> str:
 
 def guidance_metrics_path(name: str, scale: float, kind: str = "fid") -> str:
     """The FID (kind "fid") or classifier-accuracy (kind "accuracy") record of a guidance point."""
-    suffix = ".accuracy" if kind == "accuracy" else ""
-    return f"metrics/{name}/guidance/scale{guidance_label(scale)}{suffix}.json"
+    return layout.guidance_metrics(name, guidance_label(scale), kind)
 
 
 def fid_metrics_paths(params: dict, name: str) -> list[str]:
     """An experiment's FID metrics files (the DAG's outputs, the tables' inputs): final, then curve points, then
     guidance points."""
     exp = resolve_experiment(params, name)
-    curve = [f"metrics/{name}/curve/step{s}-nfe{n}.json" for s, n in curve_points(exp)]
+    curve = [layout.curve_metrics(name, s, n) for s, n in curve_points(exp)]
     guidance = [guidance_metrics_path(name, s) for s in guidance_points(exp)]
-    pretrained = [f"metrics/{name}/pretrained_fid.json"] if exp["evaluation"]["pretrained_weights"] else []
-    return [f"metrics/{name}/fid.json", *curve, *guidance, *pretrained]
+    pretrained = [layout.released_fid_metrics(name)] if exp["evaluation"]["pretrained_weights"] else []
+    return [layout.fid_metrics(name), *curve, *guidance, *pretrained]
 
 
 def accuracy_metrics_paths(params: dict, name: str) -> list[str]:
@@ -491,7 +491,7 @@ def accuracy_metrics_paths(params: dict, name: str) -> list[str]:
     if exp["evaluation"]["classifier"] is None:
         return []
     guidance = [guidance_metrics_path(name, s, "accuracy") for s in guidance_points(exp)]
-    return [f"metrics/{name}/accuracy.json", *guidance]
+    return [layout.accuracy_metrics(name), *guidance]
 
 
 def autoencoder_metrics_paths(params: dict, name: str) -> list[str]:
@@ -500,7 +500,7 @@ def autoencoder_metrics_paths(params: dict, name: str) -> list[str]:
     exp = resolve_experiment(params, name)
     if exp["space"] != "latent" or "pretrained" in params["autoencoders"][exp["autoencoder"]]:
         return []
-    return [f"metrics/autoencoders/{exp['autoencoder']}.json"]
+    return [layout.autoencoder_metrics(exp["autoencoder"])]
 
 
 def metrics_paths(params: dict, name: str) -> list[str]:

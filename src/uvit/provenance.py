@@ -12,10 +12,11 @@ import os
 import subprocess
 from pathlib import Path
 
+from uvit import layout
 from uvit.fileio import atomic_write_bytes, md5_file
 
 # Paths the pipeline itself rewrites; changes there do not make the code or settings "dirty".
-GENERATED_PATHS = ("metrics", "paper_tables", "dvc.lock")
+GENERATED_PATHS = (layout.METRICS_DIR, layout.PAPER_TABLES, "dvc.lock")
 
 
 # Files DVC does not hash inside a directory output (.dvcignore): the marker Snakemake leaves in each directory
@@ -75,12 +76,6 @@ def scores(record: dict) -> dict:
         for key, value in sorted(record.items())
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
-
-
-def scores_path(path: str | Path) -> Path:
-    """Where the scores of a metrics record live: metrics/x/fid.json -> metrics/x/fid.scores.json (DVC metrics)."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.scores.json")
 
 
 def write_json(path: str | Path, payload: dict) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from uvit import layout
 from uvit.config import resolve_experiment
 from uvit.errors import UserError
 from uvit.plan import CALIBRATION
@@ -284,7 +285,7 @@ def rehearse(
     log(
         f"rehearse {row}: synthetic {dataset['source']} inputs written in {time.perf_counter() - started:.0f} s"
     )
-    target = f"metrics/{row}/fid.json"
+    target = layout.fid_metrics(row)
     env = dict(os.environ, UVIT_SKIP_DVC_COMMIT="1")
     command = ["snakemake", "--cores", str(cores), target]
     log(f"rehearse {row}: {' '.join(command)} (in {out})")

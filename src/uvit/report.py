@@ -28,6 +28,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from uvit import layout
 from uvit.config import (
     autoencoder_downsampling,
     autoencoder_metrics_paths,
@@ -179,7 +180,7 @@ def results_table(params: dict, metrics: dict[str, dict]) -> Table:
         ["Paper FID", "Our FID", "FID floor", "Difference", "Classifier accuracy", "Samples", "Guidance",
          "Training steps"],
     )  # fmt: skip
-    finals = {m["experiment"]: (path, m) for path, m in metrics.items() if path.endswith("/fid.json")}
+    finals = {m["experiment"]: (path, m) for path, m in metrics.items() if is_final(path, m)}
     for key, paper in paper_data()["rows"].items():
         guidance = f", guidance {paper['guidance_scale']}" if paper["guidance_scale"] is not None else ""
         protocol = (
@@ -192,12 +193,12 @@ def results_table(params: dict, metrics: dict[str, dict]) -> Table:
         )
         for name in row_experiments(params, key):
             measured = [(finals[name], f"`{name}`")] if name in finals else []
-            pretrained = f"metrics/{name}/pretrained_fid.json"
+            pretrained = layout.released_fid_metrics(name)
             if pretrained in metrics:
                 measured.append(((pretrained, metrics[pretrained]), f"`{name}` (authors' weights)"))
             for (path, m), label in measured:
                 diff = f"{m['fid'] - paper['fid']:+.2f}" if m["scale"] == "paper" else "n/a (demo)"
-                accuracy = f"metrics/{name}/accuracy.json" if path.endswith("/fid.json") else None
+                accuracy = layout.accuracy_metrics(name) if path == layout.fid_metrics(name) else None
                 has_accuracy = accuracy in metrics
                 table.rows.append(
                     Row(
@@ -222,8 +223,8 @@ def results_table(params: dict, metrics: dict[str, dict]) -> Table:
                 )
             if not measured and resolve_experiment(params, name)["scale"] == "paper":
                 command = (
-                    f"`snakemake --cores all metrics/{name}/fid.json` (authors' weights: "
-                    f"`metrics/{name}/pretrained_fid.json`)"
+                    f"`snakemake --cores all {layout.fid_metrics(name)}` (authors' weights: "
+                    f"`{layout.released_fid_metrics(name)}`)"
                 )
                 table.rows.append(
                     Row(["↳", "", "", "", f"`{name}`", "paper", "not run"] + [""] * 10 + [command])
@@ -254,7 +255,7 @@ def other_metrics_table(params: dict, metrics: dict[str, dict]) -> Table:
         OTHER_COLUMNS,
         ["Samples", "FID", *OTHER_METRICS.values()],
     )
-    finals = {m["experiment"]: (path, m) for path, m in metrics.items() if path.endswith("/fid.json")}
+    finals = {m["experiment"]: (path, m) for path, m in metrics.items() if is_final(path, m)}
     others = paper_data()["other_metrics"]
     for key, paper in paper_data()["rows"].items():
         ours = [finals[name] for name in row_experiments(params, key) if name in finals]
@@ -284,7 +285,9 @@ def other_metrics_table(params: dict, metrics: dict[str, dict]) -> Table:
     return table
 
 
-CURVES = {"training_steps": "fid_over_training", "sampler_steps": "fid_over_sampler_steps"}  # x -> figure
+def is_final(path: str, m: dict) -> bool:
+    """Whether a record is an experiment's final FID (not a curve, guidance, autoencoder or released-weights one)."""
+    return "experiment" in m and path == layout.fid_metrics(m["experiment"])
 
 
 def curve_experiments(params: dict, over: str) -> list[str]:
@@ -301,7 +304,7 @@ def curve_experiments(params: dict, over: str) -> list[str]:
 
 def curve_data_paths(params: dict, over: str) -> list[str]:
     """The CSV of each curve over `over` (the data behind its figure; DVC's top-level plots overlay them)."""
-    return [f"paper_tables/figures/{CURVES[over]}/{name}.csv" for name in curve_experiments(params, over)]
+    return [layout.curve_data(over, name) for name in curve_experiments(params, over)]
 
 
 def curve_rows(params: dict, metrics: dict[str, dict], over: str) -> list[tuple[str, dict]]:
@@ -601,12 +604,12 @@ def guidance_table(params: dict, metrics: dict[str, dict]) -> Table:
         main = exp["sampling"]["guidance_scale"]
         for scale in sorted({float(main), *guidance_points(exp)}):
             final = scale == main
-            path = f"metrics/{name}/fid.json" if final else guidance_metrics_path(name, scale)
+            path = layout.fid_metrics(name) if final else guidance_metrics_path(name, scale)
             if path not in metrics:
                 continue
             m = metrics[path]
             accuracy = (
-                f"metrics/{name}/accuracy.json" if final else guidance_metrics_path(name, scale, "accuracy")
+                layout.accuracy_metrics(name) if final else guidance_metrics_path(name, scale, "accuracy")
             )
             a = metrics.get(accuracy)
             columns = ("Classifier accuracy", "Classifier's own accuracy", "Classifier")
@@ -708,9 +711,7 @@ def axis_rows(params: dict, metrics: dict[str, dict], grid: str, axis: str, valu
 
 def seed_runs(params: dict, metrics: dict[str, dict], grid: str, axis: str, value) -> dict:
     """seed -> (final FID metrics path, metrics) of one grid value, None for a seed not run."""
-    paths = {
-        seed: f"metrics/{name}/fid.json" for seed, name in variant_runs(params, grid, axis, value).items()
-    }
+    paths = {seed: layout.fid_metrics(name) for seed, name in variant_runs(params, grid, axis, value).items()}
     return {seed: (path, metrics[path]) if path in metrics else None for seed, path in paths.items()}
 
 
@@ -748,6 +749,11 @@ TABLE_BUILDERS = (
 def build_tables(params: dict, metrics: dict[str, dict]) -> list[Table]:
     """Every table, from metrics keyed by their path relative to the project root (as the DAG names them)."""
     return [build(params, metrics) for build in TABLE_BUILDERS]
+
+
+def table_names(params: dict) -> list[str]:
+    """The tables `uvit tables` writes, each under the name it gives itself."""
+    return [table.name for table in build_tables(params, {})]
 
 
 def table_metrics_files(params: dict) -> list[str]:

@@ -31,6 +31,7 @@ from uvit.config import (
     text_tokens,
 )
 from uvit.errors import UserError
+from uvit.layout import SETTINGS_DIR, reference_name, settings_record
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -156,7 +157,6 @@ def code_hash(command: str) -> str:
     return digest.hexdigest()[:16]
 
 
-SETTINGS_DIR = "settings"
 # Rules whose settings are a file given from outside the pipeline: the record names the file, the lineage also
 # stamps its size and time (replacing the file reruns the import).
 IMPORT_RULES = ("import_autoencoder", "import_reference", "import_weights")
@@ -189,8 +189,7 @@ def stage_name(rule: str, wildcards: dict) -> str:
 
 
 def settings_path(rule: str, wildcards: dict) -> str:
-    key = stage_key(rule, wildcards)
-    return f"{SETTINGS_DIR}/{rule}/{key}.json" if key else f"{SETTINGS_DIR}/{rule}.json"
+    return settings_record(rule, stage_key(rule, wildcards) or None)
 
 
 def experiment_jobs(params: dict, name: str) -> list[tuple[str, dict]]:
@@ -249,21 +248,6 @@ def source_stamp(path: str) -> dict:
     except OSError:
         return {"path": path, "missing": True}
     return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def reference_name(ev: dict) -> str:
-    """How a reference is named in paths: a given .npz by its stem, a computed one by split and count."""
-    if ev["reference_npz"]:
-        return Path(ev["reference_npz"]).stem
-    return f"{ev['reference_split']}{ev['reference_images']}"
-
-
-def reference_path(exp: dict) -> str:
-    """The experiment's FID reference statistics: a given .npz as imported, or the ones computed once per dataset."""
-    ev = exp["evaluation"]
-    if ev["reference_npz"]:
-        return f"data/external/fid_refs/{reference_name(ev)}.npz"
-    return f"results/fid_refs/{exp['dataset']}-{reference_name(ev)}.npz"
 
 
 def autoencoder_reference(params: dict, autoencoder: str) -> dict | None:

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from uvit import layout
 from uvit.autoencoder import to_unit_range
 from uvit.config import settings_hash
 from uvit.diffusion import drop_condition, make_schedule, mix_seed, noise_prediction_loss, null_mask
@@ -388,25 +389,29 @@ def prune_checkpoints(ckpt_dir: Path, keep: int, keep_steps: tuple[int, ...] = (
             path.unlink()
 
 
+def checkpoint_file(ckpt_dir: Path, step: int) -> Path:
+    return ckpt_dir / f"ckpt-{step:07d}.pt"  # sorts by step (latest_checkpoint, prune_checkpoints)
+
+
 def write_loss_log(out_dir: Path, history: list[dict]) -> None:
     """loss.jsonl: one JSON line per logged step (step, loss, lr), rewritten atomically at every logged step.
 
     A resumed run starts from its checkpoint's history, so lines logged after that checkpoint are dropped and
     logged again: the file never holds a step twice."""
     lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in history)
-    atomic_write_bytes(out_dir / "loss.jsonl", lines.encode())
+    atomic_write_bytes(out_dir / layout.LOSS_LOG, lines.encode())
 
 
 def snapshot_path(out_dir: Path, step: int) -> Path:
     """EMA weights at one of `training.keep_steps` (authors' nnet_ema.pth layout): the input of FID over training."""
-    return out_dir / "snapshots" / f"nnet_ema-{step:07d}.pth"
+    return out_dir / layout.SNAPSHOTS / layout.snapshot_name(step)
 
 
 def write_snapshots(out_dir: Path, keep_steps: list[int]) -> None:
     """Copy the EMA weights of each kept checkpoint into snapshots/ (a declared output, rebuilt on every run)."""
-    (out_dir / "snapshots").mkdir(parents=True, exist_ok=True)
+    (out_dir / layout.SNAPSHOTS).mkdir(parents=True, exist_ok=True)
     for step in keep_steps:
-        ckpt = out_dir / "checkpoints" / f"ckpt-{step:07d}.pt"
+        ckpt = checkpoint_file(out_dir / layout.CHECKPOINTS, step)
         if not ckpt.exists():
             raise FileNotFoundError(
                 f"training.keep_steps: no checkpoint of step {step} in {ckpt.parent} (it was pruned before this "
@@ -512,7 +517,7 @@ def _train(
     share = processes.share(cfg["batch_size"])
     micros = micro_batches(slice(0, share.stop - share.start), cfg["grad_accumulation"])
 
-    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir = out_dir / layout.CHECKPOINTS
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     expected = trajectory_hash(exp)
     state = latest_checkpoint(ckpt_dir, expected, cfg["steps"], log)
@@ -598,7 +603,7 @@ def _train(
         if saved:
             if processes.main:
                 save_checkpoint(
-                    ckpt_dir / f"ckpt-{done:07d}.pt",
+                    checkpoint_file(ckpt_dir, done),
                     {
                         "step": done,
                         "trajectory_hash": expected,
@@ -620,9 +625,9 @@ def _train(
         log(f"{exp['name']}: {images_seen} images in {seconds:.1f} s ({images_seen / seconds:.1f} images/s)")
 
     if processes.main:
-        save_checkpoint(out_dir / "nnet.pth", model.state_dict())
-        save_checkpoint(out_dir / "nnet_ema.pth", ema.state_dict())
-        write_snapshots(out_dir, [s for s in cfg.get("keep_steps", []) if s < cfg["steps"]])
+        save_checkpoint(out_dir / layout.WEIGHTS, model.state_dict())
+        save_checkpoint(out_dir / layout.EMA_WEIGHTS, ema.state_dict())
+        write_snapshots(out_dir, [s for s in cfg["keep_steps"] if s < cfg["steps"]])
         write_loss_log(out_dir, history)
     processes.barrier()
     return {

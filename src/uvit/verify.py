@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from uvit import layout
 from uvit.config import current_settings, settings_differences
 from uvit.provenance import dvc_md5
 from uvit.report import (
@@ -189,12 +190,12 @@ def first_cell(tables: list[Table], source: str, root: Path, column: str | None 
     for table in tables:
         for i, row in enumerate(table.rows):
             if row.source == source:
-                return Cell(root / "paper_tables" / f"{table.name}.md", table, i, column or table.main_column)
+                return Cell(root / layout.table(table.name, "md"), table, i, column or table.main_column)
     for table in tables:
         for i, row in enumerate(table.rows):
             taken = [c for c, s in row.cell_sources.items() if s == source]
             if taken:
-                return Cell(root / "paper_tables" / f"{table.name}.md", table, i, column or taken[0])
+                return Cell(root / layout.table(table.name, "md"), table, i, column or taken[0])
     raise TraceError(f"{source}: no table row comes from it")
 
 
@@ -278,7 +279,7 @@ def verify(params: dict, root: Path = Path(".")) -> str:
     cells = 0
     for table in tables:
         for ext, text in render(table).items():
-            check_table_file(root / "paper_tables" / f"{table.name}.{ext}", table, ext, text)
+            check_table_file(root / layout.table(table.name, ext), table, ext, text)
         cells += sum(len(r.cells) for r in table.rows) * 2
     workspace = Workspace(root)
     counts = check_provenance(params, tables, metrics, root, workspace)

@@ -1,10 +1,12 @@
 # Shared helpers: the validated params, experiment resolution and per-stage settings (no lambdas in rules).
+# Every path comes from uvit.layout (also the DVC export's), a rule's pattern from the same function as a file's.
 import json
 import os
 import subprocess
 import sys
 import time
 
+from uvit import layout
 from uvit.config import (
     ConfigError,
     caption_split,
@@ -15,14 +17,8 @@ from uvit.config import (
     tier_targets,
 )
 from uvit.plan import estimate
-from uvit.stages import (
-    Lineage,
-    autoencoder_reference,
-    given_reference,
-    reference_name,
-    reference_path,
-    reference_protocol,
-)
+from uvit.report import table_names
+from uvit.stages import Lineage, autoencoder_reference, given_reference, reference_protocol
 
 try:
     PARAMS = load_params("params.yaml")
@@ -72,7 +68,7 @@ def settings(rule):
 
 
 def prepared(wildcards):
-    return f"data/prepared/{experiment(wildcards)['dataset']}"
+    return layout.prepared(experiment(wildcards)["dataset"])
 
 
 def latent_inputs(wildcards):
@@ -81,16 +77,13 @@ def latent_inputs(wildcards):
     if exp["space"] != "latent":
         return {}
     return {
-        "latents": f"data/latents/{exp['autoencoder']}",
+        "latents": layout.latents(exp["autoencoder"]),
         "autoencoder": autoencoder_path(exp["autoencoder"]),
     }
 
 
 def autoencoder_path(name):
-    """A pretrained autoencoder as imported (a diffusers folder), or the folder the pipeline trains."""
-    if name in PRETRAINED_AUTOENCODERS:
-        return f"data/external/autoencoders/{name}"
-    return f"results/autoencoders/{name}"
+    return layout.autoencoder_dir(name, PARAMS["autoencoders"][name])
 
 
 def encoder_input(wildcards):
@@ -148,7 +141,7 @@ def text_inputs(stage):
         if exp["condition"] != "text":
             return {}
         split = "train" if stage == "train" else caption_split(exp)
-        return {"text": f"data/text/{exp['dataset']}/{split}"}
+        return {"text": layout.text(exp["dataset"], split)}
 
     return inputs
 
@@ -165,18 +158,18 @@ def latent_args(wildcards, input):
 
 
 def autoencoder_dataset(wildcards):
-    return f"data/prepared/{PARAMS['autoencoders'][wildcards.autoencoder]['dataset']}"
+    return layout.prepared(PARAMS["autoencoders"][wildcards.autoencoder]["dataset"])
 
 
 def reference_stats(wildcards):
     """The experiment's reference statistics: a given .npz as imported, or the ones the pipeline computes once."""
-    return reference_path(experiment(wildcards))
+    return layout.reference(experiment(wildcards))
 
 
 def autoencoder_reference_input(wildcards):
     """A trained autoencoder's held-out reconstructions are scored against its experiment's FID reference."""
     scored_by = autoencoder_reference(PARAMS, wildcards.autoencoder)
-    return {} if scored_by is None else {"reference": reference_path(scored_by)}
+    return {} if scored_by is None else {"reference": layout.reference(scored_by)}
 
 
 def autoencoder_reference_flag(wildcards, input):
@@ -199,15 +192,12 @@ def given_reference_source(wildcards):
 def floor_reference(wildcards):
     """The reference file behind a floor's {ref} name: an imported .npz, else a computed one."""
     if given_reference(PARAMS, wildcards.ref):
-        return f"data/external/fid_refs/{wildcards.ref}.npz"
-    return f"results/fid_refs/{wildcards.dataset}-{wildcards.ref}.npz"
+        return layout.imported_reference(wildcards.ref)
+    return layout.computed_reference(wildcards.dataset, wildcards.ref)
 
 
 def fid_floor(wildcards):
-    exp = experiment(wildcards)
-    ev = exp["evaluation"]
-    floor = f"{ev['floor_split']}{exp['sampling']['num_samples']}"
-    return f"metrics/fid_floors/{exp['dataset']}-{reference_name(ev)}-{floor}.json"
+    return layout.floor(experiment(wildcards))
 
 
 # Cluster resources of an experiment's GPU jobs (params.yaml `resources`), as the SLURM executor plugin reads
@@ -266,7 +256,7 @@ def fid_launcher(wildcards):
 
 
 def classifier_dataset(wildcards):
-    return f"data/prepared/{PARAMS['classifiers'][wildcards.classifier]['dataset']}"
+    return layout.prepared(PARAMS["classifiers"][wildcards.classifier]["dataset"])
 
 
 def classifier_inputs(wildcards):
@@ -278,8 +268,8 @@ def classifier_inputs(wildcards):
             "from `classifiers` to score this class experiment's samples"
         )
     return {
-        "classifier": f"results/classifiers/{name}.pth",
-        "classifier_metrics": f"metrics/classifiers/{name}.json",
+        "classifier": layout.classifier_weights(name),
+        "classifier_metrics": layout.classifier_metrics(name),
     }
 
 
@@ -292,32 +282,70 @@ def final_step(wildcards) -> bool:
 def curve_model(wildcards):
     """The weights a curve point samples from: a snapshot of a kept checkpoint, or the final EMA weights."""
     if final_step(wildcards):
-        return f"results/{wildcards.experiment}/nnet_ema.pth"
-    return f"results/{wildcards.experiment}/snapshots/nnet_ema-{int(wildcards.step):07d}.pth"
+        return layout.checkpoint(wildcards.experiment)
+    return layout.snapshot(wildcards.experiment, int(wildcards.step))
 
 
 def curve_model_input(wildcards):
     """The declared output behind curve_model (snapshots/ is one directory output of training)."""
     if final_step(wildcards):
         return curve_model(wildcards)
-    return f"results/{wildcards.experiment}/snapshots"
+    return layout.snapshots(wildcards.experiment)
 
 
-TABLES = ["results", "training_steps", "sampler_steps", "ablations", "guidance", "autoencoders"]
-FIGURES = ["loss_curves", "fid_over_training", "fid_over_sampler_steps"]
-ABLATION_FIGURES = [f"ablation_{grid}" for grid in PARAMS["target_grids"]]
+TABLES = table_names(PARAMS)
+ABLATION_FIGURES = [layout.ablation_figure(grid) for grid in PARAMS["target_grids"]]
+
+
+FIGURE_CATEGORIES = {
+    "loss_curves": "Training",
+    "fid_over_training": "FID curves",
+    "fid_over_sampler_steps": "FID curves",
+}
+
+
+def figure_outputs():
+    """Each figure's PNG (in the Snakemake report, captioned by workflow/report/<figure>.rst) and PDF, each
+    ablation grid's, and the folders of CSVs behind the FID curves (dvc.yaml's top-level plots)."""
+    outputs = {}
+    for name in layout.FIGURES + ABLATION_FIGURES:
+        caption, category = (
+            (name, FIGURE_CATEGORIES[name]) if name in layout.FIGURES else ("ablation", "Ablations")
+        )
+        outputs[name] = report(
+            layout.figure(name, "png"), caption=f"../report/{caption}.rst", category=category
+        )
+        outputs[f"{name}_pdf"] = layout.figure(name, "pdf")
+    for name in layout.CURVE_FIGURES.values():
+        outputs[f"{name}_data"] = directory(layout.curve_data_dir(name))
+    return outputs
+
+
+def output_folder(wildcards, output):
+    """The folder of a rule's first output (the --out-dir of tables and figures)."""
+    return os.path.dirname(output[0])
+
+
+def table_outputs():
+    """Each table's Markdown (in the Snakemake report, captioned by workflow/report/<table>.rst) and LaTeX."""
+    outputs = {}
+    for name in TABLES:
+        category = "Ablations" if name == "ablations" else "Tables"
+        outputs[name] = report(layout.table(name, "md"), caption=f"../report/{name}.rst", category=category)
+        outputs[f"{name}_tex"] = layout.table(name, "tex")
+    return outputs
 
 
 def all_targets(experiments=None):
     """The tables, the sample grids and loss curves of the experiments, and the FID-curve and ablation figures
     (the full tier only: the quick tier's experiment has no FID curves to draw)."""
     experiments = experiments or TIER_TARGETS
-    figures = FIGURES + ABLATION_FIGURES if TIER == "full" else []
+    figures = layout.FIGURES + ABLATION_FIGURES if TIER == "full" else []
+    figures += [layout.sample_grid_name(name) for name in experiments]
     return [
-        *[f"paper_tables/{table}.{ext}" for table in TABLES for ext in ("md", "tex")],
-        *[f"paper_tables/figures/{name}.{ext}" for name in figures for ext in ("png", "pdf")],
-        *[f"paper_tables/figures/{name}_samples.{ext}" for name in experiments for ext in ("png", "pdf")],
-        *[f"metrics/{name}/loss.csv" for name in experiments],
+        *[layout.table(name, ext) for name in TABLES for ext in ("md", "tex")],
+        *[layout.figure(name, ext) for name in figures for ext in ("png", "pdf")],
+        *[layout.loss_csv(name) for name in experiments],
     ]
 
 
@@ -332,7 +360,7 @@ def table_metrics(wildcards):
 
 
 def target_loss_curves(wildcards):
-    return [f"metrics/{name}/loss.csv" for name in TIER_TARGETS]
+    return [layout.loss_csv(name) for name in TIER_TARGETS]
 
 
 def sync_dvc_lock():

@@ -3,7 +3,7 @@
 
 rule prepare_data:
     output:
-        directory("data/prepared/{dataset}"),
+        directory(layout.prepared("{dataset}")),
     log:
         "logs/prepare_data/{dataset}.log",
     benchmark:
@@ -19,9 +19,9 @@ rule prepare_data:
 
 rule encode_text:
     input:
-        data="data/prepared/{dataset}",
+        data=rules.prepare_data.output[0],
     output:
-        directory("data/text/{dataset}/{split}"),
+        directory(layout.text("{dataset}", "{split}")),
     log:
         "logs/encode_text/{dataset}-{split}.log",
     benchmark:
@@ -33,14 +33,15 @@ rule encode_text:
         lineage=lineage("encode_text"),
         settings=settings("encode_text"),
         encoder=text_encoder_args,
+        split=layout.prepared_split("{dataset}", "{split}"),
     shell:
-        "uvit --threads {threads} encode-text --data {input.data}/{wildcards.split} {params.encoder}"
+        "uvit --threads {threads} encode-text --data {params.split} {params.encoder}"
         " --out {output} 2> {log}"
 
 
 rule import_autoencoder:
     output:
-        directory("data/external/autoencoders/{autoencoder}"),
+        directory(layout.imported_autoencoder("{autoencoder}")),
     log:
         "logs/import/{autoencoder}.log",
     wildcard_constraints:
@@ -58,7 +59,7 @@ rule import_autoencoder:
 
 rule import_reference:
     output:
-        "data/external/fid_refs/{ref}.npz",
+        layout.imported_reference("{ref}"),
     log:
         "logs/import/{ref}.log",
     conda:
@@ -75,7 +76,7 @@ rule import_reference:
 
 rule import_weights:
     output:
-        "data/external/weights/{experiment}.pth",
+        layout.released_weights("{experiment}"),
     log:
         "logs/import/{experiment}.log",
     conda:
@@ -94,8 +95,8 @@ rule train_autoencoder:
         unpack(autoencoder_reference_input),
         data=autoencoder_dataset,
     output:
-        model=directory("results/autoencoders/{autoencoder}"),
-        metrics="metrics/autoencoders/{autoencoder}.json",
+        model=directory(layout.trained_autoencoder("{autoencoder}")),
+        metrics=layout.autoencoder_metrics("{autoencoder}"),
     log:
         "logs/train_autoencoder/{autoencoder}.log",
     benchmark:
@@ -119,7 +120,7 @@ rule encode_latents:
         autoencoder=encoder_input,
         data=autoencoder_dataset,
     output:
-        directory("data/latents/{autoencoder}"),
+        directory(layout.latents("{autoencoder}")),
     log:
         "logs/encode_latents/{autoencoder}.log",
     benchmark:

@@ -3,9 +3,9 @@
 
 rule reference_stats:
     input:
-        data="data/prepared/{dataset}",
+        data=rules.prepare_data.output[0],
     output:
-        "results/fid_refs/{dataset}-{split}{n}.npz",
+        layout.computed_reference("{dataset}", "{split}{n}"),
     log:
         "logs/reference_stats/{dataset}-{split}{n}.log",
     benchmark:
@@ -24,10 +24,10 @@ rule reference_stats:
 
 rule fid_floor:
     input:
-        data="data/prepared/{dataset}",
+        data=rules.prepare_data.output[0],
         reference=floor_reference,
     output:
-        "metrics/fid_floors/{dataset}-{ref}-{split}{n}.json",
+        layout.floor_metrics("{dataset}", "{ref}", "{split}{n}"),
     log:
         "logs/fid_floor/{dataset}-{ref}-{split}{n}.log",
     benchmark:
@@ -45,14 +45,14 @@ rule fid_floor:
 
 rule fid:
     input:
-        samples="results/{experiment}/samples",
-        model="results/{experiment}/nnet_ema.pth",
+        samples=rules.sample.output[0],
+        model=rules.train.output.ema,
         data=prepared,
         reference=reference_stats,
         floor=fid_floor,
     output:
-        metrics="metrics/{experiment}/fid.json",
-        scores="metrics/{experiment}/fid.scores.json",
+        metrics=layout.fid_metrics("{experiment}"),
+        scores=layout.scores(layout.fid_metrics("{experiment}")),
     log:
         "logs/fid/{experiment}.log",
     benchmark:
@@ -78,14 +78,14 @@ rule fid:
 
 rule fid_curve_point:
     input:
-        samples="results/{experiment}/curve/step{step}-nfe{nfe}",
+        samples=rules.sample_curve_point.output[0],
         model=curve_model_input,
         data=prepared,
         reference=reference_stats,
         floor=fid_floor,
     output:
-        metrics="metrics/{experiment}/curve/step{step}-nfe{nfe}.json",
-        scores="metrics/{experiment}/curve/step{step}-nfe{nfe}.scores.json",
+        metrics=layout.curve_metrics("{experiment}", "{step}", "{nfe}"),
+        scores=layout.scores(layout.curve_metrics("{experiment}", "{step}", "{nfe}")),
     log:
         "logs/fid/{experiment}-step{step}-nfe{nfe}.log",
     benchmark:
@@ -114,14 +114,14 @@ rule fid_curve_point:
 
 use rule fid_curve_point as fid_guidance_point with:
     input:
-        samples="results/{experiment}/guidance/scale{scale}",
+        samples=rules.sample_guidance_point.output[0],
         model=curve_model_input,
         data=prepared,
         reference=reference_stats,
         floor=fid_floor,
     output:
-        metrics="metrics/{experiment}/guidance/scale{scale}.json",
-        scores="metrics/{experiment}/guidance/scale{scale}.scores.json",
+        metrics=layout.guidance_metrics("{experiment}", "{scale}"),
+        scores=layout.scores(layout.guidance_metrics("{experiment}", "{scale}")),
     log:
         "logs/fid/{experiment}-scale{scale}.log",
     benchmark:
@@ -135,12 +135,12 @@ use rule fid_curve_point as fid_guidance_point with:
 rule fid_pretrained:
     input:
         unpack(pretrained_inputs),
-        samples="results/{experiment}/pretrained_samples",
-        model="data/external/weights/{experiment}.pth",
+        samples=rules.sample_pretrained.output[0],
+        model=rules.import_weights.output[0],
         reference=reference_stats,
     output:
-        metrics="metrics/{experiment}/pretrained_fid.json",
-        scores="metrics/{experiment}/pretrained_fid.scores.json",
+        metrics=layout.released_fid_metrics("{experiment}"),
+        scores=layout.scores(layout.released_fid_metrics("{experiment}")),
     log:
         "logs/fid/{experiment}-pretrained.log",
     benchmark:
@@ -171,8 +171,8 @@ rule train_classifier:
     input:
         data=classifier_dataset,
     output:
-        weights="results/classifiers/{classifier}.pth",
-        metrics="metrics/classifiers/{classifier}.json",
+        weights=layout.classifier_weights("{classifier}"),
+        metrics=layout.classifier_metrics("{classifier}"),
     log:
         "logs/train_classifier/{classifier}.log",
     benchmark:
@@ -191,11 +191,11 @@ rule train_classifier:
 rule accuracy:
     input:
         unpack(classifier_inputs),
-        samples="results/{experiment}/samples",
+        samples=rules.sample.output[0],
         data=prepared,
     output:
-        metrics="metrics/{experiment}/accuracy.json",
-        scores="metrics/{experiment}/accuracy.scores.json",
+        metrics=layout.accuracy_metrics("{experiment}"),
+        scores=layout.scores(layout.accuracy_metrics("{experiment}")),
     log:
         "logs/accuracy/{experiment}.log",
     benchmark:
@@ -216,11 +216,11 @@ rule accuracy:
 use rule accuracy as accuracy_guidance_point with:
     input:
         unpack(classifier_inputs),
-        samples="results/{experiment}/guidance/scale{scale}",
+        samples=rules.sample_guidance_point.output[0],
         data=prepared,
     output:
-        metrics="metrics/{experiment}/guidance/scale{scale}.accuracy.json",
-        scores="metrics/{experiment}/guidance/scale{scale}.accuracy.scores.json",
+        metrics=layout.guidance_metrics("{experiment}", "{scale}", "accuracy"),
+        scores=layout.scores(layout.guidance_metrics("{experiment}", "{scale}", "accuracy")),
     log:
         "logs/accuracy/{experiment}-scale{scale}.log",
     benchmark:

@@ -8,12 +8,12 @@ rule train:
         unpack(text_inputs("train")),
         data=prepared,
     output:
-        ema="results/{experiment}/nnet_ema.pth",
-        model="results/{experiment}/nnet.pth",
-        snapshots=directory("results/{experiment}/snapshots"),
-        loss="results/{experiment}/loss.jsonl",
-        metrics="metrics/{experiment}/train.json",
-        loss_plot=report("metrics/{experiment}/loss.csv", caption="../report/loss.rst", category="Training"),
+        ema=layout.checkpoint("{experiment}"),
+        model=layout.raw_weights("{experiment}"),
+        snapshots=directory(layout.snapshots("{experiment}")),
+        loss=layout.loss_log("{experiment}"),
+        metrics=layout.train_metrics("{experiment}"),
+        loss_plot=report(layout.loss_csv("{experiment}"), caption="../report/loss.rst", category="Training"),
     log:
         "logs/train/{experiment}.log",
     benchmark:
@@ -33,7 +33,7 @@ rule train:
         settings=settings("train"),
         launcher=launcher,
         latents=latent_args,
-        run_dir="results/{experiment}",
+        run_dir=layout.run_dir("{experiment}"),
     shell:
         "{params.launcher} --threads {threads} train --experiment {wildcards.experiment} --data {input.data} {params.latents}"
         " --out {params.run_dir} --metrics {output.metrics} --loss-plot {output.loss_plot} 2> {log}"
@@ -43,10 +43,10 @@ rule sample:
     input:
         unpack(latent_inputs),
         unpack(text_inputs("sample")),
-        model="results/{experiment}/nnet_ema.pth",
+        model=rules.train.output.ema,
         data=prepared,
     output:
-        directory("results/{experiment}/samples"),
+        directory(layout.samples("{experiment}")),
     log:
         "logs/sample/{experiment}.log",
     benchmark:
@@ -80,7 +80,7 @@ rule sample_curve_point:
         model=curve_model_input,
         data=prepared,
     output:
-        directory("results/{experiment}/curve/step{step}-nfe{nfe}"),
+        directory(layout.curve_samples("{experiment}", "{step}", "{nfe}")),
     log:
         "logs/sample/{experiment}-step{step}-nfe{nfe}.log",
     benchmark:
@@ -114,7 +114,7 @@ use rule sample_curve_point as sample_guidance_point with:
         model=curve_model_input,
         data=prepared,
     output:
-        directory("results/{experiment}/guidance/scale{scale}"),
+        directory(layout.guidance_samples("{experiment}", "{scale}")),
     log:
         "logs/sample/{experiment}-scale{scale}.log",
     benchmark:
@@ -130,9 +130,9 @@ rule sample_pretrained:
         unpack(decoder_inputs),
         unpack(text_inputs("sample")),
         unpack(pretrained_inputs),
-        model="data/external/weights/{experiment}.pth",
+        model=rules.import_weights.output[0],
     output:
-        directory("results/{experiment}/pretrained_samples"),
+        directory(layout.released_samples("{experiment}")),
     log:
         "logs/sample/{experiment}-pretrained.log",
     benchmark:
