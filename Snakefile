@@ -16,7 +16,7 @@ wildcard_constraints:
     split="train|test|val",
     n=r"\d+",
     step=r"\d+",
-    nfe=r"\d+",
+    sampler_steps=r"\d+",
     scale=r"\d[0-9.e+-]*",  # uvit.config.guidance_label: 0, 0.4, 1.5
 
 

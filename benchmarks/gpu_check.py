@@ -29,7 +29,7 @@ res = {
 }
 data = Path("/tmp/digits")
 prepare_dataset({"source": "digits", "resolution": 16, "shard_size": 1000}, data)
-params = load_params("params.yaml")
+params = load_params("params.yaml", overlays=("tests/smoke.yaml",))  # smoke_pixel: the tests' experiment
 
 
 def experiment(steps, **training):

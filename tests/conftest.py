@@ -50,20 +50,38 @@ def one_thread_per_worker():
         torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="session")
-def params() -> dict:
+# The tests' own experiments (tiny models on digits and a written emoji set), merged over params.yaml.
+SMOKE_PARAMS = ROOT / "tests" / "smoke.yaml"
+
+
+def raw_test_params() -> dict:
+    """params.yaml with the tests' experiments, as written (not validated)."""
+    from uvit.config import read_params
+
+    return read_params(ROOT / "params.yaml", (SMOKE_PARAMS,))
+
+
+def load_test_params() -> dict:
     from uvit.config import load_params
 
-    return load_params(ROOT / "params.yaml")
+    return load_params(ROOT / "params.yaml", overlays=(SMOKE_PARAMS,))
 
 
-def make_project_copy(dest: Path, targets: list[str] | None = None) -> Path:
-    """A copy of the project (code, workflow, params) without outputs, as its own git + DVC repository.
+@pytest.fixture(scope="session")
+def params() -> dict:
+    return load_test_params()
+
+
+def make_project_copy(dest: Path, targets: list[str] | None = None, smoke: bool = True) -> Path:
+    """A copy of the project (code, workflow, params) without outputs, as its own git + DVC repository; its
+    params.yaml holds the tests' experiments too unless `smoke` is False (the user's params.yaml as committed).
 
     With `targets`, its params.yaml keeps only those experiments and ablation grids (and the grids' bases): DVC
     loads every stage of every experiment at each step of `dvc exp run`, ~70 s more with the paper rows there."""
     shutil.copytree(ROOT, dest, ignore=COPY_IGNORE)
     (dest / ".dvc" / "cache").exists() and shutil.rmtree(dest / ".dvc" / "cache")
+    if smoke:
+        (dest / "params.yaml").write_text(yaml.safe_dump(raw_test_params(), sort_keys=False))
     if targets:
         set_params(dest, lambda p: keep_only(p, targets))
     env = project_env()
@@ -115,7 +133,7 @@ def run(command: list[str], cwd: Path, check: bool = True, timeout: int = 600) -
 
 def project_params(tmp_path: Path, sampling: dict | None = None, **training) -> Path:
     """A params.yaml (with its schema beside it) whose smoke_pixel trains and samples with these settings."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = raw_test_params()
     params["experiments"]["smoke_pixel"]["training"].update({"keep_steps": []} | training)
     params["experiments"]["smoke_pixel"]["sampling"].update(sampling or {})
     (tmp_path / "workflow" / "schemas").mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import yaml
-from conftest import ROOT, make_project_copy, run, set_params
+from conftest import ROOT, make_project_copy, raw_test_params, run, set_params
 
 from uvit.config import (
     ConfigError,
@@ -18,7 +18,7 @@ from uvit.config import (
 )
 
 SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/params.schema.yaml").read_text())
-RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
+RAW = raw_test_params()  # params.yaml with the tests' experiments
 
 
 def check(edit) -> str:
@@ -221,8 +221,8 @@ def test_curve_points_list_kept_checkpoints_then_other_sampler_steps(params):
     assert curve_points(exp) == [(125, 25), (250, 25), (500, 10), (500, 50)]
     assert fid_metrics_paths(params, "smoke_pixel") == [
         "metrics/smoke_pixel/fid.json",
-        "metrics/smoke_pixel/curve/step10-nfe5.json",
-        "metrics/smoke_pixel/curve/step20-nfe3.json",
+        "metrics/smoke_pixel/curve/step10-sampler_steps5.json",
+        "metrics/smoke_pixel/curve/step20-sampler_steps3.json",
     ]
 
 

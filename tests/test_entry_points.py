@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CORES, ROOT, make_project_copy, project_env, run, set_params
+from conftest import CORES, ROOT, load_test_params, make_project_copy, project_env, run, set_params
 
 from uvit import stages
-from uvit.config import load_params
 from uvit.stages import Lineage, code_files, module_closure
 
 
@@ -37,7 +36,7 @@ def fake_command(bin_dir: Path, name: str, script: str) -> None:
 # -- lineage: what a changed setting or source file reruns --------------------------------------------------
 @pytest.fixture(scope="module")
 def params():
-    return load_params(ROOT / "params.yaml")
+    return load_test_params()
 
 
 def lineages(params) -> dict[str, str]:

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import load_test_params
 from PIL import Image
 
-from uvit.config import load_params, resolve_experiment
+from uvit.config import resolve_experiment
 from uvit.sampling import (
     RECORD,
     SETTINGS_CHUNK,
@@ -37,7 +37,7 @@ from uvit.training import CheckpointError, model_for
 
 @pytest.fixture(scope="module")
 def params() -> dict:
-    return load_params(ROOT / "params.yaml")
+    return load_test_params()
 
 
 def experiment(params: dict, name: str, **top) -> dict:

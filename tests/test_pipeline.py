@@ -78,10 +78,10 @@ def test_smoke_dag_end_to_end(project):
 
 def test_curves_over_training_and_sampler_steps(project):
     """smoke_pixel keeps step 10 of 20 and evaluates 3 sampler steps besides its 5: both in tables."""
-    point = json.loads((project / "metrics/smoke_pixel/curve/step10-nfe5.json").read_text())
+    point = json.loads((project / "metrics/smoke_pixel/curve/step10-sampler_steps5.json").read_text())
     assert point["training_steps"] == 10 and point["sampler_steps"] == 5
     assert point["provenance"]["inputs"]["checkpoint"]["path"].endswith("snapshots/nnet_ema-0000010.pth")
-    fewer = json.loads((project / "metrics/smoke_pixel/curve/step20-nfe3.json").read_text())
+    fewer = json.loads((project / "metrics/smoke_pixel/curve/step20-sampler_steps3.json").read_text())
     assert fewer["training_steps"] == 20 and fewer["sampler_steps"] == 3
     final = json.loads((project / "metrics/smoke_pixel/fid.json").read_text())
     assert len({point["fid"], fewer["fid"], final["fid"]}) == 3

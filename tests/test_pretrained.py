@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import CORES, ROOT, make_project_copy, run, set_params
+from conftest import CORES, load_test_params, make_project_copy, run, set_params
 
 from uvit.config import load_params, resolve_experiment
 from uvit.training import CheckpointError, model_for
@@ -73,7 +73,7 @@ class Payload:
 def test_weights_carrying_objects_are_refused(tmp_path):
     from uvit.sampling import import_weights
 
-    params = load_params(ROOT / "params.yaml")
+    params = load_test_params()
     exp = resolve_experiment(params, "smoke_pixel")
     bad = tmp_path / "nnet_ema.pth"
     torch.save({"w": torch.zeros(1), "note": Payload()}, bad)

@@ -19,12 +19,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import load_test_params
 
 import uvit.sampling as sampling
 import uvit.training as training
 from uvit.autoencoder import build_autoencoder, encode_dataset, load_latents
-from uvit.config import load_params, resolve_experiment
+from uvit.config import resolve_experiment
 from uvit.diffusion import DiscreteSchedule, SeededNoise, VPSchedule, sample
 from uvit.shards import in_memory, load_split, write_manifest, write_shards, write_split
 from uvit.training import (
@@ -47,7 +47,7 @@ def within_binomial(hits: int, n: int, p: float) -> bool:
 
 @functools.cache
 def _params() -> dict:
-    return load_params(ROOT / "params.yaml")
+    return load_test_params()
 
 
 def experiment(name: str, training: dict | None = None, sampling: dict | None = None, **top) -> dict:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, project_params
+from conftest import load_test_params, project_params
 from PIL import Image
 
-from uvit.config import load_params, resolve_experiment
+from uvit.config import resolve_experiment
 from uvit.data import prepare_dataset
 from uvit.sampling import export_npz, sample_experiment
 from uvit.training import train
@@ -25,14 +25,14 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     """Prepared digits and a smoke_pixel model trained for 5 steps."""
     root = tmp_path_factory.mktemp("sampling")
     prepare_dataset({"source": "digits", "resolution": 16, "shard_size": 1000}, root / "data")
-    exp = resolve_experiment(load_params(ROOT / "params.yaml"), "smoke_pixel")
+    exp = resolve_experiment(load_test_params(), "smoke_pixel")
     exp["training"].update(steps=5, checkpoint_every=5)
     train(exp, root / "data", root / "run", log=lambda m: None)
     return root / "data", root / "run" / "nnet_ema.pth"
 
 
 def experiment(**sampling) -> dict:
-    exp = resolve_experiment(load_params(ROOT / "params.yaml"), "smoke_pixel")
+    exp = resolve_experiment(load_test_params(), "smoke_pixel")
     exp["sampling"].update(sampling)
     return exp
 

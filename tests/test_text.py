@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import load_test_params
 
 from uvit.text import CONTEXT_TOKENS, TextEncoder, minilm_path
 
@@ -105,10 +106,10 @@ def test_text_condition_drop_uses_the_empty_caption(coco_contexts):
 
     import torch
 
-    from uvit.config import load_params, resolve_experiment
+    from uvit.config import resolve_experiment
     from uvit.training import Conditions
 
-    exp = copy.deepcopy(resolve_experiment(load_params(), "smoke_text"))
+    exp = copy.deepcopy(resolve_experiment(load_test_params(), "smoke_text"))
     exp["training"]["cond_drop_prob"] = 0.5
     conditions = Conditions(exp, classes=1, text_dir=coco_contexts)
     cond = conditions.draw(

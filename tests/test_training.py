@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import project_params
+from conftest import load_test_params, project_params
 
-from uvit.config import load_params, resolve_experiment
+from uvit.config import resolve_experiment
 from uvit.data import prepare_dataset
 from uvit.precision import cpu_flags, resolve_precision
 from uvit.training import NonFiniteLossError, batch_indices, snapshot_path, train
@@ -27,7 +27,7 @@ def digits(tmp_path_factory) -> Path:
 
 
 def smoke_experiment(steps: int, **training) -> dict:
-    exp = resolve_experiment(load_params(ROOT / "params.yaml"), "smoke_pixel")
+    exp = resolve_experiment(load_test_params(), "smoke_pixel")
     exp = copy.deepcopy(exp)
     loop = {"steps": steps, "checkpoint_every": 5, "keep_checkpoints": 2, "log_every": 5, "keep_steps": []}
     exp["training"].update(loop | training)

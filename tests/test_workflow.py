@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import ROOT, make_project_copy, run, set_params
+from conftest import ROOT, make_project_copy, raw_test_params, run, set_params
 
 from uvit.config import resolve_experiment
 from uvit.plan import estimate
@@ -109,8 +109,8 @@ KEYS = {
         {
             "train@smoke_pixel",
             "sample@smoke_pixel",
-            "sample_curve_point@smoke_pixel-step10-nfe5",
-            "sample_curve_point@smoke_pixel-step20-nfe3",
+            "sample_curve_point@smoke_pixel-step10-sampler_steps5",
+            "sample_curve_point@smoke_pixel-step20-sampler_steps3",
         },
         {"train"} | SMOKE_PIXEL_DOWNSTREAM,
     ),
@@ -150,7 +150,7 @@ def edited_params(tmp_path, edit) -> tuple[dict, dict]:
 
     from uvit.config import deep_merge, load_params
 
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text()) | {"targets": SMOKE_TARGETS, "quick_targets": []}
+    raw = raw_test_params() | {"targets": SMOKE_TARGETS, "quick_targets": []}
     (tmp_path / "workflow/schemas").mkdir(parents=True, exist_ok=True)
     (tmp_path / "workflow/schemas/params.schema.yaml").write_bytes(
         (ROOT / "workflow/schemas/params.schema.yaml").read_bytes()
@@ -232,7 +232,8 @@ def dry_run(project, *targets: str) -> str:
 def planned_jobs(project, *targets: str) -> tuple[str, list[dict]]:
     """One dry run of several targets (one Snakemake start instead of one per target): its text, and its jobs
     (rule, input and output paths, text up to the shell command). A rule with a `message:` (the sample rules:
-    the sampler protocol) is printed as `Job N: <message>`, its paths only in the reason line."""
+    the sampler protocol) is printed as `Job N: <message>`, its paths only in the reason line, its rule told by
+    its output."""
     out = dry_run(project, *targets)
     jobs = []
     for block in re.split(r"\n(?=\[\w{3} \w{3} +\d+ [\d:]+ \d{4}\]\n)", out)[1:]:
@@ -245,11 +246,20 @@ def planned_jobs(project, *targets: str) -> tuple[str, list[dict]]:
             missing = re.search(r"Missing output files: ([^;\n]*)", head)
             fields = {"output": missing.group(1), "input": updated.group(1) if updated else ""}
         job = {key: set(re.split(r",? ", fields.get(key, ""))) - {""} for key in ("input", "output")}
-        name = rule.group(1) if rule else "sample_pretrained" if "the authors' weights" in head else "sample"
+        name = rule.group(1) if rule else sample_rule(job["output"])
         command = shell.split("\n")[0]
         shell = "" if command == "None" else command  # the `all` rule
         jobs.append(job | {"rule": name, "text": head + command, "shell": shell})
     return out, jobs
+
+
+def sample_rule(outputs: set[str]) -> str:
+    """The sample rule of a job printed by its message (the rules with a `message:`), told by its output."""
+    (output,) = outputs
+    for rule, marker in (("sample_curve_point", "/curve/"), ("sample_guidance_point", "/guidance/")):
+        if marker in output:
+            return rule
+    return "sample_pretrained" if output.endswith("/pretrained_samples") else "sample"
 
 
 def jobs_for(jobs: list[dict], target: str) -> list[dict]:
@@ -261,12 +271,14 @@ def jobs_for(jobs: list[dict], target: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def paper_plan(tmp_path_factory, params) -> tuple[str, list[dict]]:
-    """One dry run of every experiment in params.yaml and of the default target, in a copy without outputs
-    (one Snakemake start for all): each paper-row test takes its row's jobs, the DVC test all of them."""
-    from uvit.config import metrics_paths
+def paper_plan(tmp_path_factory) -> tuple[str, list[dict]]:
+    """One dry run of every experiment in the user's params.yaml (as committed, without the tests' own) and of
+    the default target, in a copy without outputs (one Snakemake start for all): each paper-row test takes its
+    row's jobs, the DVC test all of them (the committed dvc.yaml and experiments/dvc.yaml)."""
+    from uvit.config import load_params, metrics_paths
 
-    project = make_project_copy(tmp_path_factory.mktemp("plan") / "project")
+    project = make_project_copy(tmp_path_factory.mktemp("plan") / "project", smoke=False)
+    params = load_params(project / "params.yaml")
     targets = [path for name in params["experiments"] for path in metrics_paths(params, name)]
     return project, *planned_jobs(project, "all", *targets)
 

@@ -54,12 +54,15 @@ class ConfigError(UserError, ValueError):
     """A problem in params.yaml; the message names the key and what was expected."""
 
 
-def load_params(path: str | Path = "params.yaml", schema_path: str | Path | None = None) -> dict:
-    """Read, schema-validate and cross-check params.yaml; return it as a dict."""
+def load_params(
+    path: str | Path = "params.yaml", schema_path: str | Path | None = None, overlays: tuple = ()
+) -> dict:
+    """Read, schema-validate and cross-check params.yaml; return it as a dict. `overlays` are further YAML
+    files deep-merged over it first (the tests' own experiments: tests/smoke.yaml)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found (run from the project root or pass --params)")
-    params = read_yaml(path)
+    params = read_params(path, overlays)
     schema_path = Path(schema_path) if schema_path else path.parent / SCHEMA_PATH
     schema = read_yaml(schema_path)
     validate_against_schema(params, schema, source=str(path))
@@ -68,6 +71,14 @@ def load_params(path: str | Path = "params.yaml", schema_path: str | Path | None
         written = {key: value for key, value in params.items() if key != "target_grids"}
         validate_against_schema(written, schema, source=str(path))
         check_references(params, source=str(path))
+    return params
+
+
+def read_params(path: Path, overlays: tuple = ()) -> dict:
+    """params.yaml as written, with each overlay file deep-merged over it (not yet validated)."""
+    params = read_yaml(path)
+    for overlay in overlays:
+        params = deep_merge(params, read_yaml(Path(overlay)))
     return params
 
 

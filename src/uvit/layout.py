@@ -113,8 +113,8 @@ def samples(experiment: str) -> str:
     return f"{run_dir(experiment)}/samples"
 
 
-def curve_samples(experiment: str, step, nfe) -> str:
-    return f"{run_dir(experiment)}/curve/step{step}-nfe{nfe}"
+def curve_samples(experiment: str, step, sampler_steps) -> str:
+    return f"{run_dir(experiment)}/curve/step{step}-sampler_steps{sampler_steps}"
 
 
 def guidance_samples(experiment: str, scale: str) -> str:
@@ -168,8 +168,8 @@ def fid_metrics(experiment: str) -> str:
     return f"{METRICS_DIR}/{experiment}/fid.json"
 
 
-def curve_metrics(experiment: str, step, nfe) -> str:
-    return f"{METRICS_DIR}/{experiment}/curve/step{step}-nfe{nfe}.json"
+def curve_metrics(experiment: str, step, sampler_steps) -> str:
+    return f"{METRICS_DIR}/{experiment}/curve/step{step}-sampler_steps{sampler_steps}.json"
 
 
 def guidance_metrics(experiment: str, scale: str, kind: str = "fid") -> str:

@@ -167,8 +167,8 @@ STAGE_KEYS = {
     "encode_text": "{dataset}-{split}",
     "reference_stats": "{dataset}-{split}{n}",
     "fid_floor": "{dataset}-{ref}-{split}{n}",
-    "sample_curve_point": "{experiment}-step{step}-nfe{nfe}",
-    "fid_curve_point": "{experiment}-step{step}-nfe{nfe}",
+    "sample_curve_point": "{experiment}-step{step}-sampler_steps{sampler_steps}",
+    "fid_curve_point": "{experiment}-step{step}-sampler_steps{sampler_steps}",
     "sample_guidance_point": "{experiment}-scale{scale}",
     "fid_guidance_point": "{experiment}-scale{scale}",
     "accuracy_guidance_point": "{experiment}-scale{scale}",
@@ -199,8 +199,9 @@ def experiment_jobs(params: dict, name: str) -> list[tuple[str, dict]]:
 
     exp = resolve_experiment(params, name)
     jobs = [("fid", {"experiment": name})]
-    for step, nfe in curve_points(exp):
-        jobs.append(("fid_curve_point", {"experiment": name, "step": str(step), "nfe": str(nfe)}))
+    for step, sampler_steps in curve_points(exp):
+        point = {"experiment": name, "step": str(step), "sampler_steps": str(sampler_steps)}
+        jobs.append(("fid_curve_point", point))
     scales = [guidance_label(s) for s in guidance_points(exp)]
     jobs += [("fid_guidance_point", {"experiment": name, "scale": scale}) for scale in scales]
     if exp["evaluation"]["pretrained_weights"]:
@@ -409,9 +410,9 @@ class Lineage:
             *self.conditioning(exp, "sample"),
         ]
 
-    def sample_curve_point(self, experiment, step, nfe):
+    def sample_curve_point(self, experiment, step, sampler_steps):
         settings, upstream = self.sample(experiment)
-        return {**settings, "step": int(step), "nfe": int(nfe)}, upstream
+        return {**settings, "step": int(step), "sampler_steps": int(sampler_steps)}, upstream
 
     def guidance_point(self, experiment: str, scale: str) -> dict:
         """The experiment sampled at another guidance scale: its settings are exactly what that point runs."""
@@ -474,10 +475,13 @@ class Lineage:
         exp = self.experiment(experiment)
         return stage_settings(exp, "fid"), [self("sample", experiment=experiment), *self.fid_inputs(exp)]
 
-    def fid_curve_point(self, experiment, step, nfe):
+    def fid_curve_point(self, experiment, step, sampler_steps):
         exp = self.experiment(experiment)
-        up = [self("sample_curve_point", experiment=experiment, step=step, nfe=nfe), *self.fid_inputs(exp)]
-        return {**stage_settings(exp, "fid"), "step": int(step), "nfe": int(nfe)}, up
+        point = self("sample_curve_point", experiment=experiment, step=step, sampler_steps=sampler_steps)
+        return {**stage_settings(exp, "fid"), "step": int(step), "sampler_steps": int(sampler_steps)}, [
+            point,
+            *self.fid_inputs(exp),
+        ]
 
     def fid_guidance_point(self, experiment, scale):
         exp = self.guidance_point(experiment, scale)

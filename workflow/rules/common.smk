@@ -10,6 +10,7 @@ from uvit import layout
 from uvit.config import (
     ConfigError,
     caption_split,
+    evaluation_point,
     fid_metrics_paths,
     load_params,
     metrics_paths,
@@ -232,10 +233,22 @@ def estimated_gpu_hours(wildcards):
     return round(estimate(PARAMS, wildcards.experiment)["train_a100_hours"])
 
 
-def sampling_protocol(wildcards):
-    """The paper's protocol an evaluation runs, as a dry run shows it."""
-    cfg = experiment(wildcards)["sampling"]
-    return f"{cfg['sampler']}, {cfg['steps']} steps, guidance {cfg['guidance_scale']}, {cfg['num_samples']} samples"
+def sampling_protocol(label=""):
+    """What a sampling job draws, as a dry run shows it: the experiment (with `label`), its point, the protocol."""
+
+    def protocol(wildcards):
+        step, steps, scale = (getattr(wildcards, key, None) for key in ("step", "sampler_steps", "scale"))
+        point = f", step {step}" if step is not None else ""
+        exp = evaluation_point(
+            experiment(wildcards), sampler_steps=steps and int(steps), guidance_scale=scale and float(scale)
+        )
+        cfg = exp["sampling"]
+        return (
+            f"{wildcards.experiment}{label}{point}: {cfg['sampler']}, {cfg['steps']} steps, guidance "
+            f"{cfg['guidance_scale']}, {cfg['num_samples']} samples"
+        )
+
+    return protocol
 
 
 def pinned(gpus, wildcards):
@@ -284,6 +297,11 @@ def curve_model(wildcards):
     if final_step(wildcards):
         return layout.checkpoint(wildcards.experiment)
     return layout.snapshot(wildcards.experiment, int(wildcards.step))
+
+
+def weights_output_flag(wildcards, input):
+    """The pipeline output that holds the sampled weights (snapshots/ for a kept checkpoint), for provenance."""
+    return f" --weights-output {input.model}"
 
 
 def curve_model_input(wildcards):

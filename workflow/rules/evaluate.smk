@@ -43,10 +43,12 @@ rule fid_floor:
         " --reference {input.reference} --out {output} 2> {log}"
 
 
+# An experiment's FID; a curve point's and a guidance point's are the same rule with their point's flags and the
+# pipeline output that holds the weights they sampled (a snapshot inside snapshots/, recorded for provenance).
 rule fid:
     input:
         samples=rules.sample.output[0],
-        model=rules.train.output.ema,
+        model=curve_model_input,
         data=prepared,
         reference=reference_stats,
         floor=fid_floor,
@@ -70,13 +72,16 @@ rule fid:
         lineage=lineage("fid"),
         settings=settings("fid"),
         launcher=fid_launcher,
+        model=curve_model,
+        point="",
+        weights_output="",
     shell:
         "{params.launcher} --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples}"
-        " --reference {input.reference} --floor {input.floor} --data {input.data} --checkpoint {input.model}"
-        " --metrics {output.metrics} 2> {log}"
+        "{params.point} --reference {input.reference} --floor {input.floor} --data {input.data}"
+        " --checkpoint {params.model}{params.weights_output} --metrics {output.metrics} 2> {log}"
 
 
-rule fid_curve_point:
+use rule fid as fid_curve_point with:
     input:
         samples=rules.sample_curve_point.output[0],
         model=curve_model_input,
@@ -84,35 +89,20 @@ rule fid_curve_point:
         reference=reference_stats,
         floor=fid_floor,
     output:
-        metrics=layout.curve_metrics("{experiment}", "{step}", "{nfe}"),
-        scores=layout.scores(layout.curve_metrics("{experiment}", "{step}", "{nfe}")),
+        metrics=layout.curve_metrics("{experiment}", "{step}", "{sampler_steps}"),
+        scores=layout.scores(layout.curve_metrics("{experiment}", "{step}", "{sampler_steps}")),
     log:
-        "logs/fid/{experiment}-step{step}-nfe{nfe}.log",
+        "logs/fid/{experiment}-step{step}-sampler_steps{sampler_steps}.log",
     benchmark:
-        "logs/fid/{experiment}-step{step}-nfe{nfe}.benchmark.tsv"
-    conda:
-        "../envs/uvit.yaml"
-    threads: cpus_per_task
-    resources:
-        gpu=fid_gpus,
-        gpu_model=gpu_model,
-        mem_mb=mem_mb,
-        runtime=runtime_minutes,
-        cpus_per_task=cpus_per_task,
+        "logs/fid/{experiment}-step{step}-sampler_steps{sampler_steps}.benchmark.tsv"
     params:
         lineage=lineage("fid_curve_point"),
         settings=settings("fid_curve_point"),
-        launcher=fid_launcher,
-        model=curve_model,
-        point="--training-step {step} --sampler-steps {nfe}",
-    shell:
-        "{params.launcher} --threads {threads} fid --experiment {wildcards.experiment} --samples {input.samples}"
-        " {params.point} --reference {input.reference}"
-        " --floor {input.floor} --data {input.data} --checkpoint {params.model} --weights-output {input.model}"
-        " --metrics {output.metrics} 2> {log}"
+        point=" --training-step {step} --sampler-steps {sampler_steps}",
+        weights_output=weights_output_flag,
 
 
-use rule fid_curve_point as fid_guidance_point with:
+use rule fid as fid_guidance_point with:
     input:
         samples=rules.sample_guidance_point.output[0],
         model=curve_model_input,
@@ -129,7 +119,8 @@ use rule fid_curve_point as fid_guidance_point with:
     params:
         lineage=lineage("fid_guidance_point"),
         settings=settings("fid_guidance_point"),
-        point="--guidance-scale {scale}",
+        point=" --guidance-scale {scale}",
+        weights_output=weights_output_flag,
 
 
 rule fid_pretrained:

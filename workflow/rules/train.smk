@@ -39,11 +39,13 @@ rule train:
         " --out {params.run_dir} --metrics {output.metrics} --loss-plot {output.loss_plot} 2> {log}"
 
 
+# The final samples; a curve point (a kept checkpoint, or another sampler step count) and a guidance point
+# (another guidance scale at the final weights) are the same rule with their point's flag.
 rule sample:
     input:
         unpack(latent_inputs),
         unpack(text_inputs("sample")),
-        model=rules.train.output.ema,
+        model=curve_model_input,
         data=prepared,
     output:
         directory(layout.samples("{experiment}")),
@@ -65,54 +67,30 @@ rule sample:
         settings=settings("sample"),
         launcher=launcher,
         latents=latent_args,
-        protocol=sampling_protocol,
+        protocol=sampling_protocol(),
+        model=curve_model,
+        point="",
     message:
-        "{wildcards.experiment}: {params.protocol}"
+        "{params.protocol}"
     shell:
-        "{params.launcher} --threads {threads} sample --experiment {wildcards.experiment} --model {input.model}"
-        " --data {input.data} {params.latents} --out {output} 2> {log}"
+        "{params.launcher} --threads {threads} sample --experiment {wildcards.experiment} --model {params.model}"
+        "{params.point} --data {input.data} {params.latents} --out {output} 2> {log}"
 
 
-rule sample_curve_point:
-    input:
-        unpack(latent_inputs),
-        unpack(text_inputs("sample")),
-        model=curve_model_input,
-        data=prepared,
+use rule sample as sample_curve_point with:
     output:
-        directory(layout.curve_samples("{experiment}", "{step}", "{nfe}")),
+        directory(layout.curve_samples("{experiment}", "{step}", "{sampler_steps}")),
     log:
-        "logs/sample/{experiment}-step{step}-nfe{nfe}.log",
+        "logs/sample/{experiment}-step{step}-sampler_steps{sampler_steps}.log",
     benchmark:
-        "logs/sample/{experiment}-step{step}-nfe{nfe}.benchmark.tsv"
-    conda:
-        "../envs/uvit.yaml"
-    threads: cpus_per_task
-    resources:
-        gpu=gpu_count,
-        gpu_model=gpu_model,
-        mem_mb=mem_mb,
-        runtime=runtime_minutes,
-        cpus_per_task=cpus_per_task,
+        "logs/sample/{experiment}-step{step}-sampler_steps{sampler_steps}.benchmark.tsv"
     params:
         lineage=lineage("sample_curve_point"),
         settings=settings("sample_curve_point"),
-        launcher=launcher,
-        latents=latent_args,
-        model=curve_model,
-        point="--sampler-steps {nfe}",
-    shell:
-        "{params.launcher} --threads {threads} sample --experiment {wildcards.experiment} --model {params.model}"
-        " {params.point} --data {input.data} {params.latents} --out {output} 2> {log}"
+        point=" --sampler-steps {sampler_steps}",
 
 
-# Another guidance scale at the final weights (evaluation.guidance_scales), with the experiment's sampler.
-use rule sample_curve_point as sample_guidance_point with:
-    input:
-        unpack(latent_inputs),
-        unpack(text_inputs("sample")),
-        model=curve_model_input,
-        data=prepared,
+use rule sample as sample_guidance_point with:
     output:
         directory(layout.guidance_samples("{experiment}", "{scale}")),
     log:
@@ -122,7 +100,7 @@ use rule sample_curve_point as sample_guidance_point with:
     params:
         lineage=lineage("sample_guidance_point"),
         settings=settings("sample_guidance_point"),
-        point="--guidance-scale {scale}",
+        point=" --guidance-scale {scale}",
 
 
 rule sample_pretrained:
@@ -151,10 +129,10 @@ rule sample_pretrained:
         settings=settings("sample_pretrained"),
         launcher=launcher,
         latents=latent_args,
-        protocol=sampling_protocol,
+        protocol=sampling_protocol(", the authors' weights"),
         data=optional_flags,
     message:
-        "{wildcards.experiment}, the authors' weights: {params.protocol}"
+        "{params.protocol}"
     shell:
         "{params.launcher} --threads {threads} sample --experiment {wildcards.experiment} --model {input.model}"
         " {params.data} {params.latents} --out {output} 2> {log}"

@@ -54,7 +54,12 @@ DVC_FILES = ("dvc.yaml", "experiments/dvc.yaml")
 # called with those placeholders. Outputs: a path (cached), or (path, kind) with kind "git" (cache: false),
 # "metric", "plot" or "persist".
 K = "{key}"
-STEP, NFE, SCALE, EXP = "{step}", "{nfe}", "{scale}", "{experiment}"  # a curve or guidance point's fields
+STEP, SAMPLER_STEPS, SCALE, EXP = (
+    "{step}",
+    "{sampler_steps}",
+    "{scale}",
+    "{experiment}",
+)  # a curve or guidance point's fields
 
 
 def fid_outs(record: str) -> list[tuple[str, str]]:
@@ -124,10 +129,10 @@ TEMPLATES: dict[str, dict] = {
         "outs": [layout.samples(K)],
     },
     "sample_curve_point": {
-        "cmd": f"{{launcher}} sample --experiment {EXP} --model {{model}} --sampler-steps {NFE} --data {{data}}"
-        f" {{sample_flags}} --out {layout.curve_samples(EXP, STEP, NFE)}",
+        "cmd": f"{{launcher}} sample --experiment {EXP} --model {{model}} --sampler-steps {SAMPLER_STEPS} --data {{data}}"
+        f" {{sample_flags}} --out {layout.curve_samples(EXP, STEP, SAMPLER_STEPS)}",
         "deps": ["{model_output}", "{data}", "{latents}", "{autoencoder}", "{text_sample}"],
-        "outs": [layout.curve_samples(EXP, STEP, NFE)],
+        "outs": [layout.curve_samples(EXP, STEP, SAMPLER_STEPS)],
     },
     "sample_guidance_point": {
         "cmd": f"{{launcher}} sample --experiment {EXP} --model {layout.checkpoint(EXP)} --guidance-scale {SCALE}"
@@ -160,12 +165,18 @@ TEMPLATES: dict[str, dict] = {
         "outs": fid_outs(layout.fid_metrics(K)),
     },
     "fid_curve_point": {
-        "cmd": f"{{fid_launcher}} fid --experiment {EXP} --samples {layout.curve_samples(EXP, STEP, NFE)}"
-        f" --training-step {STEP} --sampler-steps {NFE} --reference {{reference}} --floor {{floor}} --data {{data}}"
+        "cmd": f"{{fid_launcher}} fid --experiment {EXP} --samples {layout.curve_samples(EXP, STEP, SAMPLER_STEPS)}"
+        f" --training-step {STEP} --sampler-steps {SAMPLER_STEPS} --reference {{reference}} --floor {{floor}} --data {{data}}"
         " --checkpoint {model} --weights-output {model_output}"
-        f" --metrics {layout.curve_metrics(EXP, STEP, NFE)}",
-        "deps": [layout.curve_samples(EXP, STEP, NFE), "{model_output}", "{data}", "{reference}", "{floor}"],
-        "outs": fid_outs(layout.curve_metrics(EXP, STEP, NFE)),
+        f" --metrics {layout.curve_metrics(EXP, STEP, SAMPLER_STEPS)}",
+        "deps": [
+            layout.curve_samples(EXP, STEP, SAMPLER_STEPS),
+            "{model_output}",
+            "{data}",
+            "{reference}",
+            "{floor}",
+        ],
+        "outs": fid_outs(layout.curve_metrics(EXP, STEP, SAMPLER_STEPS)),
     },
     "fid_guidance_point": {
         "cmd": f"{{fid_launcher}} fid --experiment {EXP} --samples {layout.guidance_samples(EXP, SCALE)}"
