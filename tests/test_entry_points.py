@@ -83,7 +83,7 @@ def test_a_defaulted_setting_counts_like_a_written_one(params):
 
 def test_each_stage_hashes_the_code_it_imports():
     assert "training" in module_closure("train") and "diffusion" in module_closure("sample")
-    assert "training" not in module_closure("prepare-data") and "report" not in module_closure("train")
+    assert "training" not in module_closure("prepare-data") and "tables" not in module_closure("train")
     assert "fid" in module_closure("fid") and "sampling" not in module_closure("fid")
     # A subpackage: its __init__.py and each module of it that a stage imports, by file.
     assert {"data", "shards", "fileio", "sources", "sources.common", "sources.celeba"} <= set(
@@ -92,6 +92,15 @@ def test_each_stage_hashes_the_code_it_imports():
     assert "sources" not in module_closure("train") and "data" not in module_closure("train")
     assert stages.PACKAGE / "sources" / "__init__.py" in code_files("prepare-data")
     assert stages.PACKAGE / "sources" / "emoji.py" in code_files("prepare-data")
+
+
+def test_each_stage_hashes_the_package_data_of_the_modules_it_runs():
+    """The tables read paper_results.yaml (uvit.tables) and the templates (uvit.render); the figures run uvit.tables
+    for the paper's curves, not the rendering."""
+    paper, templates = stages.PACKAGE / "paper_results.yaml", stages.PACKAGE / "templates" / "table.md.j2"
+    assert {paper, templates} <= set(code_files("tables"))
+    assert paper in code_files("figures") and templates not in code_files("figures")
+    assert paper not in code_files("train")
 
 
 def test_the_code_closure_follows_relative_and_subpackage_imports(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ import yaml
 from conftest import CORES, ROOT, make_project_copy, run, set_params, write_emoji_package
 
 from uvit.config import load_params
-from uvit.report import table_metrics_files
+from uvit.tables import table_metrics_files
 
 SMOKE = ["smoke_pixel", "smoke_latent"]
 SMOKE_TEXT = "smoke_text"  # a written emoji set, captions through MiniLM, a text-token U-ViT
@@ -201,7 +201,7 @@ def test_snakemake_report_has_every_figure_and_table(project):
 
 
 def test_verify_passes_on_the_pipeline_outputs(project):
-    from uvit.report import TABLE_BUILDERS
+    from uvit.tables import TABLE_BUILDERS
 
     out = verify(project).stderr
     assert f"verified {len(TABLE_BUILDERS)} tables" in out

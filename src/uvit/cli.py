@@ -359,9 +359,9 @@ def cmd_sample_grid(args, params: dict) -> None:
 
 def cmd_figures(args, params: dict) -> None:
     """FID over training steps, FID over sampler steps and loss curves of the experiments given, and of those
-    the tables show beside them (uvit.report.present_metrics)."""
+    the tables show beside them (uvit.tables.present_metrics)."""
     from uvit import figures
-    from uvit.report import curves_by_experiment, paper_data, present_metrics
+    from uvit.tables import curves_by_experiment, paper_data, present_metrics
 
     metrics = present_metrics(params, args.metrics)
     out_dir = Path(args.out_dir)
@@ -386,7 +386,7 @@ def ablation_figures(params: dict, points: dict[str, list[dict]], out_dir: Path)
     together), a panel per axis."""
     from uvit import figures
     from uvit.config import variant_runs
-    from uvit.report import paper_data
+    from uvit.tables import paper_data
 
     paper_best = {axis: str(a["paper_choice"]) for axis, a in paper_data()["ablations"].items()}
     written = []
@@ -405,7 +405,7 @@ def ablation_figures(params: dict, points: dict[str, list[dict]], out_dir: Path)
 
 
 def cmd_tables(args, params: dict) -> None:
-    from uvit.report import render_tables
+    from uvit.render import render_tables
 
     written = render_tables(params, [Path(p) for p in args.metrics], Path(args.out_dir))
     log("wrote " + ", ".join(map(str, written)))

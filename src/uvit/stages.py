@@ -50,11 +50,12 @@ ENTRY_MODULES: dict[str, tuple[str, ...]] = {
     "fid": ("evaluation",),
     "accuracy": ("classifier",),
     "sample-grid": ("figures", "sampling"),  # sampling: the class each sample was drawn for
-    "figures": ("figures", "report"),
-    "tables": ("report",),
+    "figures": ("figures", "tables"),
+    "tables": ("render",),
     "settings": ("stages",),
 }
-PACKAGE_DATA: dict[str, list[str]] = {"report": ["paper_results.yaml", "templates"]}
+# The package data each module reads; a subcommand depends on that of every module it runs.
+PACKAGE_DATA: dict[str, list[str]] = {"tables": ["paper_results.yaml"], "render": ["templates"]}
 
 # The subcommand each Snakemake rule runs.
 RULE_COMMANDS: dict[str, str] = {
@@ -139,13 +140,17 @@ def uvit_imports(name: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def package_data(command: str) -> list[str]:
+    """The package data (files or folders, relative to the package) of the modules a subcommand runs."""
+    return [entry for name in module_closure(command) for entry in PACKAGE_DATA.get(name, [])]
+
+
 def code_files(command: str) -> list[Path]:
     """The source files (and package data) a subcommand's output depends on."""
     files = [PACKAGE / module_path(name) for name in module_closure(command)]
-    for module in ENTRY_MODULES[command]:
-        for entry in PACKAGE_DATA.get(module, []):
-            path = PACKAGE / entry
-            files += sorted(path.rglob("*")) if path.is_dir() else [path]
+    for entry in package_data(command):
+        path = PACKAGE / entry
+        files += sorted(path.rglob("*")) if path.is_dir() else [path]
     return [f for f in files if f.is_file()]
 
 

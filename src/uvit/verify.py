@@ -28,15 +28,8 @@ import yaml
 from uvit import layout
 from uvit.config import current_settings, settings_differences
 from uvit.provenance import dvc_md5
-from uvit.report import (
-    Table,
-    build_tables,
-    latex,
-    optional_metrics_files,
-    present_metrics,
-    render,
-    table_metrics_files,
-)
+from uvit.render import latex, render
+from uvit.tables import Table, build_tables, optional_metrics_files, present_metrics, table_metrics_files
 
 TEX_SEPARATOR = re.compile(r"(?<!\\)&")
 

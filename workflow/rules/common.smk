@@ -18,7 +18,7 @@ from uvit.config import (
     tier_targets,
 )
 from uvit.plan import estimate
-from uvit.report import table_names
+from uvit.tables import table_names
 from uvit.stages import Lineage, autoencoder_reference, given_reference, reference_protocol
 
 try:

@@ -34,14 +34,13 @@ sys.path.insert(0, str(ROOT / "src"))
 from uvit import layout  # noqa: E402
 from uvit.config import caption_split, load_params, resolve_experiment, text_tokens  # noqa: E402
 from uvit.stages import (  # noqa: E402
-    ENTRY_MODULES,
-    PACKAGE_DATA,
     RULE_COMMANDS,
     autoencoder_reference,
     dag_jobs,
     given_reference,
     module_closure,
     module_path,
+    package_data,
     reference_protocol,
     stage_key,
 )
@@ -352,7 +351,7 @@ class Paths:
 
 def code_deps(subcommand: str) -> list[str]:
     code = [f"src/uvit/{module_path(name)}" for name in module_closure(subcommand)]
-    return code + [f"src/uvit/{path}" for m in ENTRY_MODULES[subcommand] for path in PACKAGE_DATA.get(m, [])]
+    return code + [f"src/uvit/{path}" for path in package_data(subcommand)]
 
 
 def fill(text: str) -> str:
@@ -390,7 +389,7 @@ def outputs(outs: list) -> dict:
 
 def report_stages(params: dict) -> dict:
     """tables and figures: one stage each over the targets' metrics files (and loss curves)."""
-    from uvit.report import figure_metrics_files, table_metrics_files, table_names
+    from uvit.tables import figure_metrics_files, table_metrics_files, table_names
 
     metrics, table_metrics = figure_metrics_files(params), table_metrics_files(params)
     loss = [layout.loss_csv(name) for name in params["targets"]]
@@ -445,7 +444,7 @@ def tables_of(jobs: dict, paths: Paths) -> tuple[dict, dict]:
 def top_level_plots(params: dict) -> list[dict]:
     """`dvc plots show` / `dvc plots diff`: the targets' loss curves, and their FID curves over training and
     over sampler steps, overlaid across experiments."""
-    from uvit.report import curve_data_paths
+    from uvit.tables import curve_data_paths
 
     loss = [layout.loss_csv(name) for name in params["targets"]]
     plots = [{"loss": {"template": "linear", "x": "step", "y": {path: "loss" for path in loss}}}]

@@ -1,13 +1,17 @@
-"""Tables: the paper's numbers beside ours, rendered with jinja2 to Markdown and LaTeX in paper_tables/.
+"""The paper's tables as data: typed rows whose cells are named by column, and the builder of each table.
 
-Each table is first built as data (`Table`: columns and rows of cell strings, each row naming the metrics
-file its numbers come from), then rendered by one Markdown and one LaTeX template. `uvit verify` rebuilds
-the same data from the metrics files and compares it with the committed files cell by cell.
+Each table is built as data (`Table`: named columns and rows, each row naming the metrics file its numbers come
+from), then rendered to Markdown and LaTeX in paper_tables/ by `uvit.render`. `uvit verify` rebuilds the same
+data from the metrics files and compares it with the committed files cell by cell. A row is built by column
+name (`Table.add`): a column it does not name is empty, a name the table lacks is an error naming both.
 
 - results: each paper row (src/uvit/paper_results.yaml) followed by the experiments that reproduce it or
   stand in for it at demo scale (paper section 4, Tables 1-4; the authors' README table).
+- other_metrics: sFID, Inception Score, precision, recall and KID beside FID, the paper's where it gives them.
 - training_steps: FID of each kept checkpoint (the paper shows these only as ablation curves, section 3.1).
 - sampler_steps: FID over sampler steps, beside the paper's U-ViT-H/2 and LDM at the same step counts.
+- ablations: per value of each ablation grid its seeds' mean FID and interval, and a verdict on the paper's
+  ordering (section 3.1).
 - guidance: FID and classifier accuracy at each guidance scale of a class experiment (a row's accuracy cells come
   from its accuracy record, `Row.cell_sources`, the rest from its FID record).
 - autoencoders: each trained autoencoder's held-out PSNR and reconstruction FID beside the FID floor at the same
@@ -25,7 +29,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import jinja2
 import yaml
 
 from uvit import layout
@@ -53,12 +56,37 @@ DEMO_NOTE = (
 )
 
 
+# --------------------------------------------------------------------------------------------------------
+# The table model
+# --------------------------------------------------------------------------------------------------------
+
+
+class TableError(ValueError):
+    """A row that does not fit its table: a column the table lacks, a cell that is not text, or a cell it needs
+    left empty (a bug in a table's builder, not bad input)."""
+
+
 @dataclass
 class Row:
-    cells: list[str]
+    """One row: its cells by column name (a column it does not name is empty) and where its numbers come from.
+    Built by `Table.add`, which checks the names against the table's columns."""
+
+    columns: tuple[str, ...] = field(repr=False)  # the table's, in order
+    values: dict[str, str]  # cell text by column name
     source: str | None = None  # the metrics file behind this row's numbers (None: paper data or "not run")
     sources: tuple[str, ...] = ()  # the metrics files a row summarises (an ablation value's mean over seeds)
     cell_sources: dict[str, str] = field(default_factory=dict)  # columns whose numbers come from another file
+
+    @property
+    def cells(self) -> list[str]:
+        """Every cell in column order, "" where the row names none (what the templates render and `uvit verify`
+        parses back)."""
+        return [self.values.get(column, "") for column in self.columns]
+
+    def __getitem__(self, column: str) -> str:
+        if column not in self.columns:
+            raise KeyError(f"no column {column!r} (columns: {', '.join(self.columns)})")
+        return self.values.get(column, "")
 
     @property
     def origin(self) -> str:
@@ -77,6 +105,9 @@ class Row:
 
 @dataclass
 class Table:
+    """A table's columns and rows. Every row fills the first column (the row's name in messages); a row traced to
+    a metrics file fills `main_column`, the cell `uvit verify` points at when that file does not check out."""
+
     name: str  # file stem in paper_tables/
     title: str
     notes: list[str]
@@ -85,6 +116,48 @@ class Table:
     rows: list[Row] = field(default_factory=list)
     main_column: str = "Our FID"  # where a row's headline number sits (what `uvit verify` points at)
 
+    def __post_init__(self):
+        repeated = sorted({c for c in self.columns if self.columns.count(c) > 1})
+        if repeated:
+            raise TableError(f"table {self.name}: column {repeated[0]!r} given twice")
+        self.check_names("numeric column", self.numeric)
+        self.check_names("main column", [self.main_column])
+
+    def check_names(self, what: str, names) -> None:
+        unknown = [name for name in names if name not in self.columns]
+        if unknown:
+            raise TableError(
+                f"table {self.name}: {what} {unknown[0]!r} is not one of its columns ({', '.join(self.columns)})"
+            )
+
+    def add(
+        self,
+        cells: dict[str, str],
+        *,
+        source: str | None = None,
+        sources: tuple[str, ...] = (),
+        cell_sources: dict[str, str] | None = None,
+    ) -> Row:
+        """Append a row given its cells by column name (the rest empty) and where its numbers come from."""
+        self.check_names("cell", cells)
+        self.check_names("cell source", cell_sources or {})
+        for column, text in cells.items():
+            if not isinstance(text, str):
+                raise TableError(f"table {self.name}: cell {column!r} is {text!r}, not text")
+        first = self.columns[0]
+        if not cells.get(first):
+            raise TableError(
+                f"table {self.name}: a row needs its {first!r} cell (the row's name), got {cells}"
+            )
+        if source and not cells.get(self.main_column):
+            raise TableError(
+                f"table {self.name}: the row from {source} needs its {self.main_column!r} cell "
+                "(where `uvit verify` points at that file)"
+            )
+        row = Row(tuple(self.columns), dict(cells), source, tuple(sources), dict(cell_sources or {}))
+        self.rows.append(row)
+        return row
+
     @property
     def alignment(self) -> str:
         return "".join("r" if column in self.numeric else "l" for column in self.columns)
@@ -92,6 +165,11 @@ class Table:
     def label(self, row: Row) -> str:
         """How a row is named in messages: its first non-empty cells."""
         return " / ".join(c for c in row.cells[:6] if c and c != "↳")[:80]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Cells
+# --------------------------------------------------------------------------------------------------------
 
 
 def paper_data() -> dict:
@@ -112,20 +190,29 @@ def commit_cell(metrics: dict) -> str:
     return f"`{(prov['commit'] or '-')[:8]}{'+dirty' if prov['dirty'] else ''}`"
 
 
-def provenance_cells(metrics: dict) -> list[str]:
+def provenance_cells(metrics: dict) -> dict[str, str]:
     """Checkpoint hash, samples hash, commit."""
     inputs = metrics["provenance"]["inputs"]
-    return [short(inputs["checkpoint"]["md5"]), short(inputs["samples"]["md5"]), commit_cell(metrics)]
+    return {
+        "Checkpoint": short(inputs["checkpoint"]["md5"]),
+        "Samples hash": short(inputs["samples"]["md5"]),
+        "Commit": commit_cell(metrics),
+    }
 
 
-def protocol_cells(metrics: dict) -> list[str]:
-    return [
-        str(metrics["num_samples"]),
-        metrics["reference"],
-        f"{metrics['sampler']} {metrics['sampler_steps']}",
-        str(metrics["guidance_scale"]),
-        str(metrics["training_steps"]),
-    ]
+def protocol_cells(metrics: dict) -> dict[str, str]:
+    """What a record's protocol was: sample count, reference, sampler, guidance, training steps."""
+    return {
+        "Samples": str(metrics["num_samples"]),
+        "Reference": metrics["reference"],
+        "Sampler, steps": sampler_cell(metrics),
+        "Guidance": str(metrics["guidance_scale"]),
+        "Training steps": str(metrics["training_steps"]),
+    }
+
+
+def sampler_cell(metrics: dict) -> str:
+    return f"{metrics['sampler']} {metrics['sampler_steps']}"
 
 
 def scale_cell(metrics: dict) -> str:
@@ -166,6 +253,13 @@ def row_experiments(params: dict, paper_row: str) -> list[str]:
     ]
 
 
+def not_run_cells(name: str, scale: str, command: str) -> dict[str, str]:
+    """An experiment not run yet: 'not run', and in the row's last cell (a row not run has no commit) the
+    command that runs it."""
+    return {"Paper row": "↳", "Ours: experiment": f"`{name}`", "Scale": scale, "Our FID": "not run",
+            "Commit": command}  # fmt: skip
+
+
 def results_table(params: dict, metrics: dict[str, dict]) -> Table:
     """Each paper row, then our experiments standing for it (measured, or 'not run' with the command)."""
     table = Table(
@@ -188,8 +282,13 @@ def results_table(params: dict, metrics: dict[str, dict]) -> Table:
             f"{paper['training_steps']} steps"
         )
         approx = " (approx.)" if paper["approximate"] else ""
-        table.rows.append(
-            Row([paper["setting"], paper["model"], f"{paper['fid']:.2f}{approx}", protocol] + [""] * 14)
+        table.add(
+            {
+                "Paper row": paper["setting"],
+                "Model": paper["model"],
+                "Paper FID": f"{paper['fid']:.2f}{approx}",
+                "Protocol (paper)": protocol,
+            }
         )
         for name in row_experiments(params, key):
             measured = [(finals[name], f"`{name}`")] if name in finals else []
@@ -200,35 +299,32 @@ def results_table(params: dict, metrics: dict[str, dict]) -> Table:
                 diff = f"{m['fid'] - paper['fid']:+.2f}" if m["scale"] == "paper" else "n/a (demo)"
                 accuracy = layout.accuracy_metrics(name) if path == layout.fid_metrics(name) else None
                 has_accuracy = accuracy in metrics
-                table.rows.append(
-                    Row(
-                        [
-                            *["↳", m["model"], "", "", label, scale_cell(m)],
-                            *[
-                                fmt(m["fid"]),
-                                fmt(m["fid_floor"]),
-                                diff,
-                                percent(metrics[accuracy]["classifier_accuracy"]) if has_accuracy else "-",
-                                *protocol_cells(m),
-                                *provenance_cells(m),
-                            ],
-                        ],
-                        source=path,
-                        cell_sources={"Classifier accuracy": accuracy} if has_accuracy else {},
-                    )
+                table.add(
+                    {
+                        "Paper row": "↳",
+                        "Model": m["model"],
+                        "Ours: experiment": label,
+                        "Scale": scale_cell(m),
+                        "Our FID": fmt(m["fid"]),
+                        "FID floor": fmt(m["fid_floor"]),
+                        "Difference": diff,
+                        "Classifier accuracy": percent(metrics[accuracy]["classifier_accuracy"])
+                        if has_accuracy
+                        else "-",
+                        **protocol_cells(m),
+                        **provenance_cells(m),
+                    },
+                    source=path,
+                    cell_sources={"Classifier accuracy": accuracy} if has_accuracy else {},
                 )
             if not measured and name in params["targets"] and name not in params["quick_targets"]:
-                table.rows.append(
-                    Row(["↳", "", "", "", f"`{name}`", "demo", "not run"] + [""] * 9 + ["`make demo-full`"])
-                )
+                table.add(not_run_cells(name, "demo", "`make demo-full`"))
             if not measured and resolve_experiment(params, name)["scale"] == "paper":
                 command = (
                     f"`snakemake --cores all {layout.fid_metrics(name)}` (authors' weights: "
                     f"`{layout.released_fid_metrics(name)}`)"
                 )
-                table.rows.append(
-                    Row(["↳", "", "", "", f"`{name}`", "paper", "not run"] + [""] * 10 + [command])
-                )
+                table.add(not_run_cells(name, "paper", command))
     return table
 
 
@@ -254,6 +350,7 @@ def other_metrics_table(params: dict, metrics: dict[str, dict]) -> Table:
         ],
         OTHER_COLUMNS,
         ["Samples", "FID", *OTHER_METRICS.values()],
+        main_column="FID",
     )
     finals = {m["experiment"]: (path, m) for path, m in metrics.items() if is_final(path, m)}
     others = paper_data()["other_metrics"]
@@ -262,26 +359,30 @@ def other_metrics_table(params: dict, metrics: dict[str, dict]) -> Table:
         if key not in others and not ours:
             continue
         reported = others.get(key, {})
-        values = [str(reported.get(metric, "-")) for metric in OTHER_METRICS]
-        table.rows.append(
-            Row(
-                [
-                    paper["setting"],
-                    paper["model"],
-                    "",
-                    "paper",
-                    "",
-                    str(paper["samples"]),
-                    f"{paper['fid']:.2f}",
-                    *values,
-                ]
-            )
+        table.add(
+            {
+                "Paper row": paper["setting"],
+                "Model": paper["model"],
+                "Scale": "paper",
+                "Samples": str(paper["samples"]),
+                "FID": f"{paper['fid']:.2f}",
+                **{column: str(reported.get(metric, "-")) for metric, column in OTHER_METRICS.items()},
+            }
         )
         for path, m in ours:
-            values = [fmt(m.get(metric), ".4g") for metric in OTHER_METRICS]
-            protocol = m.get("fid_protocol", "-")
-            row = ["↳", m["model"], f"`{m['experiment']}`", scale_cell(m), protocol, str(m["num_samples"])]
-            table.rows.append(Row([*row, fmt(m["fid"]), *values], source=path))
+            table.add(
+                {
+                    "Paper row": "↳",
+                    "Model": m["model"],
+                    "Ours: experiment": f"`{m['experiment']}`",
+                    "Scale": scale_cell(m),
+                    "FID protocol": m.get("fid_protocol", "-"),
+                    "Samples": str(m["num_samples"]),
+                    "FID": fmt(m["fid"]),
+                    **{column: fmt(m.get(metric), ".4g") for metric, column in OTHER_METRICS.items()},
+                },
+                source=path,
+            )
     return table
 
 
@@ -341,20 +442,17 @@ CURVE_COLUMNS = [
 ]  # fmt: skip
 
 
-def curve_cells(m: dict) -> list[str]:
-    return [
-        f"`{m['experiment']}`",
-        m["paper_row"],
-        scale_cell(m),
-        str(m["training_steps"]),
-        f"{m['sampler']} {m['sampler_steps']}",
-        fmt(m["fid"]),
-        fmt(m["fid_floor"]),
-        str(m["num_samples"]),
-        m["reference"],
-        str(m["guidance_scale"]),
-        *provenance_cells(m),
-    ]
+def curve_cells(m: dict) -> dict[str, str]:
+    """The cells of CURVE_COLUMNS for one point of a curve."""
+    return {
+        "Experiment": f"`{m['experiment']}`",
+        "Stands in for": m["paper_row"],
+        "Scale": scale_cell(m),
+        "Our FID": fmt(m["fid"]),
+        "FID floor": fmt(m["fid_floor"]),
+        **protocol_cells(m),
+        **provenance_cells(m),
+    }
 
 
 def training_steps_table(params: dict, metrics: dict[str, dict]) -> Table:
@@ -369,16 +467,15 @@ def training_steps_table(params: dict, metrics: dict[str, dict]) -> Table:
         CURVE_COLUMNS,
         ["Training steps", "Our FID", "FID floor", "Samples", "Guidance"],
     )
-    table.rows = [
-        Row(curve_cells(m), source=path) for path, m in curve_rows(params, metrics, "training_steps")
-    ]
+    for path, m in curve_rows(params, metrics, "training_steps"):
+        table.add(curve_cells(m), source=path)
     return table
 
 
 def sampler_steps_table(params: dict, metrics: dict[str, dict]) -> Table:
     """Our FID at each sampler step count, beside the paper's at the same count (where it reports one)."""
     paper = paper_data()["sampler_steps"]
-    models = list(paper["models"])
+    models = {m: f"Paper FID, {m}" for m in paper["models"]}  # model -> its column
     approx = " (approx.)" if paper["approximate"] else ""
     table = Table(
         "sampler_steps",
@@ -388,21 +485,20 @@ def sampler_steps_table(params: dict, metrics: dict[str, dict]) -> Table:
             "experiment that lists `evaluation.sampler_steps`, sampled with its sampler at each step count. "
             + DEMO_NOTE
         ],
-        ["Sampler steps", *[f"Paper FID, {m}" for m in models], *CURVE_COLUMNS],
-        ["Sampler steps", *[f"Paper FID, {m}" for m in models], "Training steps", "Our FID", "FID floor",
-         "Samples", "Guidance"],
+        ["Sampler steps", *models.values(), *CURVE_COLUMNS],
+        ["Sampler steps", *models.values(), "Training steps", "Our FID", "FID floor", "Samples", "Guidance"],
     )  # fmt: skip
     ours = curve_rows(params, metrics, "sampler_steps")
     steps = sorted(
         {s for m in models for s in paper["models"][m]["fid"]} | {m["sampler_steps"] for _, m in ours}
     )
     for n in steps:
-        paper_cells = [fmt(paper["models"][m]["fid"].get(n)) for m in models]
+        paper_cells = {column: fmt(paper["models"][m]["fid"].get(n)) for m, column in models.items()}
         matches = [(path, m) for path, m in ours if m["sampler_steps"] == n]
         if not matches:
-            table.rows.append(Row([str(n), *paper_cells] + [""] * len(CURVE_COLUMNS)))
+            table.add({"Sampler steps": str(n), **paper_cells})
         for path, m in matches:
-            table.rows.append(Row([str(n), *paper_cells, *curve_cells(m)], source=path))
+            table.add({"Sampler steps": str(n), **paper_cells, **curve_cells(m)}, source=path)
     return table
 
 
@@ -502,28 +598,44 @@ def seeds_cell(fids: list[float], seeds: int) -> str:
     return str(len(fids)) if len(fids) == seeds else f"{len(fids)} of {seeds}"
 
 
-def variant_rows(grid: str, axis: str, value: str, choice: bool, runs: dict, verdict: str) -> list[Row]:
+def add_variant_rows(
+    table: Table, grid: str, axis: str, value: str, choice: bool, runs: dict, verdict: str
+) -> None:
     """A variant's row (its seeds' mean FID and interval; the axis's verdict on the axis's first row), then a
     row per seed (`runs`: seed -> (metrics path, metrics) or None when not run)."""
     measured = {seed: run for seed, run in runs.items() if run is not None}
     fids = [m["fid"] for _, m in measured.values()]
-    rows = [
-        Row(
-            [f"`{grid}`: {axis}", f"`{value}`", "yes" if choice else "", seeds_cell(fids, len(runs)),
-             fmt(statistics.fmean(fids)) if fids else "-", interval_cell(fids), verdict, *[""] * 9],
-            sources=tuple(path for path, _ in measured.values()),
-        )
-    ]  # fmt: skip
+    table.add(
+        {
+            "Axis": f"`{grid}`: {axis}",
+            "Value": f"`{value}`",
+            "Paper's choice": "yes" if choice else "",
+            "Seeds": seeds_cell(fids, len(runs)),
+            "Mean FID": fmt(statistics.fmean(fids)) if fids else "-",
+            "95% interval": interval_cell(fids),
+            "Verdict (axis)": verdict,
+        },
+        sources=tuple(path for path, _ in measured.values()),
+    )
     for seed, run in runs.items():
         seed_cell = "-" if seed is None else str(seed)
         if run is None:
-            rows.append(Row(["↳", "", "", "", "", "", "", seed_cell, "not run", *[""] * 7]))
+            table.add({"Axis": "↳", "Seed": seed_cell, "FID": "not run"})
             continue
         path, m = run
-        cells = [fmt(m["fid"]), fmt(m["fid_floor"]), str(m["training_steps"]), str(m["num_samples"])]
-        sampler = f"{m['sampler']} {m['sampler_steps']}"
-        rows.append(Row(["↳", *[""] * 6, seed_cell, *cells, sampler, *provenance_cells(m)], source=path))
-    return rows
+        table.add(
+            {
+                "Axis": "↳",
+                "Seed": seed_cell,
+                "FID": fmt(m["fid"]),
+                "FID floor": fmt(m["fid_floor"]),
+                "Training steps": str(m["training_steps"]),
+                "Samples": str(m["num_samples"]),
+                "Sampler, steps": sampler_cell(m),
+                **provenance_cells(m),
+            },
+            source=path,
+        )
 
 
 def ablation_table(params: dict, metrics: dict[str, dict]) -> Table:
@@ -548,12 +660,12 @@ def ablation_table(params: dict, metrics: dict[str, dict]) -> Table:
         ],
         ABLATION_COLUMNS,
         ["Seeds", "Mean FID", "Seed", "FID", "FID floor", "Training steps", "Samples"],
+        main_column="FID",  # a seed's (a value's row summarises several files)
     )
     grids = params.get("ablations") or {}
     for grid in params.get("target_grids", []):
         for axis, values in grids[grid]["axes"].items():
-            rows, note = axis_rows(params, metrics, grid, axis, values)
-            table.rows += rows
+            note = add_axis_rows(table, params, metrics, grid, axis, values)
             table.notes.append(f"`{grid}`, {note}")
     for grid in grids:
         if grid not in params.get("target_grids", []):
@@ -612,29 +724,29 @@ def guidance_table(params: dict, metrics: dict[str, dict]) -> Table:
                 layout.accuracy_metrics(name) if final else guidance_metrics_path(name, scale, "accuracy")
             )
             a = metrics.get(accuracy)
-            columns = ("Classifier accuracy", "Classifier's own accuracy", "Classifier")
-            table.rows.append(
-                Row(
-                    [
-                        f"`{name}`",
-                        m["paper_row"],
-                        scale_cell(m),
-                        f"{m['guidance_scale']}" + (" (final)" if final else ""),
-                        f"{m['sampler']} {m['sampler_steps']}",
-                        fmt(m["fid"]),
-                        fmt(m["fid_floor"]),
-                        percent(a["classifier_accuracy"]) if a else "-",
-                        percent(a["classifier_test_accuracy"]) if a else "-",
-                        f"`{a['classifier']}` ({a['classifier_test_images']} {a['classifier_test_split']})"
-                        if a
-                        else "-",
-                        str(m["num_samples"]),
-                        str(m["training_steps"]),
-                        *provenance_cells(m),
-                    ],
-                    source=path,
-                    cell_sources=dict.fromkeys(columns, accuracy) if a else {},
-                )
+            classifier = {
+                "Classifier accuracy": percent(a["classifier_accuracy"]) if a else "-",
+                "Classifier's own accuracy": percent(a["classifier_test_accuracy"]) if a else "-",
+                "Classifier": f"`{a['classifier']}` ({a['classifier_test_images']} {a['classifier_test_split']})"
+                if a
+                else "-",
+            }
+            table.add(
+                {
+                    "Experiment": f"`{name}`",
+                    "Stands in for": m["paper_row"],
+                    "Scale": scale_cell(m),
+                    "Guidance scale": f"{m['guidance_scale']}" + (" (final)" if final else ""),
+                    "Sampler, steps": sampler_cell(m),
+                    "Our FID": fmt(m["fid"]),
+                    "FID floor": fmt(m["fid_floor"]),
+                    **classifier,
+                    "Samples": str(m["num_samples"]),
+                    "Training steps": str(m["training_steps"]),
+                    **provenance_cells(m),
+                },
+                source=path,
+                cell_sources=dict.fromkeys(classifier, accuracy) if a else {},
             )
     return table
 
@@ -671,29 +783,30 @@ def autoencoder_table(params: dict, metrics: dict[str, dict]) -> Table:
         ae = params["autoencoders"][m["autoencoder"]]
         side = params["datasets"][ae["dataset"]]["resolution"] // autoencoder_downsampling(ae)
         floor = m.get("floor_fid")
-        table.rows.append(
-            Row(
-                [
-                    f"`{m['autoencoder']}`",
-                    ae["dataset"],
-                    f"{ae['latent_channels']}x{side}x{side}",
-                    str(ae["steps"]),
-                    str(m["heldout_images"]),
-                    fmt(m["psnr_db"]),
-                    fmt(m["rfid"]),
-                    fmt(floor),
-                    fmt(m["rfid"] / floor) if floor else "-",
-                    fmt(m.get("reconstructions_fid")),
-                    commit_cell(m),
-                ],
-                source=path,
-            )
+        table.add(
+            {
+                "Autoencoder": f"`{m['autoencoder']}`",
+                "Dataset": ae["dataset"],
+                "Latent": f"{ae['latent_channels']}x{side}x{side}",
+                "Training steps": str(ae["steps"]),
+                "Held-out images": str(m["heldout_images"]),
+                "PSNR (dB)": fmt(m["psnr_db"]),
+                "rFID": fmt(m["rfid"]),
+                "FID floor": fmt(floor),
+                "rFID / floor": fmt(m["rfid"] / floor) if floor else "-",
+                "Reconstructions' FID": fmt(m.get("reconstructions_fid")),
+                "Commit": commit_cell(m),
+            },
+            source=path,
         )
     return table
 
 
-def axis_rows(params: dict, metrics: dict[str, dict], grid: str, axis: str, values: list) -> tuple[list, str]:
-    """The rows of one axis of a grid (the verdict on its first value's row) and its sentence for the notes."""
+def add_axis_rows(
+    table: Table, params: dict, metrics: dict[str, dict], grid: str, axis: str, values: list
+) -> str:
+    """Add the rows of one axis of a grid (the verdict on its first value's row); returns its sentence for the
+    notes."""
     finding = paper_data()["ablations"].get(axis)
     runs = {str(v): seed_runs(params, metrics, grid, axis, v) for v in values}
     fids = {v: [m["fid"] for _, m in filter(None, r.values())] for v, r in runs.items()}
@@ -701,12 +814,9 @@ def axis_rows(params: dict, metrics: dict[str, dict], grid: str, axis: str, valu
         ablation_verdict(axis, finding, fids) if finding else ("-", f"**{axis}**: no paper finding.")
     )
     choice = str(finding["paper_choice"]) if finding else None
-    rows = [
-        row
-        for k, (value, seeds) in enumerate(runs.items())
-        for row in variant_rows(grid, axis, value, choice == value, seeds, "" if k else verdict)
-    ]
-    return rows, sentence
+    for k, (value, seeds) in enumerate(runs.items()):
+        add_variant_rows(table, grid, axis, value, choice == value, seeds, "" if k else verdict)
+    return sentence
 
 
 def seed_runs(params: dict, metrics: dict[str, dict], grid: str, axis: str, value) -> dict:
@@ -764,52 +874,3 @@ def table_metrics_files(params: dict) -> list[str]:
 def figure_metrics_files(params: dict) -> list[str]:
     """The metrics files the figures are drawn from: every FID record of the targets."""
     return [path for name in params["targets"] for path in fid_metrics_paths(params, name)]
-
-
-# --------------------------------------------------------------------------------------------------------
-# Rendering
-# --------------------------------------------------------------------------------------------------------
-
-
-def latex(text: str) -> str:
-    """Markdown-inline cell text -> LaTeX: `code` -> \\texttt, **bold** -> \\textbf, specials escaped."""
-    out, parts = [], str(text).split("`")
-    for i, part in enumerate(parts):
-        part = part.replace("\\", r"\textbackslash{}")
-        for char in "_%&#$":
-            part = part.replace(char, "\\" + char)
-        part = part.replace("↳", r"$\hookrightarrow$")
-        bold = part.split("**")
-        part = "".join(r"\textbf{" + b + "}" if j % 2 else b for j, b in enumerate(bold))
-        out.append(r"\texttt{" + part + "}" if i % 2 else part)
-    return "".join(out)
-
-
-def environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("uvit", "templates"),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["latex"] = latex
-    return env
-
-
-def render(table: Table) -> dict[str, str]:
-    """{"md": text, "tex": text} of one table."""
-    env = environment()
-    return {ext: env.get_template(f"table.{ext}.j2").render(table=table) for ext in ("md", "tex")}
-
-
-def render_tables(params: dict, metrics_files: list[Path | str], out_dir: Path) -> list[Path]:
-    """Write <table>.md and <table>.tex for every table into out_dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for table in build_tables(params, present_metrics(params, [str(p) for p in metrics_files])):
-        for ext, text in render(table).items():
-            path = out_dir / f"{table.name}.{ext}"
-            path.write_text(text)
-            written.append(path)
-    return written

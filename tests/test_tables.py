@@ -1,10 +1,14 @@
-"""Tables as data and their two renderings: what `uvit verify` parses back must be what was rendered."""
+"""Tables as data (rows built by column name) and their two renderings: what `uvit verify` parses back must be
+what was rendered."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from uvit.report import Row, Table, latex, paper_data, render
+from uvit.render import latex, render
+from uvit.tables import Table, TableError, paper_data
 from uvit.verify import expected_rows, latex_rows, markdown_rows
 from uvit.zoo import ARCHITECTURE_CHOICES
 
@@ -17,18 +21,12 @@ def test_latex_escapes_and_converts_inline_markdown():
 
 
 def test_rendered_cells_parse_back_in_both_formats():
-    table = Table(
-        "t",
-        "A table",
-        ["A note."],
-        ["Name", "FID", "Command"],
-        ["FID"],
-        [
-            Row(["`a_b`", "3.11 (approx.)", "`snakemake --cores all x & y`"], source="metrics/a/fid.json"),
-            Row(["", "", ""]),
-            Row(["**demo**", "-", "100%"]),
-        ],
-    )
+    table = Table("t", "A table", ["A note."], ["Name", "FID", "Command"], ["FID"], main_column="FID")
+    table.add({"Name": "`a_b`", "FID": "3.11 (approx.)", "Command": "`snakemake --cores all x & y`"},
+              source="metrics/a/fid.json")  # fmt: skip
+    table.add({"Name": "↳"})
+    table.add({"Name": "**demo**", "FID": "-", "Command": "100%"})
+    assert table.rows[1].cells == ["↳", "", ""]
     text = render(table)
     assert markdown_rows(text["md"]) == expected_rows(table, "md")
     assert latex_rows(text["tex"]) == expected_rows(table, "tex")
@@ -58,7 +56,7 @@ def skip_fids(**by_value: list[float]) -> dict[str, list[float]]:
 
 
 def test_the_interval_is_the_t_interval_of_the_mean_over_seeds():
-    from uvit.report import interval_cell, mean_interval
+    from uvit.tables import interval_cell, mean_interval
 
     low, high = mean_interval([1.0, 2.0, 3.0])  # mean 2, s 1, t(0.975, 2) = 4.3027
     assert (low, high) == pytest.approx((2 - 4.30265 / 3**0.5, 2 + 4.30265 / 3**0.5), abs=1e-4)
@@ -68,7 +66,7 @@ def test_the_interval_is_the_t_interval_of_the_mean_over_seeds():
 
 
 def test_a_clear_gap_the_papers_way_holds():
-    from uvit.report import ablation_verdict
+    from uvit.tables import ablation_verdict
 
     fids = skip_fids(concat_linear=[100, 101, 102], add=[120, 121, 122], add_linear_skip=[110, 112, 111],
                      linear_of_sum=[115, 114, 116], none=[150, 152, 151])  # fmt: skip
@@ -78,7 +76,7 @@ def test_a_clear_gap_the_papers_way_holds():
 
 
 def test_a_clear_gap_the_other_way_is_reversed():
-    from uvit.report import ablation_verdict, ordering_verdict
+    from uvit.tables import ablation_verdict, ordering_verdict
 
     fids = skip_fids(concat_linear=[150, 151, 152], add=[100, 101, 102], add_linear_skip=[149, 151, 153],
                      linear_of_sum=[150, 152, 154], none=[200, 201, 202])  # fmt: skip
@@ -90,7 +88,7 @@ def test_a_clear_gap_the_other_way_is_reversed():
 
 
 def test_overlapping_intervals_are_inconclusive_whatever_the_means_ranking():
-    from uvit.report import ordering_verdict
+    from uvit.tables import ordering_verdict
 
     # concat_linear has the best mean and none the worst, but the seeds' spread swallows the gaps.
     fids = skip_fids(concat_linear=[100, 130, 115], add=[110, 140, 125], add_linear_skip=[112, 138, 120],
@@ -100,7 +98,7 @@ def test_overlapping_intervals_are_inconclusive_whatever_the_means_ranking():
 
 
 def test_one_seed_is_inconclusive_even_when_its_ranking_agrees_with_the_paper():
-    from uvit.report import ablation_verdict, ordering_verdict
+    from uvit.tables import ablation_verdict, ordering_verdict
 
     ranked = skip_fids(concat_linear=[100], add=[120], add_linear_skip=[110], linear_of_sum=[115], none=[300])
     verdict, sentence = ablation_verdict("skip", SKIP, ranked)
@@ -132,7 +130,7 @@ def test_ablation_table_gives_mean_interval_and_verdict_and_says_not_run_for_mis
     """skip_demo with three seeds of add and concat_linear, one of none, the rest not run: a row per value (seeds
     run, mean, interval; the verdict on the axis's first row), a row per seed (its FID and hashes, or 'not
     run'), each seed's row traced to its metrics file; both renderings parse back to the same cells."""
-    from uvit.report import ablation_table, optional_metrics_files
+    from uvit.tables import ablation_table, optional_metrics_files
 
     run = {"concat_linear": [100, 101, 102], "add": [120, 121, 122], "none": [150]}
     metrics = {
@@ -143,14 +141,10 @@ def test_ablation_table_gives_mean_interval_and_verdict_and_says_not_run_for_mis
     assert set(metrics) <= optional_metrics_files(params)
     table = ablation_table(params, metrics)
     rows = {(r.cells[1], r.cells[7]): r for r in table.rows}  # (value, seed); a value's own row has seed ''
-    column = {name: i for i, name in enumerate(table.columns)}
     concat = rows["`concat_linear`", ""]
-    assert concat.cells[column["Paper's choice"]] == "yes" and concat.cells[column["Seeds"]] == "3"
-    assert (
-        concat.cells[column["Mean FID"]] == "101.00"
-        and concat.cells[column["95% interval"]] == "[98.52, 103.48]"
-    )
-    assert concat.cells[column["Verdict (axis)"]] == "inconclusive"  # none and two others lack intervals
+    assert concat["Paper's choice"] == "yes" and concat["Seeds"] == "3"
+    assert concat["Mean FID"] == "101.00" and concat["95% interval"] == "[98.52, 103.48]"
+    assert concat["Verdict (axis)"] == "inconclusive"  # none and two others lack intervals
     assert len(concat.sources) == 3 and concat.source is None
     assert rows["`none`", ""].cells[3:7] == ["1 of 3", "150.00", "1 seed, no interval", ""]
     assert rows["`linear_of_sum`", ""].cells[3:6] == ["not run", "-", "-"]
@@ -169,7 +163,7 @@ def test_ablation_table_gives_mean_interval_and_verdict_and_says_not_run_for_mis
 def test_other_metrics_sit_beside_the_papers_with_the_protocol(params):
     """The paper's sFID/IS/precision/recall for U-ViT-H/2 as given; ours from the metrics file, '-' where a metric
     was not computed (or the file predates it); ablation runs stay in their own table."""
-    from uvit.report import other_metrics_table
+    from uvit.tables import other_metrics_table
 
     base = {"model": "m", "scale": "demo", "resolution": 32, "num_samples": 1000, "fid": 9.5}
     metrics = {
@@ -214,7 +208,7 @@ def test_verify_accepts_only_settings_a_record_predates_with_the_value_it_ran():
 def test_guidance_rows_take_fid_and_accuracy_each_from_its_own_record(params):
     """One row per guidance scale, increasing, the final one marked; FID cells from the FID record, the accuracy
     cells from the accuracy record (what `uvit verify` traces them to), '-' where a scale has no accuracy."""
-    from uvit.report import RESULTS_COLUMNS, guidance_table, results_table
+    from uvit.tables import guidance_table, results_table
 
     prov = {
         "commit": "c" * 40,
@@ -250,17 +244,14 @@ def test_guidance_rows_take_fid_and_accuracy_each_from_its_own_record(params):
     assert rows[1].origin_of("Classifier's own accuracy") == "metrics/fmnist_latent/accuracy.json"
     assert rows[2].cells[7:10] == ["-", "-", "-"] and rows[2].every_source == {one}
     (row,) = [r for r in results_table(params, metrics).rows if r.source == final]
-    column = RESULTS_COLUMNS.index("Classifier accuracy")
-    assert (
-        row.cells[column] == "81.2%"
-        and row.origin_of("Classifier accuracy") == "metrics/fmnist_latent/accuracy.json"
-    )
+    assert row["Classifier accuracy"] == "81.2%"
+    assert row.origin_of("Classifier accuracy") == "metrics/fmnist_latent/accuracy.json"
 
 
 def test_autoencoder_rows_put_rfid_beside_the_floor_at_the_same_count(params):
     """One row per trained autoencoder of the targets (each once, though several experiments might share it),
     the latent shape from its settings, rFID / floor computed, '-' for a record that predates the floor."""
-    from uvit.report import AUTOENCODER_COLUMNS, autoencoder_table
+    from uvit.tables import AUTOENCODER_COLUMNS, autoencoder_table
 
     def record(name: str, **extra) -> dict:
         prov = {"commit": "d" * 40, "dirty": False, "inputs": {}}
@@ -292,14 +283,78 @@ def test_autoencoder_rows_put_rfid_beside_the_floor_at_the_same_count(params):
 def test_a_traceability_error_in_an_autoencoder_record_names_its_rfid_cell(params, tmp_path):
     """`uvit verify` points at the cell a record's number sits in: 'Our FID' in the FID tables, 'rFID' in the
     autoencoders table, which has no 'Our FID' column."""
-    from uvit.report import autoencoder_table
+    from uvit.tables import autoencoder_table
     from uvit.verify import first_cell
 
     source = "metrics/autoencoders/fmnist_kl.json"
     table = autoencoder_table(params, {})  # the real table, one constructed row
-    table.rows.append(Row(["`fmnist_kl`"] + ["x"] * 10, source=source))
+    table.add(dict.fromkeys(table.columns, "x") | {"Autoencoder": "`fmnist_kl`"}, source=source)
     cell = first_cell([table], source, tmp_path)
     assert (
         str(cell)
         == f"{tmp_path}/paper_tables/autoencoders.md: row 1 (`fmnist_kl` / x / x / x / x / x), column 'rFID'"
     )
+
+
+def small_table() -> Table:
+    return Table("t", "A table", [], ["Name", "FID", "Commit"], ["FID"], main_column="FID")
+
+
+def test_a_row_is_built_by_column_name_and_unnamed_columns_are_empty():
+    table = small_table()
+    row = table.add({"Commit": "`0123abcd`", "Name": "`a`"})  # any order; FID not named
+    assert row.cells == ["`a`", "", "`0123abcd`"] and row["FID"] == ""
+    with pytest.raises(KeyError, match="no column 'Our FID'"):
+        row["Our FID"]
+
+
+def test_a_cell_named_for_a_column_the_table_lacks_is_a_one_line_error_naming_both():
+    table = small_table()
+    with pytest.raises(TableError) as err:
+        table.add({"Name": "`a`", "Our FID": "3.00"})
+    message = str(err.value)
+    assert message.startswith("table t: cell 'Our FID' is not one of its columns (Name, FID, Commit)")
+    assert "\n" not in message and table.rows == []
+    with pytest.raises(TableError, match="table t: cell source 'Accuracy' is not one of its columns"):
+        table.add({"Name": "`a`"}, cell_sources={"Accuracy": "metrics/a/accuracy.json"})
+
+
+def test_a_row_needs_its_name_and_a_traced_row_its_main_cell():
+    """Every row names itself in the first column (how `uvit verify` names it); a row traced to a metrics file
+    fills the main column (the cell `uvit verify` points at when that file does not check out)."""
+    table = small_table()
+    with pytest.raises(TableError, match="table t: a row needs its 'Name' cell"):
+        table.add({"FID": "3.00"})
+    with pytest.raises(
+        TableError, match=re.escape("table t: the row from metrics/a/fid.json needs its 'FID'")
+    ):
+        table.add({"Name": "`a`", "FID": ""}, source="metrics/a/fid.json")
+    with pytest.raises(TableError, match=re.escape("table t: cell 'FID' is 3.0, not text")):
+        table.add({"Name": "`a`", "FID": 3.0})
+    # A row with no metrics file behind it (paper data, 'not run') may leave its main cell empty.
+    table.add({"Name": "`a`"})
+    assert table.rows[0].cells == ["`a`", "", ""]
+
+
+def test_a_table_names_only_columns_it_has():
+    with pytest.raises(TableError, match="table t: main column 'Our FID' is not one of its columns"):
+        Table("t", "A table", [], ["Name", "FID"], ["FID"])  # main_column defaults to 'Our FID'
+    with pytest.raises(TableError, match="table t: numeric column 'Samples' is not one of its columns"):
+        Table("t", "A table", [], ["Name", "FID"], ["Samples"], main_column="FID")
+    with pytest.raises(TableError, match="table t: column 'FID' given twice"):
+        Table("t", "A table", [], ["Name", "FID", "FID"], [], main_column="FID")
+
+
+def test_every_rendered_row_has_a_cell_per_column(params):
+    """Each table of params.yaml with no metrics (every experiment 'not run'), in both renderings: a row with a
+    cell too few would shift the cells after it. The 'not run' rows give the command that runs them last."""
+    from uvit.tables import build_tables
+
+    for table in build_tables(params, {}):
+        text = render(table)
+        for rows in (markdown_rows(text["md"]), latex_rows(text["tex"])):
+            assert {len(row) for row in rows} == {len(table.columns)}, table.name
+    results = build_tables(params, {})[0]
+    not_run = [row for row in results.rows if row["Our FID"] == "not run"]
+    assert {row["Scale"]: row["Commit"] for row in not_run}["demo"] == "`make demo-full`"
+    assert all(row["Commit"].startswith(("`make", "`snakemake")) for row in not_run)
