@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from uvit.config import load_params, resolve_experiment
+from uvit.config import load_params, model_settings, resolve_experiment
 from uvit.model import attention, build_model
 from uvit.precision import autocast, describe_device, resolve_precision
 
@@ -211,9 +211,9 @@ def profile_top(model_cfg: dict, args: argparse.Namespace, device: torch.device,
 
 def loss_check(model_cfg: dict, args: argparse.Namespace, device: torch.device) -> dict:
     """fp32 vs bf16 training losses over the first N steps on the same batches and noise."""
+    from uvit.autoencoder import to_unit_range
     from uvit.diffusion import VPSchedule, noise_prediction_loss
     from uvit.shards import load_split
-    from uvit.training import to_unit_range
 
     images, _ = load_split(Path(args.data) / "train", limit=args.batch_size * args.loss_check)
     data = to_unit_range(images).to(device)
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         model_cfg = resolve_experiment(load_params(), args.experiment)["model"]
         args.label = args.experiment
     else:
-        model_cfg, args.label = {"name": args.model}, args.model
+        model_cfg, args.label = model_settings(load_params(), {"model": {"name": args.model}}), args.model
     result: dict = dict(
         device=describe_device(device),
         processor=platform.processor() or platform.machine(),

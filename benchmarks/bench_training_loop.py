@@ -24,9 +24,10 @@ import torch
 
 from uvit.config import load_params, resolve_experiment
 from uvit.diffusion import make_schedule, noise_prediction_loss
+from uvit.model import model_for
 from uvit.precision import autocast, resolve_precision
 from uvit.shards import num_classes, read_manifest
-from uvit.training import model_for, train
+from uvit.training import train
 
 
 def bare_rate(exp: dict, shape: tuple[int, ...], classes: int, steps: int) -> float:

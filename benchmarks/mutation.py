@@ -27,10 +27,29 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("diffusion", "model", "training", "sampling", "data", "autoencoder", "fid", "evaluation")
+MODULES = (
+    "diffusion",
+    "model",
+    "conditioning",
+    "checkpoints",
+    "training",
+    "sampling",
+    "data",
+    "autoencoder",
+    "fid",
+    "evaluation",
+)
 MODULE_TESTS = {
     "diffusion": ["tests/test_diffusion.py", "tests/test_recipe.py"],
     "model": ["tests/test_model.py", "tests/test_mutation_kills_model.py"],
+    # Moved out of training and sampling (issue 15): the tests that reached them there.
+    "conditioning": [
+        "tests/test_recipe.py",
+        "tests/test_text.py",
+        "tests/test_mutation_kills_training.py",
+        "tests/test_mutation_kills_sampling.py",
+    ],
+    "checkpoints": ["tests/test_mutation_kills_training.py", "tests/test_mutation_kills_sampling.py"],
     "training": ["tests/test_training.py", "tests/test_recipe.py", "tests/test_mutation_kills_training.py"],
     "sampling": ["tests/test_sampling.py", "tests/test_recipe.py", "tests/test_mutation_kills_sampling.py"],
     "data": ["tests/test_data.py", "tests/test_recipe.py", "tests/test_mutation_kills_data.py"],

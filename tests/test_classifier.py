@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from uvit.classifier import accuracy_of_samples, label_accuracy, load_classifier, predict, train_classifier
+from uvit.conditioning import sample_classes
 from uvit.config import ConfigError, deep_merge, evaluation_point, resolve_experiment
 from uvit.data import prepare_dataset
 from uvit.provenance import write_json
-from uvit.sampling import ImageSampler, sample_classes, sample_name, write_png
+from uvit.sampling import ImageSampler, sample_name, write_png
 from uvit.shards import load_split
 
 

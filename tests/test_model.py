@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import yaml
 from conftest import ROOT
 
+from uvit.config import load_params, model_settings
 from uvit.model import UViT, build_model, sincos_2d_embedding, timestep_embedding, unpatchify
-from uvit.zoo import ARCHITECTURE_CHOICES, MODEL_ZOO, PAPER_PARAMS_M
+from uvit.zoo import ARCHITECTURE_CHOICES, CONTEXT_TOKENS, MODEL_ZOO, PAPER_PARAMS_M
 
 # Input size, channels, classes and text width each named model is used with in the paper.
 USAGE = {
@@ -24,10 +27,18 @@ USAGE = {
 }
 
 
+@functools.cache
+def project_params() -> dict:
+    return load_params(ROOT / "params.yaml")
+
+
 def meta_model(name: str, **overrides) -> UViT:
+    """A named model as the paper uses it; its settings resolved as an experiment's (params.yaml's defaults, then
+    the zoo entry, then `overrides`), the text models with CLIP's 77 tokens."""
     img, chans, classes, context = USAGE[name]
+    settings = model_settings(project_params(), {"model": {"name": name, **overrides}})
     with torch.device("meta"):
-        return build_model({"name": name, **overrides}, img, chans, classes, context)
+        return build_model(settings, img, chans, classes, context, CONTEXT_TOKENS if context else 0)
 
 
 def test_every_named_model_has_a_usage():

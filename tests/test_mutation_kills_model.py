@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import uvit.model as model_module
+from uvit.config import model_settings
 from uvit.model import UViT, build_model
 
 TINY = {"embed_dim": 32, "depth": 3, "num_heads": 2, "patch_size": 4}
@@ -19,16 +20,16 @@ def blocks(model) -> list:
 
 
 @pytest.mark.parametrize(("ratio", "hidden"), [(None, 128), (2, 64), (1.5, 48)])
-def test_the_mlp_hidden_width_is_mlp_ratio_times_the_embedding_width(ratio, hidden):
+def test_the_mlp_hidden_width_is_mlp_ratio_times_the_embedding_width(ratio, hidden, params):
     cfg = TINY | ({} if ratio is None else {"mlp_ratio": ratio})  # the authors' default ratio is 4
-    model = build_model(cfg, img_size=16, in_chans=1)
+    model = build_model(model_settings(params, {"model": cfg}), img_size=16, in_chans=1)
     assert [
         (b.mlp.fc1.in_features, b.mlp.fc1.out_features, b.mlp.fc2.out_features) for b in blocks(model)
     ] == [(32, hidden, 32)] * 3
 
 
 @pytest.mark.parametrize(("setting", "sdpa_calls"), [(None, 0), ("auto", 0), ("matmul", 0), ("sdpa", 3)])
-def test_the_attention_setting_picks_the_kernel(setting, sdpa_calls, monkeypatch):
+def test_the_attention_setting_picks_the_kernel(setting, sdpa_calls, monkeypatch, params):
     calls = []
     real = torch.nn.functional.scaled_dot_product_attention
 
@@ -38,7 +39,7 @@ def test_the_attention_setting_picks_the_kernel(setting, sdpa_calls, monkeypatch
 
     monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", sdpa)
     cfg = TINY | ({} if setting is None else {"attention": setting})
-    model = build_model(cfg, img_size=16, in_chans=1).eval()
+    model = build_model(model_settings(params, {"model": cfg}), img_size=16, in_chans=1).eval()
     with torch.no_grad():
         model(torch.randn(2, 1, 16, 16), torch.tensor([1.0, 2.0]))
     assert len(calls) == sdpa_calls  # one call per block: 17 tokens (16 patches and the time token) each

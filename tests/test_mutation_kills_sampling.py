@@ -20,7 +20,9 @@ import torch
 from conftest import load_test_params
 from PIL import Image
 
+from uvit.checkpoints import CheckpointError
 from uvit.config import resolve_experiment
+from uvit.model import model_for
 from uvit.sampling import (
     RECORD,
     SETTINGS_CHUNK,
@@ -32,7 +34,6 @@ from uvit.sampling import (
     weights_geometry,
     write_png,
 )
-from uvit.training import CheckpointError, model_for
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +228,7 @@ def test_a_sampler_without_the_dataset_takes_its_geometry_as_given_and_logs_the_
         latent, None, ae_dir=Path("ae"), latent_geometry=((4, 8, 8), 0.3), log=logs.append,
         weights_geometry=(10, (3, 64, 64)),
     )  # fmt: skip
-    assert (sampler.data_shape, sampler.scale, sampler.classes, sampler.null_class) == (
+    assert (sampler.data_shape, sampler.scale, sampler.classes, sampler.conditions.null) == (
         (4, 8, 8),
         0.3,
         10,
@@ -236,7 +237,7 @@ def test_a_sampler_without_the_dataset_takes_its_geometry_as_given_and_logs_the_
     assert len(logs) == 1 and logs[0].startswith("sampling.precision: auto -> ")
     pixel = experiment(params, "smoke_pixel")
     sampler = sampling.ImageSampler(pixel, None, log=logs.append, weights_geometry=(1, (1, 16, 16)))
-    assert (sampler.data_shape, sampler.scale, sampler.decoder, sampler.null_class) == (
+    assert (sampler.data_shape, sampler.scale, sampler.decoder, sampler.conditions.null) == (
         (1, 16, 16),
         1.0,
         None,

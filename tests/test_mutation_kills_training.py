@@ -24,10 +24,12 @@ import torch
 from test_recipe import CLASSES, COUNT, experiment, flipped_rows, write_latents
 
 import uvit.training as training
+from uvit.conditioning import Conditions
 from uvit.errors import UserError
 from uvit.fileio import atomic_write_bytes
+from uvit.seeds import batch_indices
 from uvit.shards import load_split, write_manifest, write_shards
-from uvit.training import Conditions, LatentData, PixelData, Processes, batch_indices, train
+from uvit.training import LatentData, PixelData, Processes, train
 
 SCALE = 0.25
 
@@ -262,7 +264,7 @@ def test_text_conditions_are_captions_of_the_batch_images_or_the_null_context(tm
 
 
 def test_weights_files_are_refused_with_the_file_and_the_reason(tmp_path):
-    from uvit.training import CheckpointError, check_state_dict, read_torch_file
+    from uvit.checkpoints import CheckpointError, check_state_dict, read_torch_file
 
     (tmp_path / "noise.pth").write_bytes(b"\x80\x02}q\x00." + bytes(range(64)))
     with pytest.raises(CheckpointError, match=r"noise\.pth: not a torch file; expected the weights"):
@@ -279,7 +281,8 @@ def test_weights_files_are_refused_with_the_file_and_the_reason(tmp_path):
 
 def test_resume_takes_the_newest_checkpoint_at_or_before_the_last_step(tmp_path):
     """A run asked for fewer steps than an earlier one resumes from the newest checkpoint it can use."""
-    from uvit.training import CHECKPOINT_KEYS, latest_checkpoint, save_checkpoint
+    from uvit.checkpoints import save_checkpoint
+    from uvit.training import CHECKPOINT_KEYS, latest_checkpoint
 
     for step in (5, 10, 15):
         state = dict.fromkeys(CHECKPOINT_KEYS, torch.zeros(1)) | {"step": step, "trajectory_hash": "h"}
@@ -319,7 +322,7 @@ def test_condition_dropout_draws_from_the_step_generator_only():
 
 
 def test_a_weight_of_another_shape_is_refused_with_both_shapes():
-    from uvit.training import CheckpointError, check_state_dict
+    from uvit.checkpoints import CheckpointError, check_state_dict
 
     model = torch.nn.Linear(2, 3)
     state = model.state_dict() | {"weight": torch.zeros(3, 4)}
@@ -333,7 +336,8 @@ def test_a_weight_of_another_shape_is_refused_with_both_shapes():
 def test_resume_skips_empty_and_truncated_checkpoints_naming_each(tmp_path):
     """What a kill during a (non-atomic) copy leaves: an empty file (torch raises EOFError) and a cut zip; each
     is skipped with the reason and resume falls back to the newest whole checkpoint."""
-    from uvit.training import CHECKPOINT_KEYS, latest_checkpoint, save_checkpoint
+    from uvit.checkpoints import save_checkpoint
+    from uvit.training import CHECKPOINT_KEYS, latest_checkpoint
 
     for step in (5, 10):
         state = dict.fromkeys(CHECKPOINT_KEYS, torch.zeros(64)) | {"step": step, "trajectory_hash": "h"}
@@ -353,7 +357,7 @@ def test_resume_skips_empty_and_truncated_checkpoints_naming_each(tmp_path):
 def test_a_text_model_reads_as_many_context_tokens_as_its_text_encoder_gives():
     """model_for passes the encoder's token count to the model: 5 tokens of width 12 -> 5 context tokens in the
     model's extra tokens (the time token and the context), not CLIP's 77."""
-    from uvit.training import model_for
+    from uvit.model import model_for
 
     exp = experiment("smoke_pixel") | {"condition": "text"}
     net = model_for(exp, (3, 8, 8), classes=0, context_shape=(5, 12))

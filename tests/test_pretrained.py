@@ -13,8 +13,9 @@ import pytest
 import torch
 from conftest import CORES, load_test_params, make_project_copy, run, set_params
 
+from uvit.checkpoints import CheckpointError
 from uvit.config import load_params, resolve_experiment
-from uvit.training import CheckpointError, model_for
+from uvit.model import model_for
 
 pytestmark = pytest.mark.slow
 

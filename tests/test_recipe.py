@@ -24,18 +24,12 @@ from conftest import load_test_params
 import uvit.sampling as sampling
 import uvit.training as training
 from uvit.autoencoder import build_autoencoder, encode_dataset, load_latents
+from uvit.conditioning import Conditions
 from uvit.config import resolve_experiment
 from uvit.diffusion import DiscreteSchedule, SeededNoise, VPSchedule, sample
+from uvit.seeds import batch_indices
 from uvit.shards import in_memory, load_split, write_manifest, write_shards, write_split
-from uvit.training import (
-    Conditions,
-    LatentData,
-    PixelData,
-    batch_indices,
-    train,
-    update_ema,
-    warmup_constant,
-)
+from uvit.training import LatentData, PixelData, train, update_ema, warmup_constant
 
 CLASSES, SIZE, CHANNELS, COUNT = 5, 8, 3, 64
 SIGMAS = 4  # width of every binomial bound, in standard deviations

@@ -106,8 +106,8 @@ def test_text_condition_drop_uses_the_empty_caption(coco_contexts):
 
     import torch
 
+    from uvit.conditioning import Conditions
     from uvit.config import resolve_experiment
-    from uvit.training import Conditions
 
     exp = copy.deepcopy(resolve_experiment(load_test_params(), "smoke_text"))
     exp["training"]["cond_drop_prob"] = 0.5

@@ -14,7 +14,8 @@ from conftest import load_test_params, project_params
 from uvit.config import resolve_experiment
 from uvit.data import prepare_dataset
 from uvit.precision import cpu_flags, resolve_precision
-from uvit.training import NonFiniteLossError, batch_indices, snapshot_path, train
+from uvit.seeds import batch_indices
+from uvit.training import NonFiniteLossError, snapshot_path, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,18 +1,17 @@
 """A small CNN image classifier, trained in the pipeline on a dataset's prepared training split, that scores a
 class-conditional experiment's samples: the share it labels as the class each sample was drawn for
-(`uvit.sampling.sample_classes`) says whether guidance steers samples to their class, beside FID; its own
+(`uvit.conditioning.sample_classes`) says whether guidance steers samples to their class, beside FID; its own
 accuracy on the held-out split says how far its labels can be trusted.
 
 Three stride-2 3x3 convolutions (width, 2 x width, 4 x width channels; BatchNorm, ReLU), then one linear layer:
 on Fashion-MNIST 32x32, width 16 and 1,000 steps of 128 images reach about 90% held-out accuracy in about half a
 minute on 2 CPU cores (fp32). Adam, the learning rate decayed to 0 along a cosine; batches from the per-epoch
-permutations of U-ViT training (`uvit.training.batch_indices`) and weights initialised from the seed, so the
+permutations of U-ViT training (`uvit.seeds.batch_indices`) and weights initialised from the seed, so the
 weights are a function of the settings. They are written atomically as a plain state_dict.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from pathlib import Path
@@ -22,12 +21,14 @@ import torch
 from torch import nn
 
 from uvit.autoencoder import to_unit_range
+from uvit.checkpoints import CheckpointError, read_torch_file, save_checkpoint
+from uvit.conditioning import sample_classes
 from uvit.config import accuracy_settings, settings_hash
-from uvit.fileio import DataError, atomic_write_bytes, read_json
+from uvit.fileio import DataError, read_json
 from uvit.provenance import record, write_json
-from uvit.sampling import read_samples, sample_classes
+from uvit.sampling import read_samples
+from uvit.seeds import batch_indices
 from uvit.shards import load_split, num_classes, read_manifest
-from uvit.training import CheckpointError, batch_indices, read_torch_file
 
 STRIDES = 3  # stride-2 convolutions: 32 -> 4, 16 -> 2 pixels before the linear layer
 
@@ -102,10 +103,8 @@ def train_classifier(cfg: dict, data_dir: Path, out: Path, log=print) -> dict:
     seconds = time.perf_counter() - start
     test_images, test_labels = load_split(data_dir / cfg["test_split"])
     test = label_accuracy(predict(model, test_images), test_labels, num_classes(data_dir / "train"))
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, buffer.getvalue())
+    save_checkpoint(out, model.state_dict())
     log(
         f"classifier: {test['accuracy']:.2%} of {test['count']} {cfg['test_split']} images after {cfg['steps']} "
         f"steps ({seconds:.1f} s, final batch loss {loss.item():.3f})"

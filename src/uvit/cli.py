@@ -121,8 +121,9 @@ def cmd_samples_npz(args, params: dict) -> None:
 
 
 def cmd_train(args, params: dict) -> None:
+    from uvit.devices import placement
     from uvit.provenance import record, write_json
-    from uvit.training import placement, train
+    from uvit.training import train
 
     exp = resolve_experiment(params, args.experiment)
     check_data(params, exp["dataset"], args.data)
@@ -148,9 +149,9 @@ def cmd_train(args, params: dict) -> None:
 
 def training_preview(exp: dict, args):
     """A grid of 64 samples (seeds 0..63, the experiment's sampler) every training.sample_every steps."""
+    from uvit.devices import placement
     from uvit.figures import grid_pixels
     from uvit.sampling import ImageSampler, write_png
-    from uvit.training import placement
 
     if exp["space"] == "latent" and not args.autoencoder_dir:
         raise UserError(
@@ -343,7 +344,7 @@ def cmd_sample_grid(args, params: dict) -> None:
         cycled = [captions[i % len(captions)] for i in range(exp["sampling"]["num_samples"])]
         written = captioned_samples(Path(args.samples), cycled, Path(args.out))
     elif exp["condition"] == "class":
-        from uvit.sampling import sample_classes
+        from uvit.conditioning import sample_classes
         from uvit.shards import num_classes
 
         classes, per_class = num_classes(Path(args.data) / "train"), 10

@@ -295,7 +295,10 @@ def resolve_experiment(params: dict, name: str) -> dict:
 
 def model_settings(params: dict, raw_experiment: dict) -> dict:
     """An experiment's model: the default settings, then its zoo entry if named, then the keys the experiment
-    itself sets (so `name: U-ViT-S/2, skip: none` is U-ViT-S/2 without long skips)."""
+    itself sets (so `name: U-ViT-S/2, skip: none` is U-ViT-S/2 without long skips). The one resolution of a
+    `model` section: it has every architecture setting (the schema requires each in defaults.model), which
+    uvit.model.build_model reads as they are; the sizes the data decides (image size, channels, classes, a text
+    model's context) are uvit.model.model_for's."""
     own = raw_experiment.get("model", {})
     model = dict(params["defaults"]["model"])
     name = own.get("name", model["name"])

@@ -5,6 +5,8 @@ job gets which device. The rules therefore launch GPU jobs as `python -m uvit.de
 it claims K free devices of this machine (an exclusive lock file per device, held until COMMAND exits, also
 across exec), shows COMMAND only those (CUDA_VISIBLE_DEVICES), and runs it. Where the scheduler already chose
 the devices (SLURM sets CUDA_VISIBLE_DEVICES) it runs COMMAND as it is. No torch import: it starts at once.
+
+Inside a job, `placement` says where this process runs: its rank, the number of processes and its device.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def gpu_count() -> int:
@@ -69,6 +75,16 @@ def claim(
             waited = True
         time.sleep(poll_s)
     return held
+
+
+def placement() -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process: from torchrun's environment, or a single process (GPU
+    LOCAL_RANK of those visible to it, else the CPU)."""
+    import torch  # here only: `python -m uvit.devices` starts without it
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), device
 
 
 def main(argv: list[str] | None = None) -> int:

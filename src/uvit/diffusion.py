@@ -34,6 +34,7 @@ from collections.abc import Callable
 import torch
 
 from uvit.config import SAMPLER_SCHEDULES
+from uvit.seeds import mix_seed
 
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> eps
 
@@ -242,11 +243,6 @@ class SeededNoise:
     def draw(self) -> torch.Tensor:
         """Drawn on the CPU (the same numbers on every device), then moved to the sampling device."""
         return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators]).to(self.device)
-
-
-def mix_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for sample `index` of run `seed` (distinct runs do not share sample streams)."""
-    return (seed * 1_000_003 + index) % (2**63 - 1)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from uvit.zoo import ARCHITECTURE_CHOICES, CONTEXT_TOKENS, resolve_model_settings
+from uvit.conditioning import label_rows
+from uvit.zoo import ARCHITECTURE_CHOICES
 
 # --------------------------------------------------------------------------------------------------------
 # Embeddings
@@ -342,15 +343,17 @@ def _init_weights(module: nn.Module) -> None:
 
 
 def build_model(
-    model_cfg: dict, img_size: int, in_chans: int, num_classes: int = 0, context_dim: int = 0
+    settings: dict,
+    img_size: int,
+    in_chans: int,
+    num_classes: int = 0,
+    context_dim: int = 0,
+    context_tokens: int = 0,
 ) -> UViT:
-    """Build a U-ViT from a params.yaml `model` section (a zoo name, free settings, or a name plus overrides).
-
-    A class model without classifier-free guidance has no null class (num_classes = real classes); a text
-    model takes its context width from the text encoder (context_dim) unless the zoo entry fixes it.
-    """
-    settings = resolve_model_settings(model_cfg)
-    context_dim = context_dim or settings.get("context_dim", 0)
+    """A U-ViT of a resolved `model` section (uvit.config.model_settings: every architecture setting) for inputs of
+    `in_chans` x `img_size`^2. What the data decides is given here: `num_classes` rows of the class embedding (with
+    the null class, if any; 0: no class token) and a text model's contexts, `context_tokens` tokens of width
+    `context_dim` (0: no text)."""
     return UViT(
         img_size=img_size,
         in_chans=in_chans,
@@ -358,15 +361,27 @@ def build_model(
         depth=settings["depth"],
         num_heads=settings["num_heads"],
         patch_size=settings["patch_size"],
-        mlp_ratio=settings.get("mlp_ratio", 4.0),
+        mlp_ratio=settings["mlp_ratio"],
         num_classes=num_classes,
         context_dim=context_dim,
-        context_tokens=settings.get("context_tokens", CONTEXT_TOKENS) if context_dim else 0,
-        skip=settings.get("skip", "concat_linear"),
-        time_cond=settings.get("time_cond", "token"),
-        conv=settings.get("conv", "after"),
-        patch_embed=settings.get("patch_embed", "linear"),
-        pos_embed=settings.get("pos_embed", "learned"),
-        attention=settings.get("attention", "auto"),
-        use_checkpoint=settings.get("use_checkpoint", False),
+        context_tokens=context_tokens,
+        skip=settings["skip"],
+        time_cond=settings["time_cond"],
+        conv=settings["conv"],
+        patch_embed=settings["patch_embed"],
+        pos_embed=settings["pos_embed"],
+        attention=settings["attention"],
+        use_checkpoint=settings["use_checkpoint"],
     )
+
+
+def model_for(
+    exp: dict, data_shape: tuple[int, ...], classes: int, context_shape: tuple[int, int] | None = None
+) -> UViT:
+    """The U-ViT of a resolved experiment for data of `data_shape` (channels, height, width) and `classes` classes,
+    as training builds it and sampling loads it: a class model has a row per class, and the null class when it is
+    trained for guidance (uvit.conditioning); a text model reads contexts of `context_shape` (tokens, width), the
+    shape of its encoded captions."""
+    tokens, width = context_shape if exp["condition"] == "text" else (0, 0)
+    rows = label_rows(exp, classes)
+    return build_model(exp["model"], data_shape[1], data_shape[0], rows, width, tokens)

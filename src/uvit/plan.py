@@ -14,8 +14,7 @@ attention kernel, precision and data loading.
 
 from __future__ import annotations
 
-from uvit.config import latent_geometry, resolve_experiment, token_grid_size
-from uvit.zoo import CONTEXT_TOKENS, resolve_model_settings
+from uvit.config import latent_geometry, resolve_experiment, text_tokens, token_grid_size
 
 # The authors' reported training costs (reference "Cost"), by experiment: (GPU-hours, GPU model).
 AUTHORS_COST = {
@@ -27,12 +26,12 @@ CALIBRATION = "imagenet256_uvit_h2"
 
 def forward_flops(params: dict, exp: dict) -> float:
     """FLOPs of one forward pass of the experiment's U-ViT on one image."""
-    m = resolve_model_settings(exp["model"])
+    m = exp["model"]
     side = token_grid_size(params, exp)
     channels = latent_geometry(params, exp)[0][0] if exp["space"] == "latent" else 3
     patches = (side // m["patch_size"]) ** 2
-    text_tokens = m.get("context_tokens", CONTEXT_TOKENS) if m.get("context_dim") else 0
-    extras = 1 + (1 if exp["condition"] == "class" else 0) + text_tokens
+    context = text_tokens(params["datasets"][exp["dataset"]]) if exp["condition"] == "text" else 0
+    extras = 1 + (1 if exp["condition"] == "class" else 0) + context
     tokens, dim, depth = patches + extras, m["embed_dim"], m["depth"]
     # multiply-adds: qkv 3 D^2 + projection D^2 + MLP 2 r D^2 per token, attention 2 L D per token
     per_block = tokens * ((4 + 2 * m["mlp_ratio"]) * dim**2 + 2 * tokens * dim)

@@ -3,8 +3,8 @@
 Sample i is drawn from generators seeded with (sampling.seed, i), so it does not depend on the batch size or
 the number of processes; files are written atomically and existing ones are skipped, so a killed run resumes
 without gaps or duplicates. Under torchrun, process r of N draws the missing samples whose index is r mod N (on GPU r
-when there are GPUs). Class-conditional experiments draw class i mod num_classes for sample i (balanced
-classes). `export_npz` packs a folder into the .npz layout of the ADM evaluation suite.
+when there are GPUs). Conditional experiments draw sample i for class i mod num_classes (balanced classes) or for
+caption i mod N (uvit.conditioning). `export_npz` packs a folder into the .npz layout of the ADM evaluation suite.
 """
 
 from __future__ import annotations
@@ -21,24 +21,20 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from uvit.autoencoder import load_autoencoder, to_uint8
+from uvit.checkpoints import CheckpointError, check_state_dict, read_torch_file
+from uvit.conditioning import Conditions, classes_of_rows
 from uvit.config import settings_hash, text_tokens, token_grid_size
+from uvit.devices import placement
 from uvit.diffusion import SeededNoise, guided_noise_predictor, make_schedule, sample
 from uvit.errors import UserError
 from uvit.fileio import atomic_write_bytes, atomic_writer, md5_file
+from uvit.model import model_for
 from uvit.precision import autocast, choose
 from uvit.shards import num_classes, read_manifest
-from uvit.text import Contexts
-from uvit.training import CheckpointError, check_state_dict, model_for, placement, read_torch_file
-from uvit.zoo import resolve_model_settings
 
 
 def sample_name(index: int) -> str:
     return f"{index:06d}.png"
-
-
-def sample_classes(indices: list[int], classes: int) -> torch.Tensor:
-    """The class each sample of a class model is drawn for: index mod classes (balanced classes)."""
-    return torch.tensor([i % classes for i in indices], dtype=torch.long)
 
 
 def read_samples(sample_dir: Path, channels: int) -> tuple[list[int], np.ndarray]:
@@ -139,15 +135,14 @@ def load_ema_model(
 def model_for_weights(params: dict, exp: dict, state: dict) -> torch.nn.Module:
     """The experiment's U-ViT, taking from the weights only the sizes params.yaml leaves to the prepared data
     (image channels of a pixel model, number of classes, text encoder width)."""
-    side, patch = token_grid_size(params, exp), resolve_model_settings(exp["model"])["patch_size"]
+    side, patch = token_grid_size(params, exp), exp["model"]["patch_size"]
     if exp["space"] == "latent":
         channels = params["autoencoders"][exp["autoencoder"]]["latent_channels"]
     else:
         pred = state.get("decoder_pred.weight")
         channels = max(1, pred.shape[0] // patch**2) if isinstance(pred, torch.Tensor) else 3
     label_emb = state.get("label_emb.weight")
-    null = 1 if exp["training"]["cond_drop_prob"] > 0 else 0
-    classes = label_emb.shape[0] - null if isinstance(label_emb, torch.Tensor) else 1
+    classes = classes_of_rows(exp, label_emb.shape[0]) if isinstance(label_emb, torch.Tensor) else 1
     context = None
     if exp["condition"] == "text":
         embed = state.get("context_embed.weight")
@@ -160,8 +155,7 @@ def weights_geometry(params: dict, exp: dict, model_path: Path) -> tuple[int, tu
     """(classes, data shape) of released weights, for evaluating them without the prepared dataset."""
     state = read_torch_file(model_path, f"the EMA weights (nnet_ema.pth) of {exp['name']}")
     model = model_for_weights(params, exp, state)
-    null = 1 if exp["training"]["cond_drop_prob"] > 0 else 0
-    classes = model.label_emb.num_embeddings - null if hasattr(model, "label_emb") else 1
+    classes = classes_of_rows(exp, model.label_emb.num_embeddings) if hasattr(model, "label_emb") else 1
     side = token_grid_size(params, exp)
     return classes, (model.in_chans, side, side)
 
@@ -224,18 +218,12 @@ class ImageSampler:
         else:
             height, width, channels = read_manifest(data_dir / "train")["shape"]
             self.data_shape = (channels, height, width)
-        self.null_class = self.classes if exp["training"]["cond_drop_prob"] > 0 else None
-        self.contexts = None
-        if exp["condition"] == "text":
-            if text_dir is None:
-                raise UserError(f"{exp['name']}: a text experiment samples for encoded captions; give --text")
-            self.contexts = Contexts(text_dir)
-            self.null_class = self.contexts.null
+        self.conditions = Conditions(exp, self.classes, text_dir, purpose="samples for")
         self.schedule = make_schedule(exp["diffusion"]["schedule"])
         self.precision = choose(self.cfg["precision"], self.device, "sampling.precision", log)
 
     def load(self, model_path: Path) -> torch.nn.Module:
-        context_shape = self.contexts.shape if self.contexts is not None else None
+        context_shape = self.conditions.context_shape
         return load_ema_model(self.exp, model_path, self.data_shape, self.classes, context_shape).to(
             self.device
         )
@@ -243,13 +231,9 @@ class ImageSampler:
     @torch.no_grad()
     def images(self, model: torch.nn.Module, indices: list[int], steps: int | None = None) -> np.ndarray:
         """uint8 N x H x W x C samples of these seed indices (`steps` overrides sampling.steps)."""
-        cfg = self.cfg
-        labels = None
-        if self.exp["condition"] == "class":
-            labels = sample_classes(indices, self.classes)
-        elif self.contexts is not None:
-            labels = self.contexts.cycled(indices)
-        eps_fn = guided_noise_predictor(model, self.schedule, labels, self.null_class, cfg["guidance_scale"])
+        cfg, conditions = self.cfg, self.conditions
+        labels = conditions.of_samples(indices)
+        eps_fn = guided_noise_predictor(model, self.schedule, labels, conditions.null, cfg["guidance_scale"])
         noise = SeededNoise(cfg["seed"], indices, self.data_shape, self.device)
         # Autocast reaches only the network: the solver's arithmetic stays in fp32.
         with autocast(self.precision, self.device):

@@ -49,7 +49,7 @@ ENTRY_MODULES: dict[str, tuple[str, ...]] = {
     "fid-floor": ("evaluation",),
     "fid": ("evaluation",),
     "accuracy": ("classifier",),
-    "sample-grid": ("figures", "sampling"),  # sampling: the class each sample was drawn for
+    "sample-grid": ("figures", "conditioning"),  # conditioning: the class each sample was drawn for
     "figures": ("figures", "tables"),
     "tables": ("render",),
     "settings": ("stages",),

@@ -1,23 +1,23 @@
-"""One training loop for every experiment: pixel or latent, unconditional or class-conditional, 1..N processes.
+"""One training loop for every experiment: pixel or latent, unconditional, class- or text-conditional, 1..N
+processes.
 
 Recipe (authors' configs): noise-prediction MSE, AdamW, linear warm-up then constant learning rate, EMA of
-the weights updated every step, condition dropped to the null class at `cond_drop_prob` for classifier-free
-guidance; optional gradient clipping and accumulation; precision as uvit.precision resolves it (bf16 autocast
-where the device runs bf16 natively, fp16 with a gradient scaler on older GPUs, else fp32).
+the weights updated every step, condition dropped to its null value at `cond_drop_prob` for classifier-free
+guidance (uvit.conditioning); optional gradient clipping and accumulation; precision as uvit.precision resolves
+it (bf16 autocast where the device runs bf16 natively, fp16 with a gradient scaler on older GPUs, else fp32).
 
 Every random draw of step k (batch order, flips, posterior samples, times, noise, condition drop) comes from
 generators seeded by (seed, k) or (seed, epoch) and is drawn for the whole global batch; each process then
 takes its share. So the data position and RNG state are functions of the step alone: a run resumed from a
 checkpoint continues exactly as the uninterrupted run would, and N processes (torchrun; gloo on CPU, NCCL on
 GPU) take the same optimizer step as one process on the combined batch. Checkpoints are written atomically by
-rank 0 and loaded weights-only.
+rank 0 and loaded weights-only (uvit.checkpoints).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import json
 import math
 import os
@@ -31,14 +31,17 @@ from tqdm import tqdm
 
 from uvit import layout
 from uvit.autoencoder import to_unit_range
+from uvit.checkpoints import CheckpointError, read_torch_file, save_checkpoint
+from uvit.conditioning import Conditions
 from uvit.config import settings_hash
-from uvit.diffusion import drop_condition, make_schedule, mix_seed, noise_prediction_loss, null_mask
+from uvit.devices import placement
+from uvit.diffusion import make_schedule, noise_prediction_loss
 from uvit.errors import UserError
 from uvit.fileio import atomic_write_bytes
-from uvit.model import UViT, build_model
+from uvit.model import model_for
 from uvit.precision import autocast, choose
+from uvit.seeds import batch_indices, mix_seed
 from uvit.shards import labelled_rows, num_classes
-from uvit.text import Contexts
 
 # Settings that do not change the trajectory of training; a checkpoint made under other values resumes.
 # (grad_accumulation only regroups the same global batch: same trajectory up to float rounding.)
@@ -63,20 +66,9 @@ class TrainingOutOfMemory(UserError, RuntimeError):
     pass
 
 
-class CheckpointError(UserError):
-    """A weights or checkpoint file that cannot be used; the message names it and why."""
-
-
 # --------------------------------------------------------------------------------------------------------
 # Processes: one, or several under torchrun
 # --------------------------------------------------------------------------------------------------------
-
-
-def placement() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) of this process: from torchrun's environment, or a single process."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), device
 
 
 class Processes:
@@ -179,65 +171,6 @@ class LatentData:
         return (mean + std * noise) * self.scale_factor, self.labels[mine]
 
 
-def batch_indices(step: int, batch_size: int, size: int, seed: int) -> torch.Tensor:
-    """Indices of step k's batch: consecutive slices of a per-epoch permutation (data position = step)."""
-    first, last = step * batch_size, (step + 1) * batch_size
-    indices = []
-    for epoch in range(first // size, (last - 1) // size + 1):
-        perm = torch.randperm(size, generator=torch.Generator().manual_seed(mix_seed(seed, epoch)))
-        lo, hi = max(first - epoch * size, 0), min(last - epoch * size, size)
-        indices.append(perm[lo:hi])
-    return torch.cat(indices)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Model, optimiser and checkpoints
-# --------------------------------------------------------------------------------------------------------
-
-
-def model_for(
-    exp: dict, data_shape: tuple[int, ...], classes: int, context_shape: tuple[int, int] | None = None
-) -> UViT:
-    """The experiment's U-ViT; a class model gets one extra (null) class when it is trained for guidance; a
-    text model reads contexts of `context_shape` (tokens, width) from its text encoder."""
-    if exp["condition"] == "class":
-        classes = classes + (1 if exp["training"]["cond_drop_prob"] > 0 else 0)
-    else:
-        classes = 0
-    tokens, width = context_shape if exp["condition"] == "text" else (0, 0)
-    model_cfg = exp["model"] | ({"context_tokens": tokens} if tokens else {})
-    return build_model(
-        model_cfg, img_size=data_shape[1], in_chans=data_shape[0], num_classes=classes, context_dim=width
-    )
-
-
-class Conditions:
-    """What a batch is conditioned on: nothing, class labels, or a text context per image (one of its captions);
-    with `cond_drop_prob` > 0 each is replaced by its null value at that rate (classifier-free guidance)."""
-
-    def __init__(self, exp: dict, classes: int, text_dir: Path | None = None, verify: bool = True):
-        self.kind, self.drop = exp["condition"], exp["training"]["cond_drop_prob"]
-        self.null = classes if self.kind == "class" else None
-        self.contexts = None
-        if self.kind == "text":
-            if text_dir is None:
-                raise UserError(f"{exp['name']}: a text experiment trains on encoded captions; give --text")
-            self.contexts = Contexts(text_dir, verify)
-            self.null = self.contexts.null
-
-    def draw(
-        self, index: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, rows: slice = slice(None)
-    ) -> torch.Tensor | None:
-        """Rows `rows` of the conditions of the batch of images `index` (with their labels, the whole batch's)."""
-        if self.kind == "none":
-            return None
-        cond = labels[rows] if self.kind == "class" else self.contexts.of_images(index, generator, rows)
-        if self.drop > 0:
-            mask = null_mask(len(index), self.drop, generator)[rows]
-            cond = drop_condition(cond, self.null, self.drop, mask=mask)
-        return cond
-
-
 class StepBatches(torch.utils.data.Dataset):
     """Item k: this process's rows of step k's global batch with all of its randomness (data, condition,
     diffusion time and noise), drawn from step k's seed alone, so any DataLoader worker, rank or resumed run
@@ -258,6 +191,11 @@ class StepBatches(torch.utils.data.Dataset):
         t = self.schedule.sample_time(len(index), generator)[self.rows]
         noise = torch.randn((len(index), *x0.shape[1:]), generator=generator)[self.rows]
         return {"x0": x0, "t": t, "noise": noise} | ({} if cond is None else {"cond": cond})
+
+
+# --------------------------------------------------------------------------------------------------------
+# Losses, optimiser, EMA and checkpoints
+# --------------------------------------------------------------------------------------------------------
 
 
 def check_losses(
@@ -311,51 +249,7 @@ def trajectory_hash(exp: dict) -> str:
     )
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic: a killed run leaves either the old file set or the new one, never a partial checkpoint."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def read_torch_file(path: Path, expected: str) -> object:
-    """A torch file loaded weights-only; CheckpointError says why it cannot be (missing, truncated, not a torch
-    file, or carrying Python objects the weights-only loader refuses)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as err:
-        reason = err.strerror or str(err)
-    except Exception as err:  # torch raises several types for truncated, foreign or refused files
-        text = str(err)
-        if "Weights only load failed" in text and "global" in text.lower():
-            reason = "refused by the weights-only loader (it carries Python objects, not only tensors)"
-        elif "zip archive" in text or "central directory" in text or isinstance(err, EOFError):
-            reason = "truncated or damaged"
-        else:
-            reason = "not a torch file"
-    raise CheckpointError(f"{path}: {reason}; expected {expected}")
-
-
 CHECKPOINT_KEYS = {"step", "trajectory_hash", "model", "ema", "optimizer", "scheduler", "history"}
-
-
-def check_state_dict(path: Path, state: object, model: torch.nn.Module, experiment: str) -> None:
-    """Raise CheckpointError naming the first key of `state` that does not fit `model` (missing, extra or shape)."""
-    fix = f"give the EMA weights (nnet_ema.pth) of {experiment}'s model, or fix its model settings in params.yaml"
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: not a state_dict of tensors; {fix}")
-    expected = model.state_dict()
-    for key, value in expected.items():
-        if key not in state:
-            raise CheckpointError(f"{path}: no {key!r}, which the model of {experiment} has; {fix}")
-        if state[key].shape != value.shape:
-            raise CheckpointError(
-                f"{path}: {key} has shape {list(state[key].shape)}, the model of {experiment} expects "
-                f"{list(value.shape)}; {fix}"
-            )
-    extra = [key for key in state if key not in expected]
-    if extra:
-        raise CheckpointError(f"{path}: {extra[0]!r} is not in the model of {experiment}; {fix}")
 
 
 def latest_checkpoint(ckpt_dir: Path, expected_hash: str, max_step: int, log) -> dict | None:
@@ -501,8 +395,7 @@ def _train(
     classes = num_classes(data_dir / "train")
     conditions = Conditions(exp, classes, text_dir, verify=processes.main)
     torch.manual_seed(cfg["seed"])
-    context_shape = conditions.contexts.shape if conditions.contexts is not None else None
-    model = model_for(exp, data.shape, classes, context_shape).to(device)
+    model = model_for(exp, data.shape, classes, conditions.context_shape).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(
         model.parameters(),

@@ -1,9 +1,10 @@
 """The paper's named models (Table 1 and section 5 of the paper; authors' configs), as a name-to-settings table.
 
 Depth counts every block: depth // 2 "in" blocks, one "mid" block and depth // 2 "out" blocks (the authors'
-configs say 12/16/20/28 and add the mid block). The text models read 77 CLIP ViT-L/14 tokens of width 768;
-an experiment with another text encoder sets context_dim (MiniLM: 384). Kept free of torch so that the DAG
-can validate names fast.
+configs say 12/16/20/28 and add the mid block). The text models read 77 CLIP ViT-L/14 tokens of width 768 (the
+paper's parameter counts); an experiment's text model reads the tokens its encoded captions have (the dataset's
+text_tokens, the encoder's width: MiniLM 384). An experiment's `model` section resolves to its zoo entry in
+uvit.config.model_settings. Kept free of torch so that the DAG can validate names fast.
 """
 
 from __future__ import annotations
@@ -49,13 +50,3 @@ ARCHITECTURE_CHOICES: dict[str, tuple[str, ...]] = {
     "patch_embed": ("linear", "conv_stack"),
     "pos_embed": ("learned", "sinusoidal_2d", "none"),
 }
-
-
-def resolve_model_settings(model_cfg: dict) -> dict:
-    """A `model` section's settings: its zoo entry (if named), overridden by the keys given next to the name."""
-    name = model_cfg.get("name")
-    if name is None:
-        return dict(model_cfg)
-    if name not in MODEL_ZOO:
-        raise KeyError(f"model.name: unknown model {name!r} (known: {', '.join(MODEL_ZOO)})")
-    return {**MODEL_ZOO[name], **model_cfg}

@@ -15,6 +15,7 @@ from uvit.config import (
     load_params,
     metrics_paths,
     resolve_experiment,
+    text_tokens,
     tier_targets,
 )
 from uvit.plan import estimate
@@ -149,7 +150,7 @@ def text_inputs(stage):
 
 def text_encoder_args(wildcards):
     cfg = PARAMS["datasets"][wildcards.dataset]
-    return f"--encoder {cfg['text_encoder']} --tokens {cfg.get('text_tokens', 77)}"
+    return f"--encoder {cfg['text_encoder']} --tokens {text_tokens(cfg)}"
 
 
 def latent_args(wildcards, input):
