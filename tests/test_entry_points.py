@@ -19,7 +19,7 @@ import yaml
 from conftest import CORES, ROOT, load_test_params, make_project_copy, project_env, run, set_params
 
 from uvit import stages
-from uvit.stages import Lineage, code_files, module_closure
+from uvit.stages import RULE_COMMANDS, Lineage, code_files, module_closure
 
 
 def md5(path: Path) -> str:
@@ -92,6 +92,49 @@ def test_each_stage_hashes_the_code_it_imports():
     assert "sources" not in module_closure("train") and "data" not in module_closure("train")
     assert stages.PACKAGE / "sources" / "__init__.py" in code_files("prepare-data")
     assert stages.PACKAGE / "sources" / "emoji.py" in code_files("prepare-data")
+
+
+def test_the_cli_is_the_table_of_stages_and_each_stage_imports_what_its_function_imports():
+    """The stages' entry modules come from the CLI's own functions (no list kept by hand): cmd_train imports
+    training and calls nothing else, the previews are imported where sample_every asks for them."""
+    from uvit.cli import cmd_train, stage_functions
+
+    assert stage_functions()["train"] is cmd_train and set(stage_functions()) >= set(RULE_COMMANDS.values())
+    assert {"training", "previews", "provenance", "config", "layout"} <= set(stages.entry_modules("train"))
+    assert "render" in stages.entry_modules("tables") and "training" not in stages.entry_modules("tables")
+    assert {"sampling", "figures"} <= set(module_closure("train"))  # previews draw sample grids
+
+
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        ("tables", ["--metrics", "metrics/fmnist_latent/fid.json", "--out-dir", "{tmp}"]),
+        ("plan", ["--experiment", "cifar10_uvit_s2"]),
+        ("settings", ["--root", "{tmp}"]),
+    ],
+)
+def test_every_module_a_stage_loads_when_it_runs_is_in_its_code(command, args, tmp_path):
+    """Run the subcommand for real in a fresh interpreter: each uvit module it loaded is hashed into its stages."""
+    script = (
+        "import sys; from uvit.cli import main; code = main(sys.argv[1:]); "
+        "print(' '.join(sorted(m[5:] for m in sys.modules if m.startswith('uvit.')))); sys.exit(code)"
+    )
+    filled = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = run([sys.executable, "-c", script, command, *filled], ROOT)
+    loaded = set(result.stdout.splitlines()[-1].split()) - {"cli"}  # the last line: the modules loaded
+    assert loaded and loaded <= set(module_closure(command)), loaded - set(module_closure(command))
+
+
+def test_each_rule_runs_the_subcommand_its_code_is_hashed_for():
+    """RULE_COMMANDS (whose code a rule's lineage and DVC deps hash) names the subcommand the rule's command runs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_dvc", ROOT / "workflow/scripts/export_dvc.py")
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    for rule, template in export.TEMPLATES.items():
+        words = template["cmd"].replace("{launcher}", "uvit").replace("{fid_launcher}", "uvit").split()
+        assert words[0] == "uvit" and words[1] == RULE_COMMANDS[rule], rule
 
 
 def test_each_stage_hashes_the_package_data_of_the_modules_it_runs():

@@ -7,15 +7,16 @@ urlopen; all files are a few KB.
 from __future__ import annotations
 
 import io
-import pickle
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data import cifar_batch, write_idx
+import yaml
+from test_data import write_idx
 
 from uvit.fileio import DataError, read_json
-from uvit.sources import cifar10, fashion_mnist
+from uvit.sources import fashion_mnist
 from uvit.sources.fashion_mnist import read_idx
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
@@ -71,14 +72,19 @@ def test_a_missing_file_is_downloaded_from_the_official_url_then_checked(tmp_pat
     assert not (tmp_path / FILES[2]).exists()
 
 
-def test_cifar10_is_read_from_its_documented_default_folder(tmp_path, monkeypatch):
-    folder = tmp_path / "data" / "raw" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
-        (folder / name).write_bytes(pickle.dumps(cifar_batch(2, i), protocol=2))
-    monkeypatch.chdir(tmp_path)
-    splits = cifar10.load_cifar10({})
-    assert splits["train"][0].shape == (10, 32, 32, 3) and splits["test"][0].shape == (2, 32, 32, 3)
+def test_a_dataset_that_reads_raw_files_must_say_where(tmp_path):
+    """params.yaml names each raw root (the adapters keep no default of their own); only digits needs none."""
+    from conftest import raw_test_params
+
+    from uvit.config import ConfigError, load_params
+
+    params = raw_test_params()
+    del params["datasets"]["cifar10"]["root"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    schema = Path(__file__).parents[1] / "workflow/schemas/params.schema.yaml"
+    with pytest.raises(ConfigError, match=r"datasets\.cifar10: 'root' is a required property"):
+        load_params(tmp_path / "params.yaml", schema_path=schema)
+    assert "root" not in params["datasets"]["digits"]
 
 
 def test_an_unreadable_json_file_is_named_with_the_fix(tmp_path):

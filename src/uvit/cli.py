@@ -123,7 +123,7 @@ def cmd_samples_npz(args, params: dict) -> None:
 def cmd_train(args, params: dict) -> None:
     from uvit.devices import placement
     from uvit.provenance import record, write_json
-    from uvit.training import train
+    from uvit.training import train, write_loss_csv
 
     exp = resolve_experiment(params, args.experiment)
     check_data(params, exp["dataset"], args.data)
@@ -132,8 +132,13 @@ def cmd_train(args, params: dict) -> None:
             f"experiments.{exp['name']}: a latent experiment trains on encoded latents; give --latents"
         )
     latents = Path(args.latents) if args.latents else None
-    preview = training_preview(exp, args) if exp["training"]["sample_every"] else None
     text = Path(args.text) if args.text else None
+    preview = None
+    if exp["training"]["sample_every"]:
+        from uvit.previews import training_previews
+
+        ae_dir = Path(args.autoencoder_dir) if args.autoencoder_dir else None
+        preview = training_previews(exp, Path(args.data), Path(args.out), ae_dir, latents, text)
     metrics = train(
         exp, Path(args.data), Path(args.out), latent_dir=latents, log=log, preview=preview, text_dir=text
     )
@@ -145,49 +150,6 @@ def cmd_train(args, params: dict) -> None:
         write_json(args.metrics, {"experiment": args.experiment, **metrics, "provenance": provenance})
         if args.loss_plot:
             write_loss_csv(Path(args.out) / layout.LOSS_LOG, Path(args.loss_plot))
-
-
-def training_preview(exp: dict, args):
-    """A grid of 64 samples (seeds 0..63, the experiment's sampler) every training.sample_every steps."""
-    from uvit.devices import placement
-    from uvit.figures import grid_pixels
-    from uvit.sampling import ImageSampler, write_png
-
-    if exp["space"] == "latent" and not args.autoencoder_dir:
-        raise UserError(
-            f"experiments.{exp['name']}.training.sample_every: previews of a latent experiment need its decoder; "
-            "give --autoencoder-dir"
-        )
-    sampler = ImageSampler(
-        exp,
-        Path(args.data),
-        ae_dir=Path(args.autoencoder_dir) if args.autoencoder_dir else None,
-        latent_dir=Path(args.latents) if args.latents else None,
-        device=placement()[2],
-        text_dir=Path(args.text) if args.text else None,
-    )
-    progress_dir = Path(args.out) / layout.PROGRESS
-    progress_dir.mkdir(parents=True, exist_ok=True)
-
-    def preview(step, ema):
-        images = sampler.images(ema, list(range(64)))
-        if images.shape[-1] == 1:
-            images = images.repeat(3, axis=-1)
-        write_png(progress_dir / f"step-{step:07d}.png", grid_pixels(list(images), rows=8, cols=8))
-
-    return preview
-
-
-def write_loss_csv(loss_log: Path, out: Path) -> None:
-    """The loss log as CSV (step, loss, lr): DVC plots read it, and it is small enough for git."""
-    import json
-
-    from uvit.fileio import atomic_write_bytes
-
-    rows = [json.loads(line) for line in loss_log.read_text().splitlines() if line]
-    text = "step,loss,lr\n" + "".join(f"{r['step']},{r['loss']},{r['lr']}\n" for r in rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, text.encode())
 
 
 def cmd_sample(args, params: dict) -> None:
@@ -226,28 +188,12 @@ def cmd_sample(args, params: dict) -> None:
 
 def cmd_import(args, params: dict) -> None:
     """Check a file given from outside the pipeline and store it as a pipeline artifact (hashed by DVC)."""
-    source, out = Path(args.source), Path(args.out)
-    if not source.exists():
-        raise UserError(f"{source}: not found; set {args.key} in params.yaml to the {args.kind} file")
-    if args.kind == "reference":
-        from uvit.fid import import_statistics
+    from uvit.external import import_external
 
-        import_statistics(source, out, args.protocol)
-    elif args.kind == "autoencoder":
-        from uvit.autoencoder import import_autoencoder
-
-        import_autoencoder(source, out)
-    else:
-        from uvit.sampling import import_weights
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        name = args.experiment or (args.key.split(".")[1] if args.key.startswith("experiments.") else None)
-        if name is None:
-            raise UserError(
-                f"{args.key}: cannot tell which experiment the weights are for; give --experiment"
-            )
-        import_weights(source, out, params, resolve_experiment(params, name))
-    log(f"imported {args.kind} {source} -> {out}")
+    import_external(
+        args.kind, Path(args.source), Path(args.out), params, args.key, args.protocol, args.experiment
+    )
+    log(f"imported {args.kind} {args.source} -> {args.out}")
 
 
 def cmd_reference_stats(args, params: dict) -> None:
@@ -336,22 +282,19 @@ def cmd_sample_grid(args, params: dict) -> None:
 
     exp = resolve_experiment(params, args.experiment)
     if exp["condition"] == "text":
+        from uvit.conditioning import sample_captions
         from uvit.config import caption_split
         from uvit.shards import load_captions
 
-        split = Path(args.data) / caption_split(exp)
-        captions = [c for image_captions in load_captions(split) for c in image_captions]
-        cycled = [captions[i % len(captions)] for i in range(exp["sampling"]["num_samples"])]
-        written = captioned_samples(Path(args.samples), cycled, Path(args.out))
+        captions = load_captions(Path(args.data) / caption_split(exp))
+        drawn = sample_captions(captions, exp["sampling"]["num_samples"])
+        written = captioned_samples(Path(args.samples), drawn, Path(args.out))
     elif exp["condition"] == "class":
-        from uvit.conditioning import sample_classes
+        from uvit.conditioning import class_grid_order
         from uvit.shards import num_classes
 
         classes, per_class = num_classes(Path(args.data) / "train"), 10
-        drawn = sample_classes(list(range(classes * per_class)), classes).tolist()
-        order = sorted(
-            range(len(drawn)), key=drawn.__getitem__
-        )  # stable: each class's first samples, in order
+        order = class_grid_order(classes, per_class)
         written = sample_grid(Path(args.samples), Path(args.out), classes, per_class, order)
     else:
         written = sample_grid(Path(args.samples), Path(args.out))
@@ -362,7 +305,7 @@ def cmd_figures(args, params: dict) -> None:
     """FID over training steps, FID over sampler steps and loss curves of the experiments given, and of those
     the tables show beside them (uvit.tables.present_metrics)."""
     from uvit import figures
-    from uvit.tables import curves_by_experiment, paper_data, present_metrics
+    from uvit.tables import ablation_curves, curves_by_experiment, paper_choices, paper_data, present_metrics
 
     metrics = present_metrics(params, args.metrics)
     out_dir = Path(args.out_dir)
@@ -378,31 +321,14 @@ def cmd_figures(args, params: dict) -> None:
     written += figures.fid_over_sampler_steps(over_sampler, paper, out_dir / sampler_figure)
     for x_key, points in (("training_steps", over_training), ("sampler_steps", over_sampler)):
         written += figures.write_curve_data(points, x_key, out_dir / layout.CURVE_FIGURES[x_key])
-    written += ablation_figures(params, over_training, out_dir)
+    for grid in params[
+        "target_grids"
+    ]:  # FID over training per value of each axis, its seeds' points together
+        curves = ablation_curves(params, grid, over_training)
+        written += figures.ablation_comparison(
+            curves, out_dir / layout.ablation_figure(grid), paper_choices()
+        )
     log("wrote " + ", ".join(map(str, written)))
-
-
-def ablation_figures(params: dict, points: dict[str, list[dict]], out_dir: Path) -> list[Path]:
-    """One figure per ablation grid of the targets: FID over training steps per value (its seeds' points
-    together), a panel per axis."""
-    from uvit import figures
-    from uvit.config import variant_runs
-    from uvit.tables import paper_data
-
-    paper_best = {axis: str(a["paper_choice"]) for axis, a in paper_data()["ablations"].items()}
-    written = []
-    for grid in params.get("target_grids", []):
-        groups = {
-            axis: {
-                str(v): [
-                    p for name in variant_runs(params, grid, axis, v).values() for p in points.get(name, [])
-                ]
-                for v in values
-            }
-            for axis, values in params["ablations"][grid]["axes"].items()
-        }
-        written += figures.ablation_comparison(groups, out_dir / layout.ablation_figure(grid), paper_best)
-    return written
 
 
 def cmd_tables(args, params: dict) -> None:
@@ -738,6 +664,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--root", default=".", metavar="DIR", help="project root (default: %(default)s)")
     return parser
+
+
+def stage_functions() -> dict:
+    """The table of stages: {subcommand: the function that runs it}. uvit.stages reads each function's imports
+    (the subcommand's code: a DVC dependency of its stages and part of their lineage)."""
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: parser.get_default("func") for name, parser in subparsers.choices.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,20 @@ def sample_classes(indices: list[int], classes: int) -> torch.Tensor:
     return torch.tensor([i % classes for i in indices], dtype=torch.long)
 
 
+def class_grid_order(classes: int, per_class: int) -> list[int]:
+    """The first `per_class` samples of each class, class by class: the sample indices of a grid with one row per
+    class (sample i is drawn for class i mod classes)."""
+    drawn = sample_classes(list(range(classes * per_class)), classes).tolist()
+    return sorted(range(len(drawn)), key=drawn.__getitem__)  # stable: each class's samples in index order
+
+
+def sample_captions(captions: list[list[str]], count: int) -> list[str]:
+    """The caption each of `count` samples is drawn for: caption i mod N of a split's captions, image by image
+    (the order of Contexts.cycled)."""
+    flat = [caption for image_captions in captions for caption in image_captions]
+    return [flat[i % len(flat)] for i in range(count)]
+
+
 class Conditions:
     """The conditions of an experiment with `classes` classes: per training batch (with its null values dropped in at
     `cond_drop_prob`) or per sample index; a text experiment reads its encoded captions from `text_dir`."""

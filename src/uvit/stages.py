@@ -35,25 +35,54 @@ from uvit.layout import SETTINGS_DIR, reference_name, settings_record
 
 PACKAGE = Path(__file__).resolve().parent
 
-# The uvit modules behind each CLI subcommand; their transitive uvit imports are the subcommand's code.
-ENTRY_MODULES: dict[str, tuple[str, ...]] = {
-    "prepare-data": ("data",),
-    "import": ("fid", "autoencoder", "sampling"),
-    "encode-text": ("text",),
-    "train-autoencoder": ("autoencoder",),
-    "train-classifier": ("classifier",),
-    "encode-latents": ("autoencoder",),
-    "train": ("training", "sampling", "figures"),  # sample grids during training
-    "sample": ("sampling",),
-    "reference-stats": ("evaluation",),
-    "fid-floor": ("evaluation",),
-    "fid": ("evaluation",),
-    "accuracy": ("classifier",),
-    "sample-grid": ("figures", "conditioning"),  # conditioning: the class each sample was drawn for
-    "figures": ("figures", "tables"),
-    "tables": ("render",),
-    "settings": ("stages",),
-}
+# The CLI is the table of stages: `uvit.cli.build_parser` registers each subcommand with its function
+# (`stage("train", cmd_train, ...)`), and that function's imports (its own and those of the cli helpers it calls)
+# are the subcommand's entry modules, read here from its source so that the two cannot disagree.
+CLI = PACKAGE / "cli.py"
+
+
+@functools.cache
+def cli_functions() -> dict[str, ast.FunctionDef]:
+    return {node.name: node for node in ast.parse(CLI.read_text()).body if isinstance(node, ast.FunctionDef)}
+
+
+@functools.cache
+def cli_commands() -> dict[str, str]:
+    """{subcommand: name of the cli function that runs it} (uvit.cli.stage_functions, the table of stages)."""
+    from uvit.cli import stage_functions
+
+    return {name: function.__name__ for name, function in stage_functions().items()}
+
+
+def imported_modules(nodes) -> set[str]:
+    """The uvit modules `from uvit.x import ...` / `from uvit import x` statements among `nodes` name."""
+    modules = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module == "uvit":
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("uvit."):
+            modules.add(node.module.removeprefix("uvit."))
+    return modules
+
+
+@functools.cache
+def entry_modules(command: str) -> tuple[str, ...]:
+    """The uvit modules a subcommand imports: the CLI's own (module level) and its function's, with those of
+    every cli function it calls."""
+    functions = cli_functions()
+    modules = imported_modules(ast.parse(CLI.read_text()).body)
+    seen, todo = set(), [cli_commands()[command]]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        nodes = list(ast.walk(functions[name]))
+        modules |= imported_modules(nodes)
+        todo += [n.id for n in nodes if isinstance(n, ast.Name) and n.id in functions]
+    return tuple(sorted(modules))
+
+
 # The package data each module reads; a subcommand depends on that of every module it runs.
 PACKAGE_DATA: dict[str, list[str]] = {"tables": ["paper_results.yaml"], "render": ["templates"]}
 
@@ -90,7 +119,7 @@ RULE_COMMANDS: dict[str, str] = {
 def module_closure(command: str) -> tuple[str, ...]:
     """Names of the uvit modules a subcommand runs: its entry modules, their transitive uvit imports, the CLI.
     A name is dotted below uvit: `data`, `sources` (a subpackage's __init__.py), `sources.celeba`."""
-    seen, todo = {"cli"}, [*ENTRY_MODULES[command], "config", "provenance"]
+    seen, todo = {"cli"}, list(entry_modules(command))
     while todo:
         name = todo.pop()
         if name in seen:

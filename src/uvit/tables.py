@@ -176,6 +176,27 @@ def paper_data() -> dict:
     return yaml.safe_load(resources.files("uvit").joinpath("paper_results.yaml").read_text())
 
 
+def paper_choices() -> dict[str, str]:
+    """The paper's choice on each ablation axis (section 3.1), drawn thicker in the ablation figures."""
+    return {axis: str(a["paper_choice"]) for axis, a in paper_data()["ablations"].items()}
+
+
+def ablation_curves(
+    params: dict, grid: str, points: dict[str, list[dict]]
+) -> dict[str, dict[str, list[dict]]]:
+    """{axis: {value: FID points over training of every seed of that value}} of an ablation grid, from the points
+    of each experiment (curves_by_experiment)."""
+    return {
+        axis: {
+            str(value): [
+                p for name in variant_runs(params, grid, axis, value).values() for p in points.get(name, [])
+            ]
+            for value in values
+        }
+        for axis, values in params["ablations"][grid]["axes"].items()
+    }
+
+
 def short(md5: str | None) -> str:
     return f"`{md5[:8]}`" if md5 else "-"
 
@@ -663,12 +684,12 @@ def ablation_table(params: dict, metrics: dict[str, dict]) -> Table:
         main_column="FID",  # a seed's (a value's row summarises several files)
     )
     grids = params.get("ablations") or {}
-    for grid in params.get("target_grids", []):
+    for grid in params["target_grids"]:
         for axis, values in grids[grid]["axes"].items():
             note = add_axis_rows(table, params, metrics, grid, axis, values)
             table.notes.append(f"`{grid}`, {note}")
     for grid in grids:
-        if grid not in params.get("target_grids", []):
+        if grid not in params["target_grids"]:
             table.notes.append(
                 f"`{grid}` ({grids[grid].get('description', '')}): not run; add `{grid}` to `targets` in "
                 "params.yaml, then `snakemake --cores all` (or `--profile profiles/slurm`)."

@@ -283,6 +283,14 @@ def prune_checkpoints(ckpt_dir: Path, keep: int, keep_steps: tuple[int, ...] = (
             path.unlink()
 
 
+def write_loss_csv(loss_log: Path, out: Path) -> None:
+    """The loss log as CSV (step, loss, lr): DVC plots read it, and it is small enough for git."""
+    rows = [json.loads(line) for line in loss_log.read_text().splitlines() if line]
+    text = "step,loss,lr\n" + "".join(f"{r['step']},{r['loss']},{r['lr']}\n" for r in rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, text.encode())
+
+
 def checkpoint_file(ckpt_dir: Path, step: int) -> Path:
     return ckpt_dir / f"ckpt-{step:07d}.pt"  # sorts by step (latest_checkpoint, prune_checkpoints)
 

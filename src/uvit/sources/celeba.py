@@ -36,7 +36,7 @@ def _celeba_partitions(root: Path) -> dict[str, int]:
 
 def load_celeba(cfg: dict) -> dict[str, SplitData]:
     """CelebA train (162,770), val and test splits from list_eval_partition; unlabeled (label 0)."""
-    root = require(Path(cfg.get("root", "data/raw/celeba")), "CelebA", CELEBA_LAYOUT)
+    root = require(Path(cfg["root"]), "CelebA", CELEBA_LAYOUT)
     partitions = _celeba_partitions(root)
     folder, archive = root / "img_align_celeba", root / "img_align_celeba.zip"
     if folder.is_dir():

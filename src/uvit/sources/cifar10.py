@@ -45,7 +45,7 @@ def _cifar_batch(blob: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
 
 def load_cifar10(cfg: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """CIFAR-10 from the official python version: the .tar.gz or its extracted cifar-10-batches-py folder."""
-    root = Path(cfg.get("root", "data/raw/cifar-10-batches-py"))
+    root = Path(cfg["root"])
     names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
     if root.is_file():
         with tarfile.open(root) as tar:

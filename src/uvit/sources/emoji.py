@@ -84,7 +84,7 @@ def _emoji_png(read: Callable[[str], bytes], file: str) -> bytes:
 def load_emoji(cfg: dict) -> dict[str, SplitData]:
     """Noto emoji (Google's set, 64x64 RGBA) with their names as captions: a small text-to-image dataset.
     Every tenth emoji in sort order is held out as `test`; labels index the sorted categories."""
-    meta, read = _emoji_files(Path(cfg.get("root", "data/raw/emoji-datasource-google-16.0.0.tgz")))
+    meta, read = _emoji_files(Path(cfg["root"]))
     entries = emoji_entries(meta)
     categories = sorted({category for _, _, category in entries})
     splits = {}

@@ -82,7 +82,7 @@ def _download(url: str, path: Path) -> None:
 
 
 def load_fashion_mnist(cfg: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    root = Path(cfg.get("root", "/usr/share/datasets/fashion-mnist"))
+    root = Path(cfg["root"])
     ensure_fashion_mnist(root)
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):

@@ -33,7 +33,7 @@ def adm_center_crop(image: Image.Image, size: int) -> np.ndarray:
 
 def load_imagenet(cfg: dict) -> dict[str, SplitData]:
     """ImageNet train: labels index the sorted synset folders (train/<synset>/*.JPEG); file names are not read."""
-    root = require(Path(cfg.get("root", "data/raw/imagenet")), "ImageNet", IMAGENET_LAYOUT)
+    root = require(Path(cfg["root"]), "ImageNet", IMAGENET_LAYOUT)
     train = root / "train" if (root / "train").is_dir() else root
     files = list_images(train)
     if not files:

@@ -30,7 +30,7 @@ def coco_center_crop(image: Image.Image, size: int = 256) -> np.ndarray:
 
 def load_mscoco(cfg: dict) -> dict[str, SplitData]:
     """COCO 2014 train (82,783) and val (40,504) images in image-id order, each with all its captions."""
-    root = require(Path(cfg.get("root", "data/raw/coco")), "MS-COCO", COCO_LAYOUT)
+    root = require(Path(cfg["root"]), "MS-COCO", COCO_LAYOUT)
     splits = {}
     for split, year_split in (("train", "train2014"), ("val", "val2014")):
         ann_path = require(root / "annotations" / f"captions_{year_split}.json", "MS-COCO", COCO_LAYOUT)
