@@ -11,6 +11,7 @@ from conftest import ROOT, make_project_copy, raw_test_params, run, set_params
 from uvit.config import (
     ConfigError,
     check_references,
+    evaluation_point,
     expand_ablations,
     load_params,
     resolve_experiment,
@@ -215,7 +216,7 @@ def test_snakemake_refuses_bad_params_before_any_work(tmp_path):
 def test_curve_points_list_kept_checkpoints_then_other_sampler_steps(params):
     from uvit.config import curve_points, fid_metrics_paths, resolve_experiment
 
-    exp = resolve_experiment(params, "fmnist_pixel")
+    exp = copy.deepcopy(resolve_experiment(params, "fmnist_pixel"))  # a mutable copy
     exp["training"]["keep_steps"] = [250, 125]
     exp["evaluation"]["sampler_steps"] = [50, 10, 25]  # 25 is sampling.steps: the final FID already has it
     assert curve_points(exp) == [(125, 25), (250, 25), (500, 10), (500, 50)]
@@ -232,7 +233,7 @@ def test_guidance_points_list_the_other_scales_and_their_records(params):
     trained autoencoder's held-out record."""
     from uvit.config import guidance_label, guidance_points, metrics_paths, resolve_experiment
 
-    exp = resolve_experiment(params, "smoke_latent")
+    exp = copy.deepcopy(resolve_experiment(params, "smoke_latent"))  # a mutable copy
     exp["evaluation"]["guidance_scales"] = [1.5, 0.4, 0, 0.1 + 0.2]  # 0.4 is sampling.guidance_scale
     assert guidance_points(exp) == [0.0, 0.1 + 0.2, 1.5]
     assert [guidance_label(s) for s in guidance_points(exp)] == ["0", "0.30000000000000004", "1.5"]
@@ -331,3 +332,31 @@ def test_a_bad_ablation_value_or_base_is_named(tmp_path):
     bad_base = text.replace("base: fmnist_ablation", "base: fmnist_ablate")
     with pytest.raises(ConfigError, match=r"ablations\.skip_demo\.base: unknown experiment 'fmnist_ablate'"):
         load_params(write_params(tmp_path, bad_base))
+
+
+def test_a_resolved_experiment_is_read_only_and_a_variant_is_a_new_record(params):
+    """What reads an experiment cannot change it for the next reader; evaluation_point builds a new record."""
+    import pickle
+
+    exp = resolve_experiment(params, "fmnist_latent")
+    for edit in (
+        lambda: exp.__setitem__("name", "x"),
+        lambda: exp["training"].__setitem__("steps", 1),
+        lambda: exp["sampling"].update(steps=1),
+        lambda: exp["model"].pop("depth"),
+    ):
+        with pytest.raises(TypeError, match=r"^a resolved experiment is read-only; build a variant with"):
+            edit()
+    point = evaluation_point(exp, training_step=100, sampler_steps=5, guidance_scale=0)
+    assert (point["training"]["steps"], point["sampling"]["steps"], point["sampling"]["guidance_scale"]) == (
+        100,
+        5,
+        0,
+    )
+    assert exp == resolve_experiment(params, "fmnist_latent") and exp["sampling"]["steps"] == 20
+    with pytest.raises(TypeError):
+        point["sampling"]["steps"] = 6
+    mutable = copy.deepcopy(exp)  # tests and benchmarks try settings on a plain copy
+    mutable["training"]["steps"] = 1
+    assert type(mutable) is dict and exp["training"]["steps"] == 1600
+    assert pickle.loads(pickle.dumps(exp)) == exp  # DataLoader workers receive it pickled

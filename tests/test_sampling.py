@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import signal
 import subprocess
@@ -25,14 +26,14 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     """Prepared digits and a smoke_pixel model trained for 5 steps."""
     root = tmp_path_factory.mktemp("sampling")
     prepare_dataset({"source": "digits", "resolution": 16, "shard_size": 1000}, root / "data")
-    exp = resolve_experiment(load_test_params(), "smoke_pixel")
+    exp = copy.deepcopy(resolve_experiment(load_test_params(), "smoke_pixel"))  # a mutable copy
     exp["training"].update(steps=5, checkpoint_every=5)
     train(exp, root / "data", root / "run", log=lambda m: None)
     return root / "data", root / "run" / "nnet_ema.pth"
 
 
 def experiment(**sampling) -> dict:
-    exp = resolve_experiment(load_test_params(), "smoke_pixel")
+    exp = copy.deepcopy(resolve_experiment(load_test_params(), "smoke_pixel"))  # a mutable copy
     exp["sampling"].update(sampling)
     return exp
 

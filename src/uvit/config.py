@@ -280,8 +280,34 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def resolve_experiment(params: dict, name: str) -> dict:
-    """The full settings of one experiment: defaults, its overrides, and its zoo model if named."""
+class Record(dict):
+    """A resolved experiment, read-only: resolved once, never edited in place by what reads it. A variant is a new
+    record (evaluation_point); copy.deepcopy gives a plain, mutable copy (tests and benchmarks that try settings)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(
+            "a resolved experiment is read-only; build a variant with uvit.config.evaluation_point, or edit a "
+            "copy.deepcopy of it"
+        )
+
+    __setitem__ = __delitem__ = update = pop = popitem = setdefault = clear = __ior__ = _refuse
+
+    def __deepcopy__(self, memo):
+        return {key: copy.deepcopy(value, memo) for key, value in self.items()}
+
+    def __reduce__(self):  # pickled for DataLoader workers: rebuilt without __setitem__
+        return (Record, (dict(self),))
+
+
+def freeze(settings):
+    """Settings as read-only records, sections included (lists stay lists: JSON and comparisons see no change)."""
+    if isinstance(settings, dict):
+        return Record({key: freeze(value) for key, value in settings.items()})
+    return settings
+
+
+def resolve_experiment(params: dict, name: str) -> Record:
+    """The full settings of one experiment, read-only: defaults, its overrides, and its zoo model if named."""
     if name not in params["experiments"]:
         close = difflib.get_close_matches(name, params["experiments"], n=1)
         hint = f"did you mean {close[0]}? " if close else ""
@@ -290,7 +316,7 @@ def resolve_experiment(params: dict, name: str) -> dict:
     exp = deep_merge(params["defaults"], params["experiments"][name])
     exp["model"] = model_settings(params, params["experiments"][name])
     exp["name"] = name
-    return exp
+    return freeze(exp)
 
 
 def model_settings(params: dict, raw_experiment: dict) -> dict:
@@ -552,7 +578,7 @@ def evaluation_point(
                 f"{exp['training']['cond_drop_prob']}); sample it without guidance (scale 0)"
             )
         exp["sampling"]["guidance_scale"] = guidance_scale
-    return exp
+    return freeze(exp)
 
 
 def stage_settings(exp: dict, stage: str) -> dict:
