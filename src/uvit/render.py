@@ -7,10 +7,12 @@ converts it (`latex`). `uvit verify` renders the same tables and parses both fil
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jinja2
 
+from uvit.fileio import atomic_write_bytes
 from uvit.tables import Table, build_tables, present_metrics
 
 
@@ -28,6 +30,7 @@ def latex(text: str) -> str:
     return "".join(out)
 
 
+@functools.cache  # one per process: verify and render_tables render every table with it
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("uvit", "templates"),
@@ -53,6 +56,6 @@ def render_tables(params: dict, metrics_files: list[Path | str], out_dir: Path) 
     for table in build_tables(params, present_metrics(params, [str(p) for p in metrics_files])):
         for ext, text in render(table).items():
             path = out_dir / f"{table.name}.{ext}"
-            path.write_text(text)
+            atomic_write_bytes(path, text.encode())
             written.append(path)
     return written

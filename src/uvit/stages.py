@@ -42,8 +42,13 @@ CLI = PACKAGE / "cli.py"
 
 
 @functools.cache
+def cli_source() -> ast.Module:
+    return ast.parse(CLI.read_text())
+
+
+@functools.cache
 def cli_functions() -> dict[str, ast.FunctionDef]:
-    return {node.name: node for node in ast.parse(CLI.read_text()).body if isinstance(node, ast.FunctionDef)}
+    return {node.name: node for node in cli_source().body if isinstance(node, ast.FunctionDef)}
 
 
 @functools.cache
@@ -70,7 +75,7 @@ def entry_modules(command: str) -> tuple[str, ...]:
     """The uvit modules a subcommand imports: the CLI's own (module level) and its function's, with those of
     every cli function it calls."""
     functions = cli_functions()
-    modules = imported_modules(ast.parse(CLI.read_text()).body)
+    modules = imported_modules(cli_source().body)
     seen, todo = set(), [cli_commands()[command]]
     while todo:
         name = todo.pop()

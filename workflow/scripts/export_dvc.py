@@ -61,7 +61,7 @@ STEP, SAMPLER_STEPS, SCALE, EXP = (
 )  # a curve or guidance point's fields
 
 
-def fid_outs(record: str) -> list[tuple[str, str]]:
+def record_outs(record: str) -> list[tuple[str, str]]:
     """A metrics record (in git) and its scores (DVC metrics)."""
     return [(record, "git"), (layout.scores(record), "metric")]
 
@@ -161,7 +161,7 @@ TEMPLATES: dict[str, dict] = {
         "cmd": f"{{fid_launcher}} fid --experiment {K} --samples {layout.samples(K)} --reference {{reference}}"
         f" --floor {{floor}} --data {{data}} --checkpoint {layout.checkpoint(K)} --metrics {layout.fid_metrics(K)}",
         "deps": [layout.samples(K), layout.checkpoint(K), "{data}", "{reference}", "{floor}"],
-        "outs": fid_outs(layout.fid_metrics(K)),
+        "outs": record_outs(layout.fid_metrics(K)),
     },
     "fid_curve_point": {
         "cmd": f"{{fid_launcher}} fid --experiment {EXP} --samples {layout.curve_samples(EXP, STEP, SAMPLER_STEPS)}"
@@ -175,7 +175,7 @@ TEMPLATES: dict[str, dict] = {
             "{reference}",
             "{floor}",
         ],
-        "outs": fid_outs(layout.curve_metrics(EXP, STEP, SAMPLER_STEPS)),
+        "outs": record_outs(layout.curve_metrics(EXP, STEP, SAMPLER_STEPS)),
     },
     "fid_guidance_point": {
         "cmd": f"{{fid_launcher}} fid --experiment {EXP} --samples {layout.guidance_samples(EXP, SCALE)}"
@@ -189,7 +189,7 @@ TEMPLATES: dict[str, dict] = {
             "{reference}",
             "{floor}",
         ],
-        "outs": fid_outs(layout.guidance_metrics(EXP, SCALE)),
+        "outs": record_outs(layout.guidance_metrics(EXP, SCALE)),
     },
     "fid_pretrained": {
         "cmd": f"{{fid_launcher}} fid --experiment {K} --samples {layout.released_samples(K)} --pretrained"
@@ -202,7 +202,7 @@ TEMPLATES: dict[str, dict] = {
             "{p_data}",
             "{p_floor}",
         ],
-        "outs": fid_outs(layout.released_fid_metrics(K)),
+        "outs": record_outs(layout.released_fid_metrics(K)),
     },
     "train_classifier": {
         "cmd": f"uvit train-classifier --classifier {K} --data {{data}} --out {layout.classifier_weights(K)}"
@@ -214,14 +214,14 @@ TEMPLATES: dict[str, dict] = {
         "cmd": f"uvit accuracy --experiment {K} --samples {layout.samples(K)} --classifier {{classifier}}"
         f" --classifier-metrics {{classifier_metrics}} --data {{data}} --metrics {layout.accuracy_metrics(K)}",
         "deps": ["{classifier}", "{classifier_metrics}", layout.samples(K), "{data}"],
-        "outs": fid_outs(layout.accuracy_metrics(K)),
+        "outs": record_outs(layout.accuracy_metrics(K)),
     },
     "accuracy_guidance_point": {
         "cmd": f"uvit accuracy --experiment {EXP} --samples {layout.guidance_samples(EXP, SCALE)}"
         f" --guidance-scale {SCALE} --classifier {{classifier}} --classifier-metrics {{classifier_metrics}}"
         f" --data {{data}} --metrics {layout.guidance_metrics(EXP, SCALE, 'accuracy')}",
         "deps": ["{classifier}", "{classifier_metrics}", layout.guidance_samples(EXP, SCALE), "{data}"],
-        "outs": fid_outs(layout.guidance_metrics(EXP, SCALE, "accuracy")),
+        "outs": record_outs(layout.guidance_metrics(EXP, SCALE, "accuracy")),
     },
     "sample_grid": {
         "cmd": f"uvit sample-grid --experiment {K} --data {{data}} --samples {layout.samples(K)}"
