@@ -286,6 +286,20 @@ def test_native_bf16_is_read_from_the_cpu_flags():
         resolve_precision("half", "cpu")
 
 
+@pytest.mark.parametrize(("cap", "native"), [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", None)])
+def test_a_onednn_isa_cap_below_bf16_means_emulated_bf16(cap, native, monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 reproduces an AVX2-only CPU on a newer one: auto must then choose fp32."""
+    from uvit import precision
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    precision.cpu_has_native_bf16.cache_clear()
+    try:
+        assert precision.cpu_has_native_bf16() is (True if native is None else native)
+    finally:
+        precision.cpu_has_native_bf16.cache_clear()
+
+
 def test_out_of_memory_names_the_settings_to_lower(digits, tmp_path, monkeypatch):
     import uvit.training as training
 

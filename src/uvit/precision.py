@@ -10,6 +10,7 @@ optimizer state and solver arithmetic stay in fp32.
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import time
 from pathlib import Path
@@ -34,8 +35,15 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return set()
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) that stop below its bf16 kernels: with one set, bf16 is emulated even on
+# a CPU that has the instructions (how an AVX2-only machine is reproduced on a newer one: docs/testing.md).
+ONEDNN_CAPS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_CAPS_WITHOUT_BF16:
+        return False
     flags = cpu_flags()
     if not flags and platform.system() == "Darwin":
         return False  # no /proc/cpuinfo; fp32 is the safe choice
