@@ -39,14 +39,15 @@ SHARD = 5000
 CHILD = """
 import copy, sys
 from pathlib import Path
-from uvit.config import load_params, resolve_experiment
+from uvit.config import experiment_record, load_params, resolve_experiment
 from uvit.training import train
 latents, out, steps = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-exp = copy.deepcopy(resolve_experiment(load_params(Path("params.yaml")), "fmnist_latent"))
+params = load_params(Path("params.yaml"))
+exp = copy.deepcopy(resolve_experiment(params, "fmnist_latent"))
 exp["model"] |= {"embed_dim": 64, "depth": 3, "num_heads": 2, "patch_size": 4}
 exp["training"] |= {"steps": steps, "batch_size": 64, "checkpoint_every": steps, "log_every": steps,
                     "keep_steps": [], "sample_every": 0, "precision": "fp32"}
-train(exp, latents / "prepared", out, latent_dir=latents / "latents", log=print)
+train(experiment_record(params, exp), latents / "prepared", out, latent_dir=latents / "latents", log=print)
 status = dict(line.split(":", 1) for line in open("/proc/self/status"))
 print("memory_kib", *(int(status[key].split()[0]) for key in ("VmHWM", "RssAnon", "RssFile")))
 """

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from uvit.config import load_params, resolve_experiment
+from uvit.config import experiment_record, load_params, resolve_experiment
 from uvit.diffusion import make_schedule, noise_prediction_loss
 from uvit.model import model_for
 from uvit.precision import autocast, resolve_precision
@@ -53,9 +53,10 @@ def bare_rate(exp: dict, shape: tuple[int, ...], classes: int, steps: int) -> fl
     return steps * cfg["batch_size"] / (time.perf_counter() - start)
 
 
-def loop_rate(exp: dict, data_dir: Path, steps: int) -> float:
+def loop_rate(params: dict, exp: dict, data_dir: Path, steps: int) -> float:
     exp = copy.deepcopy(exp)
     exp["training"].update(steps=steps, checkpoint_every=max(steps // 2, 1), log_every=10, keep_checkpoints=2)
+    exp = experiment_record(params, exp)
     messages: list[str] = []
     with tempfile.TemporaryDirectory() as out:
         train(exp, data_dir, Path(out), log=messages.append)
@@ -77,14 +78,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    exp = resolve_experiment(load_params(), args.experiment)
+    params = load_params()
+    exp = resolve_experiment(params, args.experiment)
     data_dir = args.data or Path("data/prepared") / exp["dataset"]
     height, width, channels = read_manifest(data_dir / "train")["shape"]
-    classes = num_classes(data_dir / "train") + (1 if exp["training"]["cond_drop_prob"] > 0 else 0)
+    classes = num_classes(data_dir / "train") + exp["derived"]["null_class"]
     bare, loop = [], []
     for _ in range(args.repeats):
         bare.append(bare_rate(exp, (channels, height, width), classes, args.steps))
-        loop.append(loop_rate(exp, data_dir, args.steps))
+        loop.append(loop_rate(params, exp, data_dir, args.steps))
     result = dict(
         experiment=args.experiment,
         batch_size=exp["training"]["batch_size"],

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from uvit.config import load_params, resolve_experiment
+from uvit.config import experiment_record, load_params, resolve_experiment
 from uvit.data import prepare_dataset
 from uvit.precision import resolve_precision
 from uvit.sampling import sample_experiment
@@ -49,7 +49,7 @@ def experiment(steps, **training):
         | training
     )
     exp["sampling"].update(guidance_scale=0.4, steps=25, num_samples=256, batch_size=128)
-    return exp
+    return experiment_record(params, exp)
 
 
 def md5(path):
@@ -88,6 +88,7 @@ sample_experiment(exp, Path("/tmp/straight/nnet_ema.pth"), data, Path("/tmp/s128
 res["sample_256_dpm25_cfg_s"] = time.perf_counter() - t0
 small = copy.deepcopy(exp)
 small["sampling"].update(batch_size=8)
+small = experiment_record(params, small)
 sample_experiment(small, Path("/tmp/straight/nnet_ema.pth"), data, Path("/tmp/s8"), log=quiet)
 names = sorted(p.name for p in Path("/tmp/s128").glob("*.png"))
 same = sum(md5(f"/tmp/s128/{n}") == md5(f"/tmp/s8/{n}") for n in names)

@@ -72,6 +72,23 @@ def params() -> dict:
     return load_test_params()
 
 
+def record(settings: dict):
+    """Experiment settings edited in a test (a deep copy of a resolved one) as a record again, derived values
+    worked out afresh from them (uvit.config.experiment_record)."""
+    from uvit.config import experiment_record
+
+    return experiment_record(load_test_params(), settings)
+
+
+def edited(exp: dict, section: str, **values):
+    """A record of `exp` with keys of one section changed (records are read-only)."""
+    import copy
+
+    settings = copy.deepcopy(exp)
+    settings[section].update(values)
+    return record(settings)
+
+
 def make_project_copy(dest: Path, targets: list[str] | None = None, smoke: bool = True) -> Path:
     """A copy of the project (code, workflow, params) without outputs, as its own git + DVC repository; its
     params.yaml holds the tests' experiments too unless `smoke` is False (the user's params.yaml as committed).

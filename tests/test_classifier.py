@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import record as experiment_record
 
 from uvit.classifier import accuracy_of_samples, label_accuracy, load_classifier, predict, train_classifier
 from uvit.conditioning import sample_classes
@@ -65,7 +66,9 @@ def test_a_sample_folder_is_scored_by_the_class_each_index_was_drawn_for(digits,
     count = 40
     write_json(root / "digits_cnn.json", metrics)
     model = load_classifier(root / "digits_cnn.pth", "digits_cnn", cfg, root / "data")
-    exp = deep_merge(resolve_experiment(params, "smoke_latent"), {"sampling": {"num_samples": count}})
+    exp = experiment_record(
+        deep_merge(resolve_experiment(params, "smoke_latent"), {"sampling": {"num_samples": count}})
+    )
     for shift in (0, 1):
         folder = tmp_path / f"shift{shift}"
         folder.mkdir()
@@ -108,9 +111,11 @@ def test_a_guidance_point_samples_with_its_scale(params, monkeypatch, scale):
     sampler as eps = eps_c + s (eps_c - eps_u), the null class in eps_u, sample i conditioned on class i mod 10."""
     import uvit.sampling
 
-    exp = deep_merge(
-        resolve_experiment(params, "smoke_pixel"),
-        {"condition": "class", "training": {"cond_drop_prob": 0.15}},
+    exp = experiment_record(
+        deep_merge(
+            resolve_experiment(params, "smoke_pixel"),
+            {"condition": "class", "training": {"cond_drop_prob": 0.15}},
+        )
     )
     point = evaluation_point(exp, guidance_scale=scale)
     assert point["sampling"]["guidance_scale"] == scale and exp["sampling"]["guidance_scale"] == 0.0

@@ -360,3 +360,37 @@ def test_a_resolved_experiment_is_read_only_and_a_variant_is_a_new_record(params
     mutable["training"]["steps"] = 1
     assert type(mutable) is dict and exp["training"]["steps"] == 1600
     assert pickle.loads(pickle.dumps(exp)) == exp  # DataLoader workers receive it pickled
+
+
+def test_a_record_carries_what_its_settings_derive_and_a_plain_copy_does_not(params):
+    """Derived values are worked out once, at resolution (input size, latent shape and scale, guidance and the
+    null class); a plain copy drops them, so settings edited afterwards never meet values derived before."""
+    from uvit.config import experiment_record
+
+    latent, pixel = resolve_experiment(params, "fmnist_latent"), resolve_experiment(params, "fmnist_pixel")
+    # Fashion-MNIST 32 px through 2x2 space-to-depth and two blocks: 8x8 latents of 4 channels, scale measured.
+    assert latent["derived"] == {
+        "input_size": 8,
+        "latent_shape": [4, 8, 8],
+        "latent_scale_factor": None,
+        "guidable": True,
+        "null_class": True,
+    }
+    assert pixel["derived"] == {
+        "input_size": 32,
+        "latent_shape": None,
+        "latent_scale_factor": None,
+        "guidable": False,
+        "null_class": False,
+    }
+    h2 = resolve_experiment(params, "imagenet256_uvit_h2")["derived"]
+    assert (h2["input_size"], h2["latent_shape"], h2["latent_scale_factor"]) == (32, [4, 32, 32], 0.18215)
+    text = resolve_experiment(params, "smoke_text")["derived"]
+    assert text["guidable"] and not text["null_class"]  # its null condition is the empty caption's encoding
+
+    mutable = copy.deepcopy(latent)
+    assert "derived" not in mutable and "derived" not in latent | {"name": "x"}
+    mutable["training"]["cond_drop_prob"] = 0.0
+    again = experiment_record(params, mutable)
+    assert (again["derived"]["guidable"], again["derived"]["null_class"]) == (False, False)
+    assert evaluation_point(latent, guidance_scale=0)["derived"] == latent["derived"]

@@ -10,7 +10,6 @@ det S2)), computed here independently of uvit.fid's eigendecompositions.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from conftest import edited
 from test_recipe import experiment
 
 import uvit.evaluation as evaluation
@@ -137,10 +137,11 @@ def test_reference_label_and_evaluation_points():
         evaluation.reference_label(given)
         == f"fid_stats_cifar10.npz (given, {exp['evaluation']['fid_protocol']})"
     )
-    before = copy.deepcopy(exp)
+    before = json.dumps(exp, sort_keys=True)
     point = evaluation_point(exp, training_step=7, sampler_steps=3)
     assert point["training"]["steps"] == 7 and point["sampling"]["steps"] == 3
-    assert exp == before  # a copy: the experiment itself is unchanged
+    assert json.dumps(exp, sort_keys=True) == before  # a new record: the experiment itself is unchanged
+    assert point["derived"] == exp["derived"]
     assert evaluation_point(exp) == exp
     assert evaluation_point(exp, sampler_steps=4)["training"]["steps"] == exp["training"]["steps"]
 
@@ -158,7 +159,7 @@ def test_fid_of_samples_records_the_fid_its_floor_and_what_made_it(pretrained, d
         sampling={"num_samples": 12, "guidance_scale": 0.7},
         training={"steps": 11},
     )
-    exp["evaluation"]["feature_precision"] = "bf16"
+    exp = edited(exp, "evaluation", feature_precision="bf16")
     inputs = {"samples": str(tmp_path / "samples"), "reference": str(tmp_path / "ref.npz")}
     floor_path = None
     if not pretrained:
@@ -208,6 +209,6 @@ def test_fid_of_samples_records_the_fid_its_floor_and_what_made_it(pretrained, d
     others = ", ".join(f"{k} {metrics[k]}" for k in ("sfid", "precision", "recall", "kid"))
     assert logs == [f"smoke_pixel: FID {expected:.3f} ({floor_text}, 12 samples, clean), {others}"]
 
-    exp["sampling"]["num_samples"] = 13
+    exp = edited(exp, "sampling", num_samples=13)
     with pytest.raises(DataError, match=r"samples: 12 images, sampling.num_samples says 13; re-run sample"):
         evaluation.fid_of_samples(exp, inputs, floor_path, tmp_path / "fid.json", pretrained, logs.append)

@@ -21,7 +21,7 @@ from conftest import load_test_params
 from PIL import Image
 
 from uvit.checkpoints import CheckpointError
-from uvit.config import resolve_experiment
+from uvit.config import experiment_record, resolve_experiment
 from uvit.model import model_for
 from uvit.sampling import (
     RECORD,
@@ -41,8 +41,12 @@ def params() -> dict:
     return load_test_params()
 
 
-def experiment(params: dict, name: str, **top) -> dict:
-    return copy.deepcopy(resolve_experiment(params, name)) | top
+def experiment(params: dict, name: str, **edits) -> dict:
+    """A resolved experiment with top-level keys replaced and sections updated (`training={...}`), as a record."""
+    exp = copy.deepcopy(resolve_experiment(params, name))
+    for key, value in edits.items():
+        exp[key] = exp[key] | value if isinstance(value, dict) else value
+    return experiment_record(params, exp)
 
 
 def test_png_files_keep_the_image_its_mode_and_the_settings_chunk(tmp_path):
@@ -139,8 +143,7 @@ def released(tmp_path: Path, exp: dict, data_shape: tuple[int, ...], classes: in
 
 def test_released_class_weights_give_their_classes_and_image_shape(params, tmp_path):
     """A guided class model has K + 1 label embeddings (the null class) and a decoder of p^2 C outputs."""
-    exp = experiment(params, "smoke_pixel", condition="class")
-    exp["training"]["cond_drop_prob"] = 0.1
+    exp = experiment(params, "smoke_pixel", condition="class", training={"cond_drop_prob": 0.1})
     path = released(tmp_path, exp, (3, 16, 16), classes=7)
     assert weights_geometry(params, exp, path) == (7, (3, 16, 16))
     state = torch.load(path, weights_only=True)
@@ -149,8 +152,10 @@ def test_released_class_weights_give_their_classes_and_image_shape(params, tmp_p
     import_weights(path, tmp_path / "copy.pth", params, exp)
     assert (tmp_path / "copy.pth").read_bytes() == path.read_bytes()
 
-    exp["training"]["cond_drop_prob"] = 0.0  # no null class: all 8 embeddings are classes
-    assert weights_geometry(params, exp, path)[0] == 8
+    exp = experiment(
+        params, "smoke_pixel", condition="class", training={"cond_drop_prob": 0.0}
+    )  # no null class:
+    assert weights_geometry(params, exp, path)[0] == 8  # all 8 embeddings are classes
 
 
 def test_released_latent_and_text_weights_take_channels_from_params_and_width_from_the_weights(
@@ -182,8 +187,7 @@ def test_released_latent_and_text_weights_take_channels_from_params_and_width_fr
 
 def test_released_weights_of_another_shape_are_refused_and_not_copied(params, tmp_path):
     exp = experiment(params, "smoke_pixel")
-    other = experiment(params, "smoke_pixel")
-    other["model"] = other["model"] | {"embed_dim": 48}
+    other = experiment(params, "smoke_pixel", model={"embed_dim": 48})
     path = released(tmp_path, other, (1, 16, 16), classes=1)
     state = torch.load(path, weights_only=True)
     exp_state = model_for(exp, (1, 16, 16), 1).state_dict()
@@ -222,8 +226,7 @@ def test_a_sampler_without_the_dataset_takes_its_geometry_as_given_and_logs_the_
 
     monkeypatch.setattr(sampling, "load_autoencoder", lambda path: torch.nn.Identity())
     logs = []
-    latent = experiment(params, "smoke_latent")
-    latent["sampling"]["precision"] = "auto"
+    latent = experiment(params, "smoke_latent", sampling={"precision": "auto"})
     sampler = sampling.ImageSampler(
         latent, None, ae_dir=Path("ae"), latent_geometry=((4, 8, 8), 0.3), log=logs.append,
         weights_geometry=(10, (3, 64, 64)),

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import test_recipe
 import torch
+from conftest import edited
 from test_recipe import CLASSES, COUNT, experiment, flipped_rows, write_latents
 
 import uvit.training as training
@@ -252,7 +253,7 @@ def test_text_conditions_are_captions_of_the_batch_images_or_the_null_context(tm
         drawn = set(row[index == image].tolist())
         assert drawn == set(range(first[image], first[image + 1]))  # its own captions, each of them
 
-    exp["training"]["cond_drop_prob"] = 0.5
+    exp = edited(exp, "training", cond_drop_prob=0.5)
     cond = Conditions(exp, 1, tmp_path).draw(index, torch.zeros(len(index)), torch.Generator().manual_seed(1))
     dropped = (cond == 0).flatten(1).all(1)
     assert 50 < int(dropped.sum()) < 150  # 100 expected, 5 standard deviations ~ 35
@@ -299,7 +300,7 @@ def test_an_fp16_run_resumes_with_its_gradient_scaler_state(split, tmp_path):
     """fp16 training (pre-Ampere GPUs) keeps the gradient scaler's scale in each checkpoint and loads it back."""
     exp = experiment("smoke_pixel", training={"steps": 2, "batch_size": 8, "precision": "fp16"} | LOOP)
     train(exp, split, tmp_path, log=lambda m: None)
-    exp["training"]["steps"] = 3
+    exp = edited(exp, "training", steps=3)
     logs = []
     train(exp, split, tmp_path, log=logs.append)
     assert any("resuming from" in m and "(step 2)" in m for m in logs)

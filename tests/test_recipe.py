@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import load_test_params
+from conftest import edited, load_test_params, record
 
 import uvit.sampling as sampling
 import uvit.training as training
@@ -48,7 +48,7 @@ def experiment(name: str, training: dict | None = None, sampling: dict | None = 
     exp = copy.deepcopy(resolve_experiment(_params(), name)) | top
     exp["training"].update(training or {})
     exp["sampling"].update(sampling or {})
-    return exp
+    return record(exp)
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +303,7 @@ def test_condition_dropout_uses_the_null_class_num_classes_at_its_rate():
     dropped = cond == 10
     assert within_binomial(int(dropped.sum()), len(cond), 0.15), dropped.double().mean()
     assert torch.equal(cond[~dropped], labels[~dropped])
-    exp["training"]["cond_drop_prob"] = 0.0
+    exp = edited(exp, "training", cond_drop_prob=0.0)
     assert torch.equal(Conditions(exp, classes=10).draw(torch.arange(10), labels[:10], None), labels[:10])
 
 
@@ -347,7 +347,7 @@ def test_the_training_loop_follows_the_recipe(split, tmp_path, monkeypatch):
         [lr * min((k + 1) / warmup, 1) for k in range(1, steps + 1)], rel=1e-12
     )
 
-    exp["training"]["steps"] = 0  # the initial weights, as written by a run of no steps
+    exp = edited(exp, "training", steps=0)  # the initial weights, as written by a run of no steps
     train(exp, split, tmp_path / "init", log=lambda m: None)
     model_0 = torch.load(tmp_path / "init" / "nnet.pth", weights_only=True)
     previous = torch.load(tmp_path / "init" / "nnet_ema.pth", weights_only=True)

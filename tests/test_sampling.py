@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_test_params, project_params
+from conftest import load_test_params, project_params, record
 from PIL import Image
 
 from uvit.config import resolve_experiment
@@ -28,14 +28,14 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     prepare_dataset({"source": "digits", "resolution": 16, "shard_size": 1000}, root / "data")
     exp = copy.deepcopy(resolve_experiment(load_test_params(), "smoke_pixel"))  # a mutable copy
     exp["training"].update(steps=5, checkpoint_every=5)
-    train(exp, root / "data", root / "run", log=lambda m: None)
+    train(record(exp), root / "data", root / "run", log=lambda m: None)
     return root / "data", root / "run" / "nnet_ema.pth"
 
 
 def experiment(**sampling) -> dict:
     exp = copy.deepcopy(resolve_experiment(load_test_params(), "smoke_pixel"))  # a mutable copy
     exp["sampling"].update(sampling)
-    return exp
+    return record(exp)
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import load_test_params
+from conftest import load_test_params, record
 
 from uvit.text import CONTEXT_TOKENS, TextEncoder, minilm_path
 
@@ -111,7 +111,7 @@ def test_text_condition_drop_uses_the_empty_caption(coco_contexts):
 
     exp = copy.deepcopy(resolve_experiment(load_test_params(), "smoke_text"))
     exp["training"]["cond_drop_prob"] = 0.5
-    conditions = Conditions(exp, classes=1, text_dir=coco_contexts)
+    conditions = Conditions(record(exp), classes=1, text_dir=coco_contexts)
     cond = conditions.draw(
         torch.tensor([0, 1] * 200), torch.zeros(400, dtype=torch.long), torch.Generator().manual_seed(0)
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_test_params, project_params
+from conftest import load_test_params, project_params, record
 
 from uvit.config import resolve_experiment
 from uvit.data import prepare_dataset
@@ -27,12 +27,12 @@ def digits(tmp_path_factory) -> Path:
     return out
 
 
-def smoke_experiment(steps: int, **training) -> dict:
-    exp = resolve_experiment(load_test_params(), "smoke_pixel")
-    exp = copy.deepcopy(exp)
+def smoke_experiment(steps: int, top: dict | None = None, **training) -> dict:
+    """smoke_pixel with `steps` and other training keys, top-level keys replaced by `top`."""
+    exp = copy.deepcopy(resolve_experiment(load_test_params(), "smoke_pixel")) | (top or {})
     loop = {"steps": steps, "checkpoint_every": 5, "keep_checkpoints": 2, "log_every": 5, "keep_steps": []}
     exp["training"].update(loop | training)
-    return exp
+    return record(exp)
 
 
 def test_batches_cover_each_epoch_once():
@@ -58,10 +58,11 @@ def test_resumed_run_is_bitwise_identical_to_an_uninterrupted_one(digits, tmp_pa
 def test_data_loader_workers_give_the_same_run_as_the_main_process(digits, tmp_path):
     """Batches read by two DataLoader worker processes (as on a GPU machine) are those of the main process:
     each step's batch and randomness come from its seed alone, whichever process draws them."""
-    exp = smoke_experiment(6, hflip=True, cond_drop_prob=0.2) | {"condition": "class"}
-    train(exp, digits, tmp_path / "main", log=lambda m: None)
-    exp["training"]["data_workers"] = 2
-    train(exp, digits, tmp_path / "workers", log=lambda m: None)
+    for run, workers in (("main", "auto"), ("workers", 2)):
+        exp = smoke_experiment(
+            6, {"condition": "class"}, hflip=True, cond_drop_prob=0.2, data_workers=workers
+        )
+        train(exp, digits, tmp_path / run, log=lambda m: None)
     for name in ("nnet.pth", "nnet_ema.pth", "loss.jsonl"):
         assert (tmp_path / "main" / name).read_bytes() == (tmp_path / "workers" / name).read_bytes(), name
 
@@ -286,7 +287,9 @@ def test_native_bf16_is_read_from_the_cpu_flags():
         resolve_precision("half", "cpu")
 
 
-@pytest.mark.parametrize(("cap", "native"), [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", None)])
+@pytest.mark.parametrize(
+    ("cap", "native"), [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", None)]
+)
 def test_a_onednn_isa_cap_below_bf16_means_emulated_bf16(cap, native, monkeypatch):
     """ONEDNN_MAX_CPU_ISA=AVX2 reproduces an AVX2-only CPU on a newer one: auto must then choose fp32."""
     from uvit import precision
@@ -392,7 +395,6 @@ def test_two_gloo_processes_take_the_step_of_one_process_on_the_whole_batch(digi
 
 def test_class_conditional_pixel_training_draws_labels_as_tensors(digits, tmp_path):
     """Pixel data with class labels and guidance dropout (ImageNet 64's path): found broken on a GPU run."""
-    exp = smoke_experiment(6, cond_drop_prob=0.15)
-    exp["condition"] = "class"
+    exp = smoke_experiment(6, {"condition": "class"}, cond_drop_prob=0.15)
     metrics = train(exp, digits, tmp_path, log=lambda m: None)
     assert math.isfinite(metrics["final_loss"]) and metrics["num_classes"] == 11  # 10 digits + the null class

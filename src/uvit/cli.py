@@ -14,7 +14,6 @@ from pathlib import Path
 
 from uvit import layout
 from uvit.config import (
-    latent_geometry,
     load_params,
     resolve_experiment,
     settings_hash,
@@ -165,7 +164,7 @@ def cmd_sample(args, params: dict) -> None:
         )
     geometry = None
     if exp["space"] == "latent" and not args.latents:
-        geometry = latent_geometry(params, exp)
+        geometry = tuple(exp["derived"]["latent_shape"]), exp["derived"]["latent_scale_factor"]
         if geometry[1] is None:
             raise UserError(
                 f"autoencoders.{exp['autoencoder']}: measures its latent scale (no scale_factor); give --latents"

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from uvit.config import guidable
 from uvit.diffusion import drop_condition, null_mask
 from uvit.errors import UserError
 from uvit.text import Contexts
@@ -25,7 +24,7 @@ from uvit.text import Contexts
 
 def null_rows(exp: dict) -> int:
     """Class-embedding rows besides the real classes: 1 (the null class) for a class model trained for guidance."""
-    return 1 if exp["condition"] == "class" and guidable(exp) else 0
+    return 1 if exp["derived"]["null_class"] else 0
 
 
 def label_rows(exp: dict, classes: int) -> int:

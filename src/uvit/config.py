@@ -282,7 +282,9 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 class Record(dict):
     """A resolved experiment, read-only: resolved once, never edited in place by what reads it. A variant is a new
-    record (evaluation_point); copy.deepcopy gives a plain, mutable copy (tests and benchmarks that try settings)."""
+    record (evaluation_point); copy.deepcopy gives a plain, mutable copy of the settings without `derived` (tests
+    and benchmarks that try settings), which `experiment_record` turns into a record again: a value derived from
+    settings that were edited afterwards is never read."""
 
     def _refuse(self, *args, **kwargs):
         raise TypeError(
@@ -293,7 +295,10 @@ class Record(dict):
     __setitem__ = __delitem__ = update = pop = popitem = setdefault = clear = __ior__ = _refuse
 
     def __deepcopy__(self, memo):
-        return {key: copy.deepcopy(value, memo) for key, value in self.items()}
+        return {key: copy.deepcopy(value, memo) for key, value in self.items() if key != DERIVED}
+
+    def __or__(self, other):  # record | {...}: a plain copy too, never one that keeps stale derived values
+        return copy.deepcopy(self) | other
 
     def __reduce__(self):  # pickled for DataLoader workers: rebuilt without __setitem__
         return (Record, (dict(self),))
@@ -316,7 +321,36 @@ def resolve_experiment(params: dict, name: str) -> Record:
     exp = deep_merge(params["defaults"], params["experiments"][name])
     exp["model"] = model_settings(params, params["experiments"][name])
     exp["name"] = name
-    return freeze(exp)
+    return experiment_record(params, exp)
+
+
+DERIVED = "derived"
+
+
+def experiment_record(params: dict, settings: dict) -> Record:
+    """An experiment's settings as a read-only record, with the values they decide without stating them."""
+    return freeze({**settings, DERIVED: derived_values(params, settings)})
+
+
+def derived_values(params: dict, exp: dict) -> dict:
+    """What an experiment's settings decide without stating it, worked out here only (a record's `derived`):
+    - input_size: the side of the U-ViT's input, the image resolution or the latent one;
+    - latent_shape, latent_scale_factor: a latent experiment's latents (channels, side, side) and the autoencoder's
+      fixed scale factor (None: measured over the encoded training set; both None for pixel experiments);
+    - guidable: trained for classifier-free guidance (a condition, dropped at cond_drop_prob > 0);
+    - null_class: a class model's extra class-embedding row, the null class of guidance (uvit.conditioning).
+    The data decides the rest: a pixel dataset's channels, its class count, a text encoder's null context."""
+    latent = exp["space"] == "latent"
+    ae = params["autoencoders"][exp["autoencoder"]] if latent else None
+    side = params["datasets"][exp["dataset"]]["resolution"] // (autoencoder_downsampling(ae) if latent else 1)
+    guidable = exp["condition"] != "none" and exp["training"]["cond_drop_prob"] > 0
+    return {
+        "input_size": side,
+        "latent_shape": [ae["latent_channels"], side, side] if latent else None,
+        "latent_scale_factor": ae.get("scale_factor") if latent else None,
+        "guidable": guidable,
+        "null_class": exp["condition"] == "class" and guidable,
+    }
 
 
 def model_settings(params: dict, raw_experiment: dict) -> dict:
@@ -382,6 +416,7 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
             )
     elif exp["autoencoder"] is not None:
         raise ConfigError(f"{key}.autoencoder: set only for space: latent (this experiment is pixel-space)")
+    derived = derived_values(params, exp)
     if model["embed_dim"] % model["num_heads"]:
         raise ConfigError(
             f"{key}.model.num_heads: {model['num_heads']} does not divide embed_dim {model['embed_dim']}"
@@ -390,7 +425,7 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
         raise ConfigError(
             f"{key}.model.depth: must be odd (depth//2 in-blocks, 1 mid-block, depth//2 out-blocks)"
         )
-    grid = token_grid_size(params, exp)
+    grid = derived["input_size"]
     if grid % model["patch_size"]:
         raise ConfigError(
             f"{key}.model.patch_size: {model['patch_size']} does not divide the input size {grid}"
@@ -420,23 +455,18 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
             f"{key}.sampling.sampler: {sampler} does not run on diffusion.schedule {schedule!r} "
             f"(it runs on: {', '.join(SAMPLER_SCHEDULES[sampler])})"
         )
-    if exp["sampling"]["guidance_scale"] > 0 and not guidable(exp):
+    if exp["sampling"]["guidance_scale"] > 0 and not derived["guidable"]:
         raise ConfigError(
             f"{key}.sampling.guidance_scale: guidance needs condition: class or text and training.cond_drop_prob > 0"
         )
     scales = exp["evaluation"]["guidance_scales"]
-    if scales and (exp["condition"] == "none" or (max(scales) > 0 and not guidable(exp))):
+    if scales and (exp["condition"] == "none" or (max(scales) > 0 and not derived["guidable"])):
         raise ConfigError(
             f"{key}.evaluation.guidance_scales: {scales} needs condition: class or text and training.cond_drop_prob "
             f"> 0 (this experiment: condition {exp['condition']}, cond_drop_prob {exp['training']['cond_drop_prob']}); "
             "set evaluation.guidance_scales: [] or train the experiment for guidance"
         )
     _check_classifier(params, exp, key)
-
-
-def guidable(exp: dict) -> bool:
-    """Whether an experiment's model was trained for classifier-free guidance (a condition and its null value)."""
-    return exp["condition"] != "none" and exp["training"]["cond_drop_prob"] > 0
 
 
 def _check_classifier(params: dict, exp: dict, key: str) -> None:
@@ -468,21 +498,6 @@ def autoencoder_downsampling(ae: dict) -> int:
         if "pretrained" in ae
         else ae["space_to_depth"] * 2 ** (len(ae["block_channels"]) - 1)
     )
-
-
-def latent_geometry(params: dict, exp: dict) -> tuple[tuple[int, int, int], float | None]:
-    """(latent shape, fixed scale factor or None if measured) of a latent experiment's autoencoder."""
-    ae = params["autoencoders"][exp["autoencoder"]]
-    side = token_grid_size(params, exp)
-    return (ae["latent_channels"], side, side), ae.get("scale_factor")
-
-
-def token_grid_size(params: dict, exp: dict) -> int:
-    """Side length of the diffusion model's input: image resolution, or latent resolution."""
-    resolution = params["datasets"][exp["dataset"]]["resolution"]
-    if exp["space"] == "latent":
-        return resolution // autoencoder_downsampling(params["autoencoders"][exp["autoencoder"]])
-    return resolution
 
 
 def curve_points(exp: dict) -> list[tuple[int, int]]:
@@ -564,21 +579,22 @@ def evaluation_point(
     guidance_scale: float | None = None,
 ) -> dict:
     """The experiment as evaluated at an earlier checkpoint, another sampler step count (curve points) or another
-    guidance scale (guidance points)."""
-    exp = copy.deepcopy(exp)
+    guidance scale (guidance points): a new record, deriving what the originals' settings derive (a point changes
+    none of the settings behind them)."""
+    derived, exp = exp[DERIVED], copy.deepcopy(exp)
     if training_step is not None:
         exp["training"]["steps"] = training_step
     if sampler_steps is not None:
         exp["sampling"]["steps"] = sampler_steps
     if guidance_scale is not None:
-        if guidance_scale > 0 and not guidable(exp):
+        if guidance_scale > 0 and not derived["guidable"]:
             raise ConfigError(
                 f"experiments.{exp['name']}: guidance scale {guidance_scale} needs condition: class or text and "
                 f"training.cond_drop_prob > 0 (condition {exp['condition']}, cond_drop_prob "
                 f"{exp['training']['cond_drop_prob']}); sample it without guidance (scale 0)"
             )
         exp["sampling"]["guidance_scale"] = guidance_scale
-    return freeze(exp)
+    return freeze({**exp, DERIVED: derived})
 
 
 def stage_settings(exp: dict, stage: str) -> dict:

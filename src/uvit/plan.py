@@ -14,7 +14,7 @@ attention kernel, precision and data loading.
 
 from __future__ import annotations
 
-from uvit.config import latent_geometry, resolve_experiment, text_tokens, token_grid_size
+from uvit.config import resolve_experiment, text_tokens
 
 # The authors' reported training costs (reference "Cost"), by experiment: (GPU-hours, GPU model).
 AUTHORS_COST = {
@@ -27,8 +27,10 @@ CALIBRATION = "imagenet256_uvit_h2"
 def forward_flops(params: dict, exp: dict) -> float:
     """FLOPs of one forward pass of the experiment's U-ViT on one image."""
     m = exp["model"]
-    side = token_grid_size(params, exp)
-    channels = latent_geometry(params, exp)[0][0] if exp["space"] == "latent" else 3
+    side = exp["derived"]["input_size"]
+    channels = (
+        exp["derived"]["latent_shape"][0] if exp["space"] == "latent" else 3
+    )  # the paper's pixel rows: RGB
     patches = (side // m["patch_size"]) ** 2
     context = text_tokens(params["datasets"][exp["dataset"]]) if exp["condition"] == "text" else 0
     extras = 1 + (1 if exp["condition"] == "class" else 0) + context

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from uvit.autoencoder import load_autoencoder, to_uint8
 from uvit.checkpoints import CheckpointError, check_state_dict, read_torch_file
 from uvit.conditioning import Conditions, classes_of_rows
-from uvit.config import settings_hash, text_tokens, token_grid_size
+from uvit.config import settings_hash, text_tokens
 from uvit.devices import placement
 from uvit.diffusion import SeededNoise, guided_noise_predictor, make_schedule, sample
 from uvit.errors import UserError
@@ -135,9 +135,9 @@ def load_ema_model(
 def model_for_weights(params: dict, exp: dict, state: dict) -> torch.nn.Module:
     """The experiment's U-ViT, taking from the weights only the sizes params.yaml leaves to the prepared data
     (image channels of a pixel model, number of classes, text encoder width)."""
-    side, patch = token_grid_size(params, exp), exp["model"]["patch_size"]
+    side, patch = exp["derived"]["input_size"], exp["model"]["patch_size"]
     if exp["space"] == "latent":
-        channels = params["autoencoders"][exp["autoencoder"]]["latent_channels"]
+        channels = exp["derived"]["latent_shape"][0]
     else:
         pred = state.get("decoder_pred.weight")
         channels = max(1, pred.shape[0] // patch**2) if isinstance(pred, torch.Tensor) else 3
@@ -156,7 +156,7 @@ def weights_geometry(params: dict, exp: dict, model_path: Path) -> tuple[int, tu
     state = read_torch_file(model_path, f"the EMA weights (nnet_ema.pth) of {exp['name']}")
     model = model_for_weights(params, exp, state)
     classes = classes_of_rows(exp, model.label_emb.num_embeddings) if hasattr(model, "label_emb") else 1
-    side = token_grid_size(params, exp)
+    side = exp["derived"]["input_size"]
     return classes, (model.in_chans, side, side)
 
 
