@@ -138,6 +138,15 @@ def test_committed_params_are_valid(params):
             "experiments.fmnist_latent.sampling.guidance_scale: guidance needs",
         ),
         (
+            lambda p: p["experiments"]["fmnist_latent"]["training"].__setitem__("hflip", True),
+            "experiments.fmnist_latent.training.hflip: true needs the flipped latents, which autoencoders.fmnist_kl "
+            "does not encode (encode_flips: false); set training.hflip: false or encode_flips: true",
+        ),
+        (
+            lambda p: p["experiments"]["fmnist_latent"]["training"].__setitem__("lr_schedule", "linear"),
+            "experiments.fmnist_latent.training.lr_schedule: 'linear' is not one of 'constant', 'cosine'",
+        ),
+        (
             lambda p: (
                 p["experiments"]["fmnist_pixel"]
                 .setdefault("evaluation", {})

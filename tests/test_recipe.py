@@ -29,7 +29,15 @@ from uvit.config import resolve_experiment
 from uvit.diffusion import DiscreteSchedule, SeededNoise, VPSchedule, sample
 from uvit.seeds import batch_indices
 from uvit.shards import in_memory, load_split, write_manifest, write_shards, write_split
-from uvit.training import LatentData, PixelData, train, update_ema, warmup_constant
+from uvit.training import (
+    LatentData,
+    PixelData,
+    lr_factor,
+    train,
+    trajectory_hash,
+    update_ema,
+    warmup_constant,
+)
 
 CLASSES, SIZE, CHANNELS, COUNT = 5, 8, 3, 64
 SIGMAS = 4  # width of every binomial bound, in standard deviations
@@ -279,6 +287,28 @@ def test_warmup_is_linear_and_reaches_the_base_rate_at_the_configured_step():
     authors = lr_used(lambda step: min(step / warmup, 1), 13, base)
     assert authors[0] == 0 and used == pytest.approx(authors[1:], rel=1e-12)
     assert lr_used(warmup_constant(0), 3, base) == [base] * 3
+
+
+def test_a_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_step():
+    """lr_schedule: cosine: update k runs at base min(k / W, 1) (1 + cos(pi (k - 1) / N)) / 2 for N steps; constant is
+    the warmup alone. A cosine run of another length is another trajectory (its checkpoints are not resumed)."""
+    warmup, steps, base = 4, 20, 0.1
+    cosine = {"warmup_steps": warmup, "steps": steps, "lr_schedule": "cosine"}
+    used = lr_used(lr_factor(cosine), steps, base)
+    expected = [
+        base * min(k / warmup, 1) * (1 + math.cos(math.pi * (k - 1) / steps)) / 2 for k in range(1, steps + 1)
+    ]
+    assert used == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert lr_factor(cosine)(steps) == 0 and 0 < used[-1] < used[-2] < used[warmup - 1] < base
+    assert lr_used(lr_factor(cosine | {"lr_schedule": "constant"}), steps, base) == lr_used(
+        warmup_constant(warmup), steps, base
+    )
+    short, longer = experiment("smoke_pixel"), experiment("smoke_pixel", training={"steps": 40})
+    assert trajectory_hash(short) == trajectory_hash(longer)  # constant: a longer run resumes a shorter one
+    short, longer = (
+        experiment("smoke_pixel", training={"lr_schedule": "cosine", "steps": n}) for n in (20, 40)
+    )
+    assert trajectory_hash(short) != trajectory_hash(longer)
 
 
 def test_ema_of_a_constant_model_follows_the_closed_form():

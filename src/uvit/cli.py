@@ -94,7 +94,12 @@ def cmd_encode_latents(args, params: dict) -> None:
     from uvit.autoencoder import encode_dataset
 
     manifest = encode_dataset(
-        Path(args.autoencoder_dir), Path(args.data), Path(args.out), scale_factor=args.scale_factor, log=log
+        Path(args.autoencoder_dir),
+        Path(args.data),
+        Path(args.out),
+        scale_factor=args.scale_factor,
+        flips=not args.no_flips,
+        log=log,
     )
     log(
         f"encoded {manifest['count']} images, moments {manifest['moments_shape']}, scale {manifest['scale_factor']:.5f}"
@@ -467,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive(float),
         metavar="S",
         help="fixed latent scale (SD: 0.18215; COCO: 0.23010)",
+    )
+    p.add_argument(
+        "--no-flips", action="store_true", help="encode the images only, not also their horizontal flips"
     )
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="DIR")

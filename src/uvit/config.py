@@ -414,6 +414,11 @@ def _check_experiment(params: dict, name: str, source: str) -> None:
             raise ConfigError(
                 f"{key}.autoencoder: {ae!r} is trained on another dataset than {exp['dataset']!r}"
             )
+        if exp["training"]["hflip"] and not encodes_flips(params["autoencoders"][ae]):
+            raise ConfigError(
+                f"{key}.training.hflip: true needs the flipped latents, which autoencoders.{ae} does not encode "
+                "(encode_flips: false); set training.hflip: false or encode_flips: true"
+            )
     elif exp["autoencoder"] is not None:
         raise ConfigError(f"{key}.autoencoder: set only for space: latent (this experiment is pixel-space)")
     derived = derived_values(params, exp)
@@ -489,6 +494,20 @@ def _check_classifier(params: dict, exp: dict, key: str) -> None:
             f"{key}.evaluation.classifier: {name!r} is trained on dataset {params['classifiers'][name]['dataset']!r}, "
             f"this experiment samples {exp['dataset']!r}; name a classifier of {exp['dataset']!r}"
         )
+
+
+def encodes_flips(ae: dict) -> bool:
+    """Whether the encode stage stores each image's horizontal flip beside it (the authors' features do, for
+    training.hflip); optional key, absent = true."""
+    return ae.get("encode_flips", True)
+
+
+def encode_flags(ae: dict) -> str:
+    """`uvit encode-latents` flags of an autoencoder: a pretrained one's fixed latent scale (trained ones measure
+    theirs), and no flips where it encodes none."""
+    scale = ae.get("scale_factor")
+    flags = [f"--scale-factor {scale}"] if scale else []
+    return " ".join(flags + ([] if encodes_flips(ae) else ["--no-flips"]))
 
 
 def autoencoder_downsampling(ae: dict) -> int:
@@ -621,8 +640,13 @@ def settings_hash(settings: Any) -> str:
 
 PRECISION_KEYS = ("precision", "feature_precision")
 # Settings added after metrics files were first recorded, and what a record without them was computed with:
-# clean-fid's clean resize (the only protocol then); `metrics` only adds numbers such a record lacks ('-').
-PREDATED = {"evaluation.fid_protocol": "clean", "evaluation.metrics": None}
+# clean-fid's clean resize (the only protocol then), a constant learning rate; `metrics` only adds numbers such a
+# record lacks ('-').
+PREDATED = {
+    "evaluation.fid_protocol": "clean",
+    "evaluation.metrics": None,
+    "training.lr_schedule": "constant",
+}
 
 
 def settings_differences(recorded, current, key: str = "") -> list[tuple[str, object, object]]:

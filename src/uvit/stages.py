@@ -25,6 +25,7 @@ from pathlib import Path
 from uvit.config import (
     accuracy_settings,
     caption_split,
+    encodes_flips,
     evaluation_point,
     resolve_experiment,
     stage_settings,
@@ -404,7 +405,7 @@ class Lineage:
 
     def encode_latents(self, autoencoder):
         cfg = self.params["autoencoders"][autoencoder]
-        return {"scale_factor": cfg.get("scale_factor")}, [
+        return {"scale_factor": cfg.get("scale_factor"), "flips": encodes_flips(cfg)}, [
             self.autoencoder(autoencoder),
             self("prepare_data", dataset=cfg["dataset"]),
         ]

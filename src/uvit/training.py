@@ -145,6 +145,11 @@ class LatentData:
     def __init__(self, latent_dir: Path, hflip: bool, verify: bool = True):
         self.moments, labels, manifest = labelled_rows(Path(latent_dir), "moments", "encode_latents", verify)
         self.labels, self.scale_factor, self.hflip = torch.from_numpy(labels), manifest["scale_factor"], hflip
+        if hflip and self.moments.row_shape[0] < 2:
+            raise UserError(
+                f"{latent_dir}: encoded without flips (encode_flips: false), but training.hflip is true; set "
+                "training.hflip: false or encode the flips too"
+            )
 
     def __len__(self) -> int:
         return len(self.moments)
@@ -234,6 +239,16 @@ def warmup_constant(warmup_steps: int):
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
+def lr_factor(cfg: dict):
+    """The learning rate of update k + 1 over training.lr: the authors' linear warmup, then constant, or (lr_schedule:
+    cosine, a short run's recipe) times 1/2 (1 + cos(pi k / steps)), which reaches 0 at the last step."""
+    warmup = warmup_constant(cfg["warmup_steps"])
+    if cfg["lr_schedule"] == "constant":
+        return warmup
+    steps = cfg["steps"]
+    return lambda step: warmup(step) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, rate: float) -> None:
     for ema_p, p in zip(ema.parameters(), model.parameters(), strict=True):
@@ -241,8 +256,12 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, rate: float) -> Non
 
 
 def trajectory_hash(exp: dict) -> str:
-    """Hash of everything that shapes the training trajectory (not its length or bookkeeping)."""
-    training = {k: v for k, v in exp["training"].items() if k not in BOOKKEEPING_KEYS}
+    """Hash of everything that shapes the training trajectory (not its length or bookkeeping; the length too when
+    the learning rate decays over it: a longer cosine run is another trajectory from its first step)."""
+    cosine = exp["training"]["lr_schedule"] != "constant"
+    training = {
+        k: v for k, v in exp["training"].items() if k not in BOOKKEEPING_KEYS or (cosine and k == "steps")
+    }
     return settings_hash(
         {k: exp[k] for k in ("dataset", "space", "autoencoder", "condition", "model", "diffusion")}
         | {"training": training}
@@ -412,7 +431,7 @@ def _train(
         weight_decay=cfg["weight_decay"],
         fused=device.type == "cuda",  # one kernel for all parameters instead of several per tensor
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(cfg["warmup_steps"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     schedule = make_schedule(exp["diffusion"]["schedule"])
     share = processes.share(cfg["batch_size"])

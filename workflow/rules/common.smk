@@ -10,6 +10,7 @@ from uvit import layout
 from uvit.config import (
     ConfigError,
     caption_split,
+    encode_flags,
     evaluation_point,
     fid_metrics_paths,
     load_params,
@@ -129,10 +130,8 @@ def pretrained_weights_source(wildcards):
     return path
 
 
-def scale_factor_flag(wildcards):
-    """A pretrained autoencoder's fixed latent scale; trained ones measure theirs."""
-    scale = PARAMS["autoencoders"][wildcards.autoencoder].get("scale_factor")
-    return f"--scale-factor {scale}" if scale else ""
+def encode_latents_flags(wildcards):
+    return encode_flags(PARAMS["autoencoders"][wildcards.autoencoder])
 
 
 def text_inputs(stage):

@@ -131,7 +131,7 @@ rule encode_latents:
     params:
         lineage=lineage("encode_latents"),
         settings=settings("encode_latents"),
-        scale=scale_factor_flag,
+        flags=encode_latents_flags,
     shell:
         "uvit --threads {threads} encode-latents --autoencoder-dir {input.autoencoder} --data {input.data}"
-        " {params.scale} --out {output} 2> {log}"
+        " {params.flags} --out {output} 2> {log}"

@@ -32,7 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 from uvit import layout  # noqa: E402
-from uvit.config import caption_split, load_params, resolve_experiment, text_tokens  # noqa: E402
+from uvit.config import caption_split, encode_flags, load_params, resolve_experiment, text_tokens  # noqa: E402
 from uvit.stages import (  # noqa: E402
     RULE_COMMANDS,
     autoencoder_reference,
@@ -103,7 +103,8 @@ TEMPLATES: dict[str, dict] = {
         "outs": [layout.trained_autoencoder(K), (layout.autoencoder_metrics(K), "git")],
     },
     "encode_latents": {
-        "cmd": f"uvit encode-latents --autoencoder-dir {{autoencoder}} --data {{data}} {{scale}} --out {layout.latents(K)}",
+        "cmd": f"uvit encode-latents --autoencoder-dir {{autoencoder}} --data {{data}} {{encode_flags}}"
+        f" --out {layout.latents(K)}",
         "deps": ["{autoencoder}", "{data}"],
         "outs": [layout.latents(K)],
     },
@@ -335,7 +336,6 @@ class Paths:
         if "autoencoder" in wildcards:
             name = wildcards["autoencoder"]
             cfg = self.params["autoencoders"][name]
-            scale = cfg.get("scale_factor")
             scored_by = autoencoder_reference(self.params, name)
             reference = layout.reference(scored_by) if scored_by else None
             return {
@@ -344,7 +344,7 @@ class Paths:
                 "source": cfg.get("pretrained", ""),
                 "data": layout.prepared(cfg["dataset"]),
                 "autoencoder": self.autoencoder_path(name),
-                "scale": f"--scale-factor {scale}" if scale else "",
+                "encode_flags": encode_flags(cfg),
             }
         return {}
 
