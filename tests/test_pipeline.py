@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -253,6 +254,23 @@ def test_both_engines_agree_and_reruns_are_minimal(project):
     """After the Snakemake run, neither engine has anything to do: dvc.lock recorded every stage it made."""
     assert planned_jobs(project) == set()
     assert dvc_changed(project) == set()
+
+
+def test_lock_entries_of_stages_no_longer_defined_are_dropped(project):
+    """A stage renamed or no longer asked for (a guidance scale taken out of the sweep): the recording step after a
+    run drops its dvc.lock entry and leaves every other entry as DVC wrote it."""
+    path = project / "dvc.lock"
+    original = path.read_text()
+    try:
+        stale = original.replace(
+            "stages:\n", "stages:\n  fid_guidance_point@gone-scale9:\n    cmd: uvit fid\n", 1
+        )
+        path.write_text(stale)
+        out = run(["python", "-m", "uvit.dvclock", "--since", str(time.time())], project).stderr
+        assert "dropped 1 entries of stages dvc.yaml no longer defines" in out
+        assert path.read_text() == original
+    finally:
+        path.write_text(original)
 
 
 def test_a_metrics_file_edited_by_hand_is_never_recorded(project):

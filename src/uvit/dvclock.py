@@ -68,6 +68,28 @@ def record_runs(since: float, root: Path = Path(".")) -> tuple[list[str], list[s
     return recorded, left
 
 
+def prune_lock(root: Path = Path(".")) -> list[str]:
+    """Drop the dvc.lock entries of stages dvc.yaml no longer defines (renamed, or an evaluation point no longer
+    asked for): what they record is nothing a current stage makes. Returns their names."""
+    from dvc.repo import Repo
+    from ruamel.yaml import YAML
+
+    path = root / "dvc.lock"
+    if not path.is_file():
+        return []
+    with Repo(str(root)) as repo:
+        defined = {stage.addressing for stage in repo.index.stages}
+    yaml = YAML()  # round trip: the entries kept stay byte for byte as DVC wrote them
+    lock = yaml.load(path.read_text())
+    gone = [name for name in lock["stages"] if name not in defined]
+    for name in gone:
+        del lock["stages"][name]
+    if gone:
+        with path.open("w") as out:
+            yaml.dump(lock, out)
+    return gone
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--since", type=float, required=True, help="when the Snakemake run started (epoch s)")
@@ -79,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     Lineage(params).write_settings(all_jobs(params))
     started = time.time()
     recorded, left = record_runs(args.since)
+    gone = prune_lock()
     print(
-        f"dvc.lock: recorded {len(recorded)} stages this run made ({time.time() - started:.1f} s)",
+        f"dvc.lock: recorded {len(recorded)} stages this run made ({time.time() - started:.1f} s)"
+        + (f"; dropped {len(gone)} entries of stages dvc.yaml no longer defines" if gone else ""),
         file=sys.stderr,
     )
     for line in left:
