@@ -159,7 +159,9 @@ def test_encoding_streams_batches_into_shards_equal_to_encoding_at_once(tmp_path
     assert scale == pytest.approx(1 / whole[:, :, :2].double().std(unbiased=False).item(), rel=1e-6)
 
     # encode_flips: false (`--no-flips`): each image's moments alone, the scale over their means only.
-    encode_dataset(tmp_path / "ae", tmp_path / "data", tmp_path / "z1", 7, 10, flips=False, log=lambda m: None)
+    encode_dataset(
+        tmp_path / "ae", tmp_path / "data", tmp_path / "z1", 7, 10, flips=False, log=lambda m: None
+    )
     alone, _, scale = load_latents(tmp_path / "z1")
     assert alone.shape == (len(images), 1, 4, 16, 16)
     torch.testing.assert_close(alone, whole[:, :1], rtol=1e-5, atol=1e-6)
@@ -168,7 +170,9 @@ def test_encoding_streams_batches_into_shards_equal_to_encoding_at_once(tmp_path
     from uvit.training import LatentData
 
     assert LatentData(tmp_path / "z1", hflip=False).shape == (2, 16, 16)
-    with pytest.raises(UserError, match=r"z1: encoded without flips \(encode_flips: false\), but training.hflip"):
+    with pytest.raises(
+        UserError, match=r"z1: encoded without flips \(encode_flips: false\), but training.hflip"
+    ):
         LatentData(tmp_path / "z1", hflip=True)
     assert manifest["moments_shape"] == [2, 4, 16, 16]
 

@@ -11,6 +11,7 @@ never recorded, and neither is a table rendered from it. Each stage left unrecor
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import time
@@ -74,6 +75,8 @@ def prune_lock(root: Path = Path(".")) -> list[str]:
     from dvc.repo import Repo
     from ruamel.yaml import YAML
 
+    from uvit.fileio import atomic_write_bytes
+
     path = root / "dvc.lock"
     if not path.is_file():
         return []
@@ -85,8 +88,9 @@ def prune_lock(root: Path = Path(".")) -> list[str]:
     for name in gone:
         del lock["stages"][name]
     if gone:
-        with path.open("w") as out:
-            yaml.dump(lock, out)
+        text = io.StringIO()
+        yaml.dump(lock, text)
+        atomic_write_bytes(path, text.getvalue().encode())
     return gone
 
 
