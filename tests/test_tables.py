@@ -227,22 +227,22 @@ def test_guidance_rows_take_fid_and_accuracy_each_from_its_own_record(params):
                 "classifier_test_images": 10000, "classifier_test_split": "test"}  # fmt: skip
 
     final, zero, one = (
-        f"metrics/fmnist_latent/{p}.json" for p in ("fid", "guidance/scale0", "guidance/scale3")
+        f"metrics/fmnist_latent/{p}.json" for p in ("fid", "guidance/scale0", "guidance/scale1")
     )
-    # params.yaml: fmnist_latent samples at guidance 1.0 and sweeps [0, 3]
-    metrics = {final: fid(1.0), zero: fid(0.0), one: fid(3.0)}
+    # params.yaml: fmnist_latent samples at guidance 3.0 and sweeps [0, 1]
+    metrics = {final: fid(3.0), zero: fid(0.0), one: fid(1.0)}
     metrics |= {
         "metrics/fmnist_latent/accuracy.json": accuracy(0.8125),
         zero[:-5] + ".accuracy.json": accuracy(0.5),
     }
     rows = guidance_table(params, metrics).rows
     assert [(r.cells[0], r.cells[3]) for r in rows] == [
-        ("`fmnist_latent`", s) for s in ("0.0", "1.0 (final)", "3.0")
+        ("`fmnist_latent`", s) for s in ("0.0", "1.0", "3.0 (final)")
     ]
     assert rows[0].cells[5:10] == ["10.00", "5.00", "50.0%", "90.1%", "`fmnist_cnn` (10000 test)"]
     assert rows[0].source == zero and rows[0].origin_of("Classifier accuracy") == zero[:-5] + ".accuracy.json"
-    assert rows[1].origin_of("Classifier's own accuracy") == "metrics/fmnist_latent/accuracy.json"
-    assert rows[2].cells[7:10] == ["-", "-", "-"] and rows[2].every_source == {one}
+    assert rows[2].origin_of("Classifier's own accuracy") == "metrics/fmnist_latent/accuracy.json"
+    assert rows[1].cells[7:10] == ["-", "-", "-"] and rows[1].every_source == {one}
     (row,) = [r for r in results_table(params, metrics).rows if r.source == final]
     assert row["Classifier accuracy"] == "81.2%"
     assert row.origin_of("Classifier accuracy") == "metrics/fmnist_latent/accuracy.json"
