@@ -35,8 +35,9 @@ def ran_in_this_run(stage, since: float) -> bool:
     return bool(outs) and all(written_since(str(out.fs_path), since) for out in outs)
 
 
-def record_runs(since: float, root: Path = Path(".")) -> tuple[list[str], list[str]]:
-    """Record the stages this run produced; return (recorded, left) stage names, left with the reason."""
+def record_runs(since: float, root: Path = Path(".")) -> tuple[list[str], list[str], list[str]]:
+    """Record the stages this run produced, then drop the entries of stages no longer defined; return (recorded,
+    left, dropped) stage names, left with the reason."""
     import networkx as nx
     from dvc.repo import Repo
 
@@ -66,22 +67,19 @@ def record_runs(since: float, root: Path = Path(".")) -> tuple[list[str], list[s
                 continue
             unrecorded.add(stage)
             left.append(f"{stage.addressing}: {reason}")
-    return recorded, left
+        dropped = prune_lock(root / "dvc.lock", {stage.addressing for stage in graph})
+    return recorded, left, dropped
 
 
-def prune_lock(root: Path = Path(".")) -> list[str]:
+def prune_lock(path: Path, defined: set[str]) -> list[str]:
     """Drop the dvc.lock entries of stages dvc.yaml no longer defines (renamed, or an evaluation point no longer
     asked for): what they record is nothing a current stage makes. Returns their names."""
-    from dvc.repo import Repo
     from ruamel.yaml import YAML
 
     from uvit.fileio import atomic_write_bytes
 
-    path = root / "dvc.lock"
     if not path.is_file():
         return []
-    with Repo(str(root)) as repo:
-        defined = {stage.addressing for stage in repo.index.stages}
     yaml = YAML()  # round trip: the entries kept stay byte for byte as DVC wrote them
     lock = yaml.load(path.read_text())
     gone = [name for name in lock["stages"] if name not in defined]
@@ -104,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params("params.yaml")
     Lineage(params).write_settings(all_jobs(params))
     started = time.time()
-    recorded, left = record_runs(args.since)
-    gone = prune_lock()
+    recorded, left, gone = record_runs(args.since)
     print(
         f"dvc.lock: recorded {len(recorded)} stages this run made ({time.time() - started:.1f} s)"
         + (f"; dropped {len(gone)} entries of stages dvc.yaml no longer defines" if gone else ""),
