@@ -308,6 +308,24 @@ def test_an_fp16_run_resumes_with_its_gradient_scaler_state(split, tmp_path):
     assert state["scaler"]["scale"] > 0 and state["step"] == 3
 
 
+def test_checkpoints_of_other_settings_never_displace_the_new_runs(split, tmp_path):
+    """A run of new settings beside an older, longer run's checkpoints (steps 2, 4, 6) keeps its own: the older
+    ones go at its first checkpoint and never count towards keep_checkpoints (counted by step number, they would
+    delete each new checkpoint as it is written, and a kill would lose the new run's progress). Its checkpoint
+    of step 2 replaces the old one of that name and stays."""
+    old = experiment("smoke_pixel", training={"steps": 6, "batch_size": 8} | LOOP | {"checkpoint_every": 2})
+    train(old, split, tmp_path, log=lambda m: None)
+    ckpt_dir = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == [f"ckpt-000000{s}.pt" for s in (2, 4, 6)]
+    new = edited(old, "training", lr=old["training"]["lr"] / 2, steps=2, keep_checkpoints=2)
+    logs = []
+    train(new, split, tmp_path, log=logs.append)
+    assert f"3 checkpoint(s) of other training settings in {ckpt_dir}: removed at this run's first" in logs
+    assert [p.name for p in ckpt_dir.iterdir()] == ["ckpt-0000002.pt"]
+    state = torch.load(ckpt_dir / "ckpt-0000002.pt", weights_only=True)
+    assert state["trajectory_hash"] == training.trajectory_hash(new) != training.trajectory_hash(old)
+
+
 def test_condition_dropout_draws_from_the_step_generator_only():
     """The null-condition mask comes from the step's generator (the step seed decides the batch): the global RNG
     state does not change it, another step seed does."""

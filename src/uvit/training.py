@@ -295,8 +295,28 @@ def latest_checkpoint(ckpt_dir: Path, expected_hash: str, max_step: int, log) ->
     return None
 
 
-def prune_checkpoints(ckpt_dir: Path, keep: int, keep_steps: tuple[int, ...] = ()) -> None:
-    """Delete all but the newest `keep` checkpoints and those of `keep_steps` (e.g. for FID over training)."""
+def foreign_checkpoints(ckpt_dir: Path, expected_hash: str) -> list[Path]:
+    """The readable checkpoints in ckpt_dir made with other training settings (memory-mapped: only the pickled
+    header is read, not the weights)."""
+    foreign = []
+    for path in sorted(ckpt_dir.glob("ckpt-*.pt")):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # unreadable: latest_checkpoint names it; retention counts it by its step
+            continue
+        if isinstance(state, dict) and state.get("trajectory_hash", expected_hash) != expected_hash:
+            foreign.append(path)
+    return foreign
+
+
+def prune_checkpoints(
+    ckpt_dir: Path, keep: int, keep_steps: tuple[int, ...] = (), foreign: tuple[Path, ...] = ()
+) -> None:
+    """Delete the checkpoints of other trajectories (`foreign`), then all but the newest `keep` of the rest and
+    those of `keep_steps` (e.g. for FID over training). Foreign ones never count towards `keep`: a run of new
+    settings beside an older, longer run would otherwise delete each of its checkpoints as it writes it."""
+    for path in foreign:
+        path.unlink(missing_ok=True)
     for path in sorted(ckpt_dir.glob("ckpt-*.pt"))[:-keep]:
         if int(path.stem.split("-")[1]) not in keep_steps:
             path.unlink()
@@ -441,6 +461,13 @@ def _train(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     expected = trajectory_hash(exp)
     state = latest_checkpoint(ckpt_dir, expected, cfg["steps"], log)
+    foreign = tuple(
+        foreign_checkpoints(ckpt_dir, expected)
+    )  # removed at this run's first checkpoint, not before
+    if foreign:
+        log(
+            f"{len(foreign)} checkpoint(s) of other training settings in {ckpt_dir}: removed at this run's first"
+        )
     history: list[dict] = []
     start_step = 0
     if state is not None:
@@ -522,8 +549,9 @@ def _train(
                 write_loss_log(out_dir, history)
         if saved:
             if processes.main:
+                saved_path = checkpoint_file(ckpt_dir, done)
                 save_checkpoint(
-                    checkpoint_file(ckpt_dir, done),
+                    saved_path,
                     {
                         "step": done,
                         "trajectory_hash": expected,
@@ -535,7 +563,10 @@ def _train(
                         "history": json.dumps(history),
                     },
                 )
-                prune_checkpoints(ckpt_dir, cfg["keep_checkpoints"], tuple(cfg["keep_steps"]))
+                # a foreign file of this step's name now holds this run's checkpoint
+                foreign = tuple(path for path in foreign if path != saved_path)
+                prune_checkpoints(ckpt_dir, cfg["keep_checkpoints"], tuple(cfg["keep_steps"]), foreign)
+                foreign = ()
             processes.barrier()
             last_good = f"step {done}"
         if previewed:
