@@ -286,6 +286,8 @@ CASES = [
      ("file: File exists", "check the path"), False),
     ("train-latent-without-latents", lambda w, t: w.cmd(*train_args(w, t, experiment="smoke_latent")),
      ("experiments.smoke_latent: a latent experiment trains on encoded latents", "give --latents"), False),
+    ("sample-latent-without-autoencoder", lambda w, t: w.cmd("sample", "--experiment", "smoke_latent", "--model", w.model, "--data", w.data, "--out", str(t / "out")),
+     ("experiments.smoke_latent: a latent experiment decodes its samples with its autoencoder", "give --autoencoder-dir (results/autoencoders/"), False),
     ("train-text-without-text", lambda w, t: w.cmd(*train_args(w, t, w.emoji, "smoke_text")),
      ("smoke_text: a text experiment trains on encoded captions", "give --text"), False),
     # ---- prepared data and other data files ----

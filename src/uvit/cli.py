@@ -167,6 +167,12 @@ def cmd_sample(args, params: dict) -> None:
         raise UserError(
             f"{args.experiment}: a text experiment samples for its prepared captions; give --data"
         )
+    if exp["space"] == "latent" and not args.autoencoder_dir:
+        ae = exp["autoencoder"]
+        raise UserError(
+            f"experiments.{exp['name']}: a latent experiment decodes its samples with its autoencoder; give "
+            f"--autoencoder-dir ({layout.autoencoder_dir(ae, named(params, 'autoencoders', ae))})"
+        )
     geometry = None
     if exp["space"] == "latent" and not args.latents:
         geometry = tuple(exp["derived"]["latent_shape"]), exp["derived"]["latent_scale_factor"]
