@@ -11,13 +11,14 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CORES, ROOT, make_project_copy, run, set_params, write_emoji_package
+from conftest import CORES, ROOT, make_project_copy, project_env, run, set_params, write_emoji_package
 
 from uvit.config import load_params
 from uvit.tables import table_metrics_files
@@ -298,6 +299,27 @@ def test_a_metrics_file_edited_by_hand_is_never_recorded(project):
             p.write_bytes(data)
             os.utime(p, ns=(times[p], times[p]))
     assert verify(project).returncode == 0
+
+
+def test_what_a_killed_run_finished_is_recorded_by_the_next_run(project):
+    """A run killed after some of its jobs finished never records them (Snakemake's onsuccess never comes). The
+    next run records what those jobs made when it is an up-to-date output of its DAG that a finished job wrote
+    (Snakemake's metadata), so dvc.lock does not stay behind; an output edited since stays unrecorded (above)."""
+    path, original = project / "params.yaml", (project / "params.yaml").read_text()
+    samples, fid = "results/smoke_pixel/samples", "metrics/smoke_pixel/fid.json"
+    killed = project_env() | {"UVIT_SKIP_DVC_COMMIT": "1"}  # its jobs finish; it never records them
+    try:
+        set_params(project, lambda p: p["experiments"]["smoke_pixel"]["sampling"].__setitem__("seed", 3))
+        subprocess.run(["snakemake", "--cores", CORES, samples], cwd=project, env=killed, check=True)
+        assert "sample@smoke_pixel" in dvc_changed(project)
+        out = run(["snakemake", "--cores", CORES, fid], project).stderr
+        assert "Job stats" in out and "sample " not in out.split("Job stats:")[1].split("total")[0]
+        assert "not recorded: sample@smoke_pixel" not in out and "not recorded: fid@smoke_pixel" not in out
+        assert not {"sample@smoke_pixel", "fid@smoke_pixel"} & dvc_changed(project)
+    finally:
+        path.write_text(original)
+        run(["snakemake", "--cores", CORES], project)
+    assert dvc_changed(project) == set()
 
 
 def test_verify_refuses_stale_settings_and_a_dirty_tree(project):

@@ -2,24 +2,32 @@
 
 After `snakemake` succeeds (the Snakefile's `onsuccess`), `python -m uvit.dvclock --since <start>` writes the
 settings records (`uvit settings`), then walks the DVC stages upstream first and records a stage in dvc.lock
-only when DVC finds it changed, every output it declares was written by this run (not before it started), and
+only when DVC finds it changed, every output it declares was made by Snakemake for the current settings, and
 every input that another stage produces is that stage's recorded output (DVC's own status of the upstream
-stage). Anything else stays unrecorded, so `dvc status` keeps showing it: a metrics file edited by hand is
-never recorded, and neither is a table rendered from it. Each stage left unrecorded is named on one line.
+stage). Made for the current settings: written by this run (not before it started), or, for the jobs of this
+run's DAG that Snakemake found up to date (`--dag-outputs`: their settings and code, which their lineage param
+carries, are the current ones), written by a job that finished and untouched since (Snakemake's metadata: the
+end time it recorded is the output's time). The second case is a run killed after some jobs finished and
+before it could record them: the next run records what those jobs made instead of leaving it unrecorded.
+Anything else stays unrecorded, so `dvc status` keeps showing it: a metrics file edited by hand is never
+recorded, and neither is a table rendered from it. Each stage left unrecorded is named on one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 import time
+from base64 import urlsafe_b64encode
 from pathlib import Path
 
 # A file written right after the run started may carry a slightly earlier time (coarse filesystem clocks).
 CLOCK_SLACK_S = 0.05
 SETTINGS_STAGE = "settings"
+SNAKEMAKE_METADATA = Path(".snakemake", "metadata")  # Snakemake's record of each output's job, in its workdir
 
 
 def written_since(path: str, since: float) -> bool:
@@ -29,13 +37,47 @@ def written_since(path: str, since: float) -> bool:
         return False
 
 
-def ran_in_this_run(stage, since: float) -> bool:
-    """Every output the stage declares (persistent ones aside: checkpoints survive runs) was written since."""
+def snakemake_record(path: str, root: Path) -> dict | None:
+    """Snakemake's metadata record of an output (named by the path's urlsafe base64, cut into pieces of the
+    file-name limit with '@' before all but the last, as snakemake.persistence writes it), or None."""
+    metadata = root / SNAKEMAKE_METADATA
+    try:
+        limit = os.pathconf(metadata, "PC_NAME_MAX") or 255
+        key = urlsafe_b64encode(path.encode()).decode()
+        pieces = [key[i : i + limit - 1] for i in range(0, len(key), limit - 1)]
+        record = json.loads(metadata.joinpath(*[f"@{p}" for p in pieces[:-1]], pieces[-1]).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def made_by_a_finished_job(path: str, root: Path) -> bool:
+    """A Snakemake job that finished wrote `path`, and nothing has written it since (Snakemake records the job's
+    end time as its outputs' time; an edit afterwards makes the file newer)."""
+    record = snakemake_record(path, root)
+    if record is None or record.get("incomplete", True) or not isinstance(record.get("endtime"), float | int):
+        return False
+    try:
+        return os.stat(root / path).st_mtime <= record["endtime"] + CLOCK_SLACK_S
+    except OSError:
+        return False
+
+
+def made_for_current_settings(stage, since: float, dag_outputs: set[str], root: Path) -> bool:
+    """Every output the stage declares (persistent ones aside: checkpoints survive runs) was written by this run,
+    or each is the output of an up-to-date job of this run's DAG that a finished Snakemake job wrote."""
     outs = [out for out in stage.outs if not out.persist]
-    return bool(outs) and all(written_since(str(out.fs_path), since) for out in outs)
+    if not outs:
+        return False
+    if all(written_since(str(out.fs_path), since) for out in outs):
+        return True
+    paths = [os.path.relpath(out.fs_path, root) for out in outs]
+    return all(path in dag_outputs and made_by_a_finished_job(path, root) for path in paths)
 
 
-def record_runs(since: float, root: Path = Path(".")) -> tuple[list[str], list[str], list[str]]:
+def record_runs(
+    since: float, root: Path = Path("."), dag_outputs: frozenset[str] = frozenset()
+) -> tuple[list[str], list[str], list[str]]:
     """Record the stages this run produced, then drop the entries of stages no longer defined; return (recorded,
     left, dropped) stage names, left with the reason."""
     import networkx as nx
@@ -55,7 +97,9 @@ def record_runs(since: float, root: Path = Path(".")) -> tuple[list[str], list[s
             dirty = [up for up in graph.successors(stage) if up in unrecorded]
             if missing:  # the quick tier: the tables of every target, some never made here
                 reason = f"its input {missing[0]} does not exist (`make demo-full` makes it)"
-            elif stage.name != SETTINGS_STAGE and not ran_in_this_run(stage, since):
+            elif stage.name != SETTINGS_STAGE and not made_for_current_settings(
+                stage, since, dag_outputs, root
+            ):
                 reason = "its outputs were not written by this run (changed by hand, or by another command)"
             elif dirty:
                 reason = f"its input from {dirty[0].addressing} is not what dvc.lock records for that stage"
@@ -95,6 +139,11 @@ def prune_lock(path: Path, defined: set[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--since", type=float, required=True, help="when the Snakemake run started (epoch s)")
+    parser.add_argument(
+        "--dag-outputs",
+        metavar="FILE",
+        help="the outputs of this run's DAG, one per line ('-': standard input)",
+    )
     args = parser.parse_args(argv)
     from uvit.config import load_params
     from uvit.stages import Lineage, all_jobs
@@ -102,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params("params.yaml")
     Lineage(params).write_settings(all_jobs(params))
     started = time.time()
-    recorded, left, gone = record_runs(args.since)
+    dag_outputs = frozenset()
+    if args.dag_outputs:
+        text = sys.stdin.read() if args.dag_outputs == "-" else Path(args.dag_outputs).read_text()
+        dag_outputs = frozenset(line for line in text.splitlines() if line)
+    recorded, left, gone = record_runs(args.since, dag_outputs=dag_outputs)
     print(
         f"dvc.lock: recorded {len(recorded)} stages this run made ({time.time() - started:.1f} s)"
         + (f"; dropped {len(gone)} entries of stages dvc.yaml no longer defines" if gone else ""),

@@ -386,4 +386,12 @@ def sync_dvc_lock():
     an output changed by hand stays unrecorded, so `dvc status` and `uvit verify` name it."""
     if os.environ.get("UVIT_SKIP_DVC_COMMIT") or not os.path.isdir(".dvc"):
         return
-    subprocess.run([sys.executable, "-m", "uvit.dvclock", "--since", str(RUN_STARTED)], check=False)
+    # the outputs of every job of this run's DAG: Snakemake found those it did not run up to date (uvit.dvclock
+    # records what a killed earlier run made for them)
+    outputs = sorted({path for job in workflow.dag.jobs for path in job.output})
+    subprocess.run(
+        [sys.executable, "-m", "uvit.dvclock", "--since", str(RUN_STARTED), "--dag-outputs", "-"],
+        input="\n".join(outputs),
+        text=True,
+        check=False,
+    )
