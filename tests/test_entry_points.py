@@ -252,7 +252,8 @@ def test_a_killed_run_never_leaves_an_older_result_current(tmp_path):
     again = run(command, project, timeout=900)
     assert "Nothing to be done" not in again.stdout + again.stderr
     log = (project / "logs/train/smoke_pixel.log").read_text()
-    assert f"resuming from {Path('results/smoke_pixel/checkpoints/ckpt-0000040.pt')} (step 40)" in log, log[-2000:]
+    resumed = f"resuming from {Path('results/smoke_pixel/checkpoints/ckpt-0000040.pt')} (step 40)"
+    assert resumed in log, log[-2000:]
     fid = json.loads((project / target).read_text())
     assert fid["training_steps"] == 120 and fid != old_fid
 
