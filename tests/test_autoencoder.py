@@ -1,4 +1,5 @@
-"""Stable Diffusion's KL-f8 autoencoder in its three published forms, on a randomly initialised model."""
+"""Stable Diffusion's KL-f8 autoencoder in its three published forms, on a randomly initialised model, and our
+AutoencoderKL against diffusers' class."""
 
 from __future__ import annotations
 
@@ -235,3 +236,92 @@ def test_space_to_depth_autoencoder_downsamples_by_its_factor_and_survives_a_sav
         imported = load_autoencoder(tmp_path / "imported")
         assert isinstance(imported, SpaceToDepth) and imported.factor == 2
         assert torch.equal(imported.decode(imported.encode(x).latent_dist.mode()).sample, out)
+
+
+# --------------------------------------------------------------------------------------------------------
+# uvit.autoencoder_kl against diffusers' AutoencoderKL (the independent implementation)
+# --------------------------------------------------------------------------------------------------------
+OURS_AND_DIFFUSERS = [
+    dict(
+        in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=2, latent_channels=4
+    ),
+    dict(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=2,
+        norm_num_groups=8,
+        mid_block_add_attention=False,
+        use_quant_conv=False,
+    ),
+]
+
+
+@pytest.mark.parametrize("config", OURS_AND_DIFFUSERS, ids=["attention", "no_attention"])
+def test_our_autoencoder_is_diffusers_autoencoder_kl(config, tmp_path):
+    """The same seed gives the same parameters (names, order, values); the same input the same posterior, sample,
+    KL, reconstruction and gradients, in training and evaluation mode and under bf16 autocast, bit for bit; and a
+    folder either one saves loads in the other."""
+    from diffusers import AutoencoderKL as DiffusersAutoencoderKL
+
+    from uvit.autoencoder_kl import AutoencoderKL
+
+    blocks = len(config["block_out_channels"])
+    types = dict(
+        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks
+    )
+    torch.manual_seed(0)
+    theirs = DiffusersAutoencoderKL(**config, **types)
+    torch.manual_seed(0)
+    ours = AutoencoderKL(**config)
+    assert [(n, p.shape) for n, p in theirs.named_parameters()] == [
+        (n, p.shape) for n, p in ours.named_parameters()
+    ]
+    for (name, a), b in zip(theirs.state_dict().items(), ours.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+    x = torch.rand(5, theirs.config.in_channels, 16, 16) * 2 - 1
+    for training in (True, False):
+        outputs = []
+        for model in (theirs, ours):
+            model.train(training).zero_grad()
+            posterior = model.encode(x).latent_dist
+            z = posterior.sample(generator=torch.Generator().manual_seed(1))
+            reconstruction = model.decode(z).sample
+            ((reconstruction - x).pow(2).mean() + posterior.kl().mean()).backward()
+            grads = [p.grad for p in model.parameters()]
+            outputs.append(
+                [posterior.parameters, posterior.mode(), z, posterior.kl(), reconstruction, *grads]
+            )
+        for a, b in zip(*outputs, strict=True):
+            assert torch.equal(a, b)
+    latents = torch.randn(3, config["latent_channels"], 4, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(theirs.decode(latents).sample, ours.decode(latents).sample)
+        assert torch.equal(theirs.encode(x).latent_dist.mean, ours.encode(x).latent_dist.mean)
+
+    ours.save_pretrained(tmp_path / "ours")
+    theirs.save_pretrained(tmp_path / "theirs")
+    with torch.no_grad():
+        expected = ours.decode(latents).sample
+        assert torch.equal(
+            DiffusersAutoencoderKL.from_pretrained(tmp_path / "ours").decode(latents).sample, expected
+        )
+        assert torch.equal(
+            AutoencoderKL.from_pretrained(tmp_path / "theirs").decode(latents).sample, expected
+        )
+
+
+def test_configs_of_other_networks_are_refused_in_one_line(tmp_path):
+    from uvit.autoencoder_kl import AutoencoderKL
+
+    with pytest.raises(
+        AutoencoderError, match=r"act_fn 'gelu' is not the KL autoencoder's \(every entry 'silu'\)"
+    ):
+        AutoencoderKL(act_fn="gelu")
+    AutoencoderKL(block_out_channels=(8,), norm_num_groups=8).save_pretrained(tmp_path / "ae")
+    config = tmp_path / "ae" / "config.json"
+    config.write_text(config.read_text().replace('"UpDecoderBlock2D"', '"AttnUpDecoderBlock2D"'))
+    with pytest.raises(
+        AutoencoderError, match=r"ae/config.json: up_block_types \['AttnUpDecoderBlock2D'\] is not"
+    ):
+        load_autoencoder(tmp_path / "ae")

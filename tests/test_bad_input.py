@@ -85,6 +85,12 @@ def write(path: Path, data: bytes | str) -> str:
     return str(path)
 
 
+def another_network(t: Path) -> str:
+    """A diffusers folder of a UNet where an autoencoder is expected."""
+    write(t / "unet" / "diffusion_pytorch_model.safetensors", b"")
+    return str(Path(write(t / "unet" / "config.json", '{"_class_name": "UNet2DModel"}')).parent)
+
+
 def params_text(w: World, t: Path, edit) -> str:
     """The world's params.yaml with its text edited, beside a copy of the schema."""
     shutil.copytree(Path(w.root) / "workflow", t / "workflow", dirs_exist_ok=True)
@@ -341,6 +347,8 @@ CASES = [
      ("are not 2048-d Inception pool statistics",), False),
     ("autoencoder-folder-without-config", lambda w, t: w.cmd(*import_args(str(t), t, "autoencoder", "autoencoders.x.pretrained")),
      ("a diffusers AutoencoderKL folder needs config.json",), False),
+    ("autoencoder-folder-of-another-network", lambda w, t: w.cmd(*import_args(another_network(t), t, "autoencoder", "autoencoders.x.pretrained")),
+     ("unet/config.json: _class_name is 'UNet2DModel', expected 'AutoencoderKL'",), False),
     ("autoencoder-text-file", lambda w, t: w.cmd(*import_args(write(t / "vae.txt", "hello"), t, "autoencoder", "autoencoders.x.pretrained")),
      ("vae.txt: not found or not an autoencoder", "diffusers folder"), False),
     ("encode-latents-missing-autoencoder", lambda w, t: w.cmd("encode-latents", "--autoencoder-dir", str(t / "none"), "--data", w.data, "--out", str(t / "out")),

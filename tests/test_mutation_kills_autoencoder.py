@@ -119,10 +119,8 @@ def test_training_takes_adamw_steps_on_mse_plus_weighted_kl_per_element(data, tm
         loss.backward()
         optimizer.step()
     trained_model = load_autoencoder(tmp_path / "ae")
-    assert (
-        trained_model.config.sample_size == 8
-        and trained_model.config.up_block_types == ["UpDecoderBlock2D"] * 2
-    )
+    assert trained_model.config["sample_size"] == 8
+    assert trained_model.config["up_block_types"] == ["UpDecoderBlock2D"] * 2
     trained = trained_model.state_dict()
     for name, value in model.state_dict().items():
         torch.testing.assert_close(trained[name], value, rtol=1e-4, atol=1e-6, msg=name)

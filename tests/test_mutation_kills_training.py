@@ -283,17 +283,21 @@ def test_weights_files_are_refused_with_the_file_and_the_reason(tmp_path):
 def test_resume_takes_the_newest_checkpoint_at_or_before_the_last_step(tmp_path):
     """A run asked for fewer steps than an earlier one resumes from the newest checkpoint it can use."""
     from uvit.checkpoints import save_checkpoint
-    from uvit.training import CHECKPOINT_KEYS, latest_checkpoint
+    from uvit.training import CHECKPOINT_KEYS, scan_checkpoints
 
-    for step in (5, 10, 15):
+    paths = [tmp_path / f"ckpt-{step:07d}.pt" for step in (5, 10, 15)]
+    for step, path in zip((5, 10, 15), paths, strict=True):
         state = dict.fromkeys(CHECKPOINT_KEYS, torch.zeros(1)) | {"step": step, "trajectory_hash": "h"}
-        save_checkpoint(tmp_path / f"ckpt-{step:07d}.pt", state)
+        save_checkpoint(path, state)
     (tmp_path / "ckpt-latest.pt").write_bytes(b"")  # not a step: ignored
     logs = []
-    assert latest_checkpoint(tmp_path, "h", 12, logs.append)["step"] == 10
-    assert logs == [f"resuming from {tmp_path / 'ckpt-0000010.pt'} (step 10)"]
-    assert latest_checkpoint(tmp_path, "h", 15, logs.append)["step"] == 15
-    assert latest_checkpoint(tmp_path, "other", 15, logs.append) is None
+    state, foreign = scan_checkpoints(tmp_path, "h", 12, logs.append)
+    assert state["step"] == 10 and foreign == ()
+    assert logs == [f"resuming from {paths[1]} (step 10)"]
+    assert scan_checkpoints(tmp_path, "h", 15, logs.append)[0]["step"] == 15
+    logs = []
+    assert scan_checkpoints(tmp_path, "other", 15, logs.append) == (None, tuple(reversed(paths)))
+    assert logs == [f"ignoring {path}: made with other training settings" for path in reversed(paths)]
 
 
 def test_an_fp16_run_resumes_with_its_gradient_scaler_state(split, tmp_path):
@@ -356,7 +360,7 @@ def test_resume_skips_empty_and_truncated_checkpoints_naming_each(tmp_path):
     """What a kill during a (non-atomic) copy leaves: an empty file (torch raises EOFError) and a cut zip; each
     is skipped with the reason and resume falls back to the newest whole checkpoint."""
     from uvit.checkpoints import save_checkpoint
-    from uvit.training import CHECKPOINT_KEYS, latest_checkpoint
+    from uvit.training import CHECKPOINT_KEYS, scan_checkpoints
 
     for step in (5, 10):
         state = dict.fromkeys(CHECKPOINT_KEYS, torch.zeros(64)) | {"step": step, "trajectory_hash": "h"}
@@ -365,7 +369,7 @@ def test_resume_skips_empty_and_truncated_checkpoints_naming_each(tmp_path):
     (tmp_path / "ckpt-0000015.pt").write_bytes(whole[: len(whole) // 2])
     (tmp_path / "ckpt-0000020.pt").write_bytes(b"")
     logs = []
-    assert latest_checkpoint(tmp_path, "h", 20, logs.append)["step"] == 10
+    assert scan_checkpoints(tmp_path, "h", 20, logs.append)[0]["step"] == 10
     assert logs == [
         f"skipping {tmp_path / 'ckpt-0000020.pt'}: truncated or damaged; expected a training checkpoint",
         f"skipping {tmp_path / 'ckpt-0000015.pt'}: truncated or damaged; expected a training checkpoint",

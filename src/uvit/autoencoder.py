@@ -1,13 +1,15 @@
-"""Latent space: a KL autoencoder (diffusers' AutoencoderKL, the class of Stable Diffusion's KL-f8) and the
-encoding of a prepared dataset into posterior moments, as the authors store them for latent U-ViTs.
+"""Latent space: a KL autoencoder (uvit.autoencoder_kl: the network of Stable Diffusion's KL-f8, in diffusers'
+names and folder layout) and the encoding of a prepared dataset into posterior moments, as the authors store them
+for latent U-ViTs.
 
 The demo trains a small AutoencoderKL in the pipeline (no pretrained image autoencoder installs offline).
 The paper's latent models use Stable Diffusion's KL-f8 autoencoder, which `load_autoencoder` reads from a
 local path in any of its three published forms: a diffusers folder (config.json + weights), an original
 Stable Diffusion checkpoint (.ckpt / .safetensors, keys under `first_stage_model.`), or the authors' converted
 `autoencoder_kl.pth` (the same LDM key names without the prefix). The last two are mapped to diffusers' names
-by diffusers' own converter. Encoding keeps the moments (mean and log-variance) of each image and of its horizontal flip, so training can
-draw a fresh posterior sample at every step; the latent scale factor is measured as 1 / std of the means.
+by diffusers' own converter. Encoding keeps the moments (mean and log-variance) of each image and of its
+horizontal flip, so training can draw a fresh posterior sample at every step; the latent scale factor is
+measured as 1 / std of the means.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from uvit.errors import UserError
+from uvit.autoencoder_kl import AutoencoderError, AutoencoderKL
 from uvit.shards import (
     labelled_rows,
     load_split,
@@ -41,7 +43,7 @@ SPACE_TO_DEPTH_FILE = "space_to_depth.json"  # beside diffusers' config.json: th
 class SpaceToDepth(torch.nn.Module):
     """An AutoencoderKL that sees each f x f pixel block as f*f channels (pixel_unshuffle) and decodes back
     (pixel_shuffle): the same downsampling with every convolution at the lower resolution, where CPU
-    convolutions of few channels are several times faster. The encode/decode interface of diffusers' model."""
+    convolutions of few channels are several times faster. The encode/decode interface of AutoencoderKL."""
 
     def __init__(self, inner, factor: int):
         super().__init__()
@@ -62,14 +64,10 @@ class SpaceToDepth(torch.nn.Module):
 
 def build_autoencoder(cfg: dict, channels: int, resolution: int):
     """A small AutoencoderKL from a params.yaml `autoencoders` entry (with its space-to-depth factor)."""
-    from diffusers import AutoencoderKL
-
-    blocks, factor = len(cfg["block_channels"]), cfg["space_to_depth"]
+    factor = cfg["space_to_depth"]
     model = AutoencoderKL(
         in_channels=channels * factor**2,
         out_channels=channels * factor**2,
-        down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks,
         block_out_channels=tuple(cfg["block_channels"]),
         layers_per_block=cfg["layers_per_block"],
         latent_channels=cfg["latent_channels"],
@@ -187,27 +185,16 @@ SD_VAE_CONFIG = dict(
 SD_CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 
 
-class AutoencoderError(UserError, RuntimeError):
-    """An autoencoder file that cannot be used; the message names it and what was expected."""
-
-
 def load_autoencoder(path: str | Path):
     """An AutoencoderKL from a diffusers folder, an original SD checkpoint or the authors' autoencoder_kl.pth."""
-    from diffusers import AutoencoderKL
-
     path = Path(path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise AutoencoderError(
-                f"{path}: a diffusers AutoencoderKL folder needs config.json and its weights"
-            )
-        model = AutoencoderKL.from_pretrained(str(path))
+        model = AutoencoderKL.from_pretrained(path)
         if (path / SPACE_TO_DEPTH_FILE).is_file():
             factor = json.loads((path / SPACE_TO_DEPTH_FILE).read_text())["factor"]
             return SpaceToDepth(model.eval().requires_grad_(False), factor)
     elif path.is_file() and path.suffix in SD_CHECKPOINT_SUFFIXES:
-        model = AutoencoderKL(**SD_VAE_CONFIG)
-        model.load_state_dict(ldm_vae_state_dict(path), strict=True)
+        model = AutoencoderKL.from_state_dict(SD_VAE_CONFIG, ldm_vae_state_dict(path))
     else:
         raise AutoencoderError(
             f"{path}: not found or not an autoencoder. Expected a diffusers folder (config.json + "

@@ -27,22 +27,27 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def read_torch_file(path: Path, expected: str) -> object:
-    """A torch file loaded weights-only; CheckpointError says why it cannot be (missing, truncated, not a torch
-    file, or carrying Python objects the weights-only loader refuses)."""
+def read_torch_file(path: Path, expected: str, mmap: bool = False) -> object:
+    """A torch file loaded weights-only (`mmap`: its tensors memory-mapped, read only where used); CheckpointError
+    says why it cannot be (missing, truncated, not a torch file, or carrying Python objects the weights-only loader
+    refuses)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except OSError as err:
         reason = err.strerror or str(err)
     except Exception as err:  # torch raises several types for truncated, foreign or refused files
         text = str(err)
         if "Weights only load failed" in text and "global" in text.lower():
             reason = "refused by the weights-only loader (it carries Python objects, not only tensors)"
-        elif "zip archive" in text or "central directory" in text or isinstance(err, EOFError):
+        elif "zip archive" in text or "central directory" in text or isinstance(err, EOFError) or empty(path):
             reason = "truncated or damaged"
         else:
             reason = "not a torch file"
     raise CheckpointError(f"{path}: {reason}; expected {expected}")
+
+
+def empty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size == 0  # torch.load(mmap=True) does not raise EOFError for it
 
 
 def check_state_dict(path: Path, state: object, model: torch.nn.Module, experiment: str) -> None:

@@ -37,7 +37,6 @@ from uvit.zoo import CONTEXT_TOKENS
 IMAGENET_CLASSES = 1000
 TINY_MODEL = {"embed_dim": 32, "depth": 3, "num_heads": 2}
 TINY_AUTOENCODER = {"block_out_channels": [16, 16, 16, 16], "layers_per_block": 1, "norm_num_groups": 8}
-SD_AUTOENCODER = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32}
 CUTS = {
     "training": {"steps": 4, "batch_size": 8, "grad_accumulation": 1, "checkpoint_every": 2, "log_every": 1,
                  "keep_steps": [], "sample_every": 0, "warmup_steps": 2},
@@ -147,19 +146,13 @@ RAW_WRITERS = {
 def write_random_autoencoder(out: Path, latent_channels: int, tiny: bool) -> None:
     """An AutoencoderKL in Stable Diffusion's layout (f8: four blocks, three downsamplings) with random weights."""
     import torch
-    from diffusers import AutoencoderKL
+
+    from uvit.autoencoder import SD_VAE_CONFIG
+    from uvit.autoencoder_kl import AutoencoderKL
 
     torch.manual_seed(0)
-    widths = TINY_AUTOENCODER if tiny else SD_AUTOENCODER
-    model = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=latent_channels,
-        **widths,
-    )
-    model.save_pretrained(str(out))
+    widths = TINY_AUTOENCODER if tiny else {}
+    AutoencoderKL(**SD_VAE_CONFIG | widths | {"latent_channels": latent_channels}).save_pretrained(out)
 
 
 def byte_characters() -> list[str]:

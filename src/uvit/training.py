@@ -271,42 +271,37 @@ def trajectory_hash(exp: dict) -> str:
 CHECKPOINT_KEYS = {"step", "trajectory_hash", "model", "ema", "optimizer", "scheduler", "history"}
 
 
-def latest_checkpoint(ckpt_dir: Path, expected_hash: str, max_step: int, log) -> dict | None:
-    """The newest readable checkpoint of this trajectory at or before max_step, or None; each one skipped
-    (unreadable, or made with other settings) is named with the reason."""
+def scan_checkpoints(
+    ckpt_dir: Path, expected_hash: str, max_step: int, log
+) -> tuple[dict | None, tuple[Path, ...]]:
+    """One pass over ckpt_dir, newest first (each file's pickled header read memory-mapped, not its weights): the
+    newest checkpoint of this trajectory at or before max_step, loaded to resume from, or None; and the checkpoints
+    of other trajectories (other settings), which this run deletes at its first checkpoint. Each file skipped is
+    named with the reason."""
+    resume, foreign = None, []
     for path in sorted(ckpt_dir.glob("ckpt-*.pt"), reverse=True):
         step = path.stem.split("-")[1]
-        if not step.isdigit() or int(step) > max_step:
+        if not step.isdigit():  # not a name this pipeline writes
             continue
         try:
-            state = read_torch_file(path, "a training checkpoint")
+            header = read_torch_file(path, "a training checkpoint", mmap=True)
         except CheckpointError as err:
             log(f"skipping {err}")
             continue
-        if not isinstance(state, dict) or not state.keys() >= CHECKPOINT_KEYS:
+        if not isinstance(header, dict) or not header.keys() >= CHECKPOINT_KEYS:
             log(
                 f"skipping {path}: not a training checkpoint of this pipeline (keys: {', '.join(CHECKPOINT_KEYS)})"
             )
-        elif state["trajectory_hash"] == expected_hash:
-            log(f"resuming from {path} (step {state['step']})")
-            return state
-        else:
+        elif header["trajectory_hash"] != expected_hash:
             log(f"ignoring {path}: made with other training settings")
-    return None
-
-
-def foreign_checkpoints(ckpt_dir: Path, expected_hash: str) -> list[Path]:
-    """The readable checkpoints in ckpt_dir made with other training settings (memory-mapped: only the pickled
-    header is read, not the weights)."""
-    foreign = []
-    for path in sorted(ckpt_dir.glob("ckpt-*.pt")):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # unreadable: latest_checkpoint names it; retention counts it by its step
-            continue
-        if isinstance(state, dict) and state.get("trajectory_hash", expected_hash) != expected_hash:
             foreign.append(path)
-    return foreign
+        elif resume is None and int(step) <= max_step:
+            resume = path
+    if resume is None:
+        return None, tuple(foreign)
+    state = read_torch_file(resume, "a training checkpoint")
+    log(f"resuming from {resume} (step {state['step']})")
+    return state, tuple(foreign)
 
 
 def prune_checkpoints(
@@ -331,7 +326,7 @@ def write_loss_csv(loss_log: Path, out: Path) -> None:
 
 
 def checkpoint_file(ckpt_dir: Path, step: int) -> Path:
-    return ckpt_dir / f"ckpt-{step:07d}.pt"  # sorts by step (latest_checkpoint, prune_checkpoints)
+    return ckpt_dir / f"ckpt-{step:07d}.pt"  # sorts by step (scan_checkpoints, prune_checkpoints)
 
 
 def write_loss_log(out_dir: Path, history: list[dict]) -> None:
@@ -460,11 +455,8 @@ def _train(
     ckpt_dir = out_dir / layout.CHECKPOINTS
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     expected = trajectory_hash(exp)
-    state = latest_checkpoint(ckpt_dir, expected, cfg["steps"], log)
-    foreign = tuple(
-        foreign_checkpoints(ckpt_dir, expected)
-    )  # removed at this run's first checkpoint, not before
-    if foreign:
+    state, foreign = scan_checkpoints(ckpt_dir, expected, cfg["steps"], log)
+    if foreign:  # removed at this run's first checkpoint, not before: a kill until then loses nothing
         log(
             f"{len(foreign)} checkpoint(s) of other training settings in {ckpt_dir}: removed at this run's first"
         )
