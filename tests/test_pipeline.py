@@ -306,16 +306,17 @@ def test_what_a_killed_run_finished_is_recorded_by_the_next_run(project):
     next run records what those jobs made when it is an up-to-date output of its DAG that a finished job wrote
     (Snakemake's metadata), so dvc.lock does not stay behind; an output edited since stays unrecorded (above)."""
     path, original = project / "params.yaml", (project / "params.yaml").read_text()
-    samples, fid = "results/smoke_pixel/samples", "metrics/smoke_pixel/fid.json"
+    # smoke_text: its sampling seed reaches its samples, FID and the report (smoke_pixel's, its curves as well)
+    samples, fid = "results/smoke_text/samples", "metrics/smoke_text/fid.json"
     killed = project_env() | {"UVIT_SKIP_DVC_COMMIT": "1"}  # its jobs finish; it never records them
     try:
-        set_params(project, lambda p: p["experiments"]["smoke_pixel"]["sampling"].__setitem__("seed", 3))
+        set_params(project, lambda p: p["experiments"]["smoke_text"]["sampling"].__setitem__("seed", 3))
         subprocess.run(["snakemake", "--cores", CORES, samples], cwd=project, env=killed, check=True)
-        assert "sample@smoke_pixel" in dvc_changed(project)
+        assert "sample@smoke_text" in dvc_changed(project)
         out = run(["snakemake", "--cores", CORES, fid], project).stderr
         assert "Job stats" in out and "sample " not in out.split("Job stats:")[1].split("total")[0]
-        assert "not recorded: sample@smoke_pixel" not in out and "not recorded: fid@smoke_pixel" not in out
-        assert not {"sample@smoke_pixel", "fid@smoke_pixel"} & dvc_changed(project)
+        assert "not recorded: sample@smoke_text" not in out and "not recorded: fid@smoke_text" not in out
+        assert not {"sample@smoke_text", "fid@smoke_text"} & dvc_changed(project)
     finally:
         path.write_text(original)
         run(["snakemake", "--cores", CORES], project)
