@@ -5,7 +5,7 @@ settings records (`uvit settings`), then walks the DVC stages upstream first and
 only when DVC finds it changed, every output it declares was made by Snakemake for the current settings, and
 every input that another stage produces is that stage's recorded output (DVC's own status of the upstream
 stage). Made for the current settings: written by this run (not before it started), or, for the jobs of this
-run's DAG that Snakemake found up to date (`--dag-outputs`: their settings and code, which their lineage param
+run's DAG that Snakemake found up to date (`--dag-outputs`, on standard input: their settings and code, which their lineage param
 carries, are the current ones), written by a job that finished and untouched since (Snakemake's metadata: the
 end time it recorded is the output's time). The second case is a run killed after some jobs finished and
 before it could record them: the next run records what those jobs made instead of leaving it unrecorded.
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--since", type=float, required=True, help="when the Snakemake run started (epoch s)")
     parser.add_argument(
         "--dag-outputs",
-        metavar="FILE",
-        help="the outputs of this run's DAG, one per line ('-': standard input)",
+        action="store_true",
+        help="read the outputs of this run's DAG from standard input, one per line",
     )
     args = parser.parse_args(argv)
     from uvit.config import load_params
@@ -151,10 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params("params.yaml")
     Lineage(params).write_settings(all_jobs(params))
     started = time.time()
-    dag_outputs = frozenset()
-    if args.dag_outputs:
-        text = sys.stdin.read() if args.dag_outputs == "-" else Path(args.dag_outputs).read_text()
-        dag_outputs = frozenset(line for line in text.splitlines() if line)
+    dag_outputs = (
+        frozenset(line for line in sys.stdin.read().splitlines() if line) if args.dag_outputs else frozenset()
+    )
     recorded, left, gone = record_runs(args.since, dag_outputs=dag_outputs)
     print(
         f"dvc.lock: recorded {len(recorded)} stages this run made ({time.time() - started:.1f} s)"

@@ -390,7 +390,7 @@ def sync_dvc_lock():
     # records what a killed earlier run made for them)
     outputs = sorted({path for job in workflow.dag.jobs for path in job.output})
     subprocess.run(
-        [sys.executable, "-m", "uvit.dvclock", "--since", str(RUN_STARTED), "--dag-outputs", "-"],
+        [sys.executable, "-m", "uvit.dvclock", "--since", str(RUN_STARTED), "--dag-outputs"],
         input="\n".join(outputs),
         text=True,
         check=False,
