@@ -224,17 +224,21 @@ class AutoencoderKL(nn.Module):
     ):
         super().__init__()
         channels = list(block_out_channels)
-        self.config = {
-            **{
-                key: [value] * len(channels) if key.endswith("_types") else value
-                for key, value in ONLY.items()
-            },
-            **config,
-            **dict(in_channels=in_channels, out_channels=out_channels, block_out_channels=channels),
-            **dict(layers_per_block=layers_per_block, latent_channels=latent_channels),
-            **dict(norm_num_groups=norm_num_groups, use_quant_conv=use_quant_conv),
-            **dict(use_post_quant_conv=use_post_quant_conv, mid_block_add_attention=mid_block_add_attention),
+        architecture = {
+            key: [value] * len(channels) if key.endswith("_types") else value for key, value in ONLY.items()
         }
+        given = dict(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            block_out_channels=channels,
+            layers_per_block=layers_per_block,
+            latent_channels=latent_channels,
+            norm_num_groups=norm_num_groups,
+            use_quant_conv=use_quant_conv,
+            use_post_quant_conv=use_post_quant_conv,
+            mid_block_add_attention=mid_block_add_attention,
+        )
+        self.config = architecture | config | given  # config.json as save_pretrained writes it
         check_architecture(self.config, "AutoencoderKL")
         groups, attention = norm_num_groups, mid_block_add_attention
         self.encoder = Encoder(in_channels, channels, layers_per_block, groups, latent_channels, attention)
