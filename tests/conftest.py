@@ -19,7 +19,7 @@ if PARALLEL:
     os.environ["OMP_NUM_THREADS"] = "1"
 CORES = "1" if PARALLEL else "2"
 BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
-COPY_IGNORE = shutil.ignore_patterns(
+COPY_IGNORE_NAMES = shutil.ignore_patterns(
     ".venv",
     ".git",
     ".snakemake",
@@ -34,6 +34,15 @@ COPY_IGNORE = shutil.ignore_patterns(
     "dvc.lock",
     "settings",
 )
+
+
+def copy_ignore(folder: str, names: list[str]) -> set[str]:
+    """What a project copy leaves out: outputs, environments, and DVC's cache and temporary files (after `make
+    demo` the cache holds every artifact: copying it cost ~7 s of each copy)."""
+    ignored = set(COPY_IGNORE_NAMES(folder, names))
+    if Path(folder) == ROOT / ".dvc":
+        ignored |= {"cache", "tmp"} & set(names)
+    return ignored
 
 
 def pytest_collection_modifyitems(items):
@@ -93,15 +102,16 @@ def make_project_copy(dest: Path, targets: list[str] | None = None, smoke: bool 
     """A copy of the project (code, workflow, params) without outputs, as its own git + DVC repository; its
     params.yaml holds the tests' experiments too unless `smoke` is False (the user's params.yaml as committed).
 
-    With `targets`, its params.yaml keeps only those experiments and ablation grids (and the grids' bases): DVC
-    loads every stage of every experiment at each step of `dvc exp run`, ~70 s more with the paper rows there."""
-    shutil.copytree(ROOT, dest, ignore=COPY_IGNORE)
-    (dest / ".dvc" / "cache").exists() and shutil.rmtree(dest / ".dvc" / "cache")
+    With `targets`, its params.yaml keeps only those experiments and ablation grids (and the grids' bases), and its
+    dvc.yaml files are made anew from it: DVC loads every stage of every experiment at each step of `dvc exp run`
+    (~70 s more with the paper rows there) and at each record of dvc.lock after a Snakemake run (~3 s more)."""
+    shutil.copytree(ROOT, dest, ignore=copy_ignore)
     if smoke:
         (dest / "params.yaml").write_text(yaml.safe_dump(raw_test_params(), sort_keys=False))
+    env = project_env()
     if targets:
         set_params(dest, lambda p: keep_only(p, targets))
-    env = project_env()
+        subprocess.run([BIN / "python", "workflow/scripts/export_dvc.py"], cwd=dest, check=True, env=env)
     for command in (
         ["git", "init", "-q"],
         ["git", "add", "-A"],

@@ -267,7 +267,7 @@ CASES = [
     ("accuracy-without-classifier", lambda w, t: w.cmd(*accuracy_args(w, t, "smoke_pixel")),
      ("experiments.smoke_pixel.evaluation.classifier: not set", "name a classifier"), False),
     ("accuracy-samples-count-differs", lambda w, t: w.cmd(*accuracy_args(w, t, "smoke_latent")),
-     ("samples: 4 samples, sampling.num_samples says 16", "re-run sample"), False),
+     ("samples: 4 samples, sampling.num_samples says 8", "re-run sample"), False),
     ("threads-negative", lambda w, t: ["--threads", "-2", "plan"],
      ("--threads: expected a whole number >= 1, got '-2'",), False),
     ("threads-zero", lambda w, t: ["--threads", "0", "plan"],

@@ -247,38 +247,37 @@ def test_profiles_are_where_snakemake_reads_them():
 
 @pytest.mark.slow
 def test_a_killed_run_never_leaves_an_older_result_current(tmp_path):
-    """Train smoke_pixel (cosine decay, 90 steps), change training.steps to 120 (another trajectory: the decay
-    follows the length), SIGKILL the training job after its checkpoint of step 40, run the same command again: it
-    trains on from that checkpoint (the older run's checkpoints of steps 60 and 90 neither resume it nor displace
+    """Train smoke_pixel (cosine decay, 30 steps), change training.steps to 64 (another trajectory: the decay
+    follows the length), SIGKILL the training job after its checkpoint of step 16, run the same command again: it
+    trains on from that checkpoint (the older run's checkpoints of steps 20 and 30 neither resume it nor displace
     its own) and every output is the current settings' (never 'Nothing to be done' over the older FID), and the
     weights equal an uninterrupted run's bit for bit."""
     project = make_project_copy(tmp_path / "project", targets=["smoke_pixel"])
     target = "metrics/smoke_pixel/fid.json"
     command = ["snakemake", "--cores", CORES, target]
-    older = dict(keep_steps=[], checkpoint_every=30, log_every=30, steps=90, lr_schedule="cosine")
+    older = dict(keep_steps=[], checkpoint_every=10, log_every=10, steps=30, lr_schedule="cosine")
 
-    def small(p):  # few images through Inception: the test is about what reruns, not about the FID
+    def small(p):  # one FID (no sampler-step curve): the test is about what reruns, not about the FID
         p["experiments"]["smoke_pixel"]["training"].update(older)
-        p["experiments"]["smoke_pixel"]["sampling"].update(num_samples=16, batch_size=16)
-        p["experiments"]["smoke_pixel"]["evaluation"].update(reference_images=32, sampler_steps=[])
+        p["experiments"]["smoke_pixel"]["evaluation"].update(sampler_steps=[])
 
     set_params(project, small)
     run(command, project, timeout=900)
     old_fid = json.loads((project / target).read_text())
-    assert old_fid["training_steps"] == 90
+    assert old_fid["training_steps"] == 30
     checkpoints = project / "results/smoke_pixel/checkpoints"
-    assert sorted(p.name for p in checkpoints.glob("ckpt-*.pt")) == ["ckpt-0000060.pt", "ckpt-0000090.pt"]
+    assert sorted(p.name for p in checkpoints.glob("ckpt-*.pt")) == ["ckpt-0000020.pt", "ckpt-0000030.pt"]
 
-    newer = {"steps": 120, "checkpoint_every": 20, "log_every": 20}
+    newer = {"steps": 64, "checkpoint_every": 8, "log_every": 8}
     set_params(project, lambda p: p["experiments"]["smoke_pixel"]["training"].update(newer))
     env = project_env() | {"UVIT_SKIP_DVC_COMMIT": "1"}
     job = subprocess.Popen(
         command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 600
-    while not (checkpoints / "ckpt-0000040.pt").exists():
+    while not (checkpoints / "ckpt-0000016.pt").exists():
         assert job.poll() is None and time.monotonic() < deadline, "training ended before it was killed"
-        time.sleep(0.2)
+        time.sleep(0.05)
     trainer = subprocess.run(
         ["pgrep", "-f", "train --experiment smoke_pixel"], capture_output=True, text=True
     )
@@ -286,15 +285,15 @@ def test_a_killed_run_never_leaves_an_older_result_current(tmp_path):
         os.kill(int(pid), signal.SIGKILL)
     job.wait(timeout=120)
     assert job.returncode != 0
-    assert sorted(p.name for p in checkpoints.glob("ckpt-*.pt"))[-1] == "ckpt-0000040.pt"
+    assert sorted(p.name for p in checkpoints.glob("ckpt-*.pt"))[-1] == "ckpt-0000016.pt"
 
     again = run(command, project, timeout=900)
     assert "Nothing to be done" not in again.stdout + again.stderr
     log = (project / "logs/train/smoke_pixel.log").read_text()
-    resumed = f"resuming from {Path('results/smoke_pixel/checkpoints/ckpt-0000040.pt')} (step 40)"
+    resumed = f"resuming from {Path('results/smoke_pixel/checkpoints/ckpt-0000016.pt')} (step 16)"
     assert resumed in log, log[-2000:]
     fid = json.loads((project / target).read_text())
-    assert fid["training_steps"] == 120 and fid != old_fid
+    assert fid["training_steps"] == 64 and fid != old_fid
 
     straight = tmp_path / "straight"
     train = ["uvit", "train", "--experiment", "smoke_pixel", "--data", "data/prepared/digits"]

@@ -42,7 +42,7 @@ def test_authors_weights_evaluate_without_training_or_the_dataset(tmp_path):
         "reference_npz": "weights/given_ref.npz",
         "metrics": [],
     }
-    few = {"num_samples": 16, "batch_size": 16}  # few images through Inception: the test is about the plan
+    few = {"num_samples": 8, "batch_size": 8}  # few images through Inception: the test is about the plan
 
     def evaluate_only(p):
         p["experiments"]["smoke_pixel"]["evaluation"].update(given)
@@ -58,11 +58,11 @@ def test_authors_weights_evaluate_without_training_or_the_dataset(tmp_path):
     metrics = json.loads((project / "metrics/smoke_pixel/pretrained_fid.json").read_text())
     assert metrics["weights"] == "authors' release (evaluation only)" and metrics["fid"] > 0
     assert metrics["fid_protocol"] == "clean" and "sfid" not in metrics
-    assert metrics["num_samples"] == 16 and metrics["sampler"] == exp["sampling"]["sampler"]
+    assert metrics["num_samples"] == 8 and metrics["sampler"] == exp["sampling"]["sampler"]
     assert metrics["provenance"]["inputs"]["checkpoint"]["path"] == "data/external/weights/smoke_pixel.pth"
     assert (project / "data/external/weights/smoke_pixel.pth").read_bytes() == weights.read_bytes()
     assert not (project / "results/smoke_pixel/nnet_ema.pth").exists()  # nothing was trained
-    assert len(list((project / "results/smoke_pixel/pretrained_samples").glob("*.png"))) == 16
+    assert len(list((project / "results/smoke_pixel/pretrained_samples").glob("*.png"))) == 8
     assert not (project / "data/prepared").exists() and metrics["fid_floor"] is None
     assert "dataset" not in metrics["provenance"]["inputs"] and "floor" not in metrics["provenance"]["inputs"]
 

@@ -339,7 +339,7 @@ def test_sigkill_at_random_points_then_resume_is_bitwise_identical(digits, tmp_p
     import sys
     import time
 
-    params = project_params(tmp_path, steps=300, checkpoint_every=7, log_every=10, precision="fp32")
+    params = project_params(tmp_path, steps=200, checkpoint_every=7, log_every=10, precision="fp32")
     subprocess.run(
         [sys.executable, *train_command(params, digits, tmp_path / "straight")],
         check=True,
@@ -364,7 +364,7 @@ def test_sigkill_at_random_points_then_resume_is_bitwise_identical(digits, tmp_p
             process.send_signal(signal.SIGKILL)
             kills += 1
         process.wait()
-    assert kills == 3 and 0 < newest_step() < 300
+    assert kills == 3 and 0 < newest_step() < 200  # at most 3 x 8 x 7 = 168 steps in
     subprocess.run(
         [sys.executable, *train_command(params, digits, tmp_path / "killed")], check=True, capture_output=True
     )
