@@ -298,28 +298,6 @@ def test_a_metrics_file_edited_by_hand_is_never_recorded(project):
     assert verify(project).returncode == 0
 
 
-def test_what_a_killed_run_finished_is_recorded_by_the_next_run(project):
-    """A run killed after some of its jobs finished never records them (Snakemake's onsuccess never comes). The
-    next run records what those jobs made when it is an up-to-date output of its DAG that a finished job wrote
-    (Snakemake's metadata), so dvc.lock does not stay behind; an output edited since stays unrecorded (above)."""
-    path, original = project / "params.yaml", (project / "params.yaml").read_text()
-    # smoke_text: its sampling seed reaches its samples, FID and the report (smoke_pixel's, its curves as well)
-    samples, fid = "results/smoke_text/samples", "metrics/smoke_text/fid.json"
-    killed = project_env() | {"UVIT_SKIP_DVC_COMMIT": "1"}  # its jobs finish; it never records them
-    try:
-        set_params(project, lambda p: p["experiments"]["smoke_text"]["sampling"].__setitem__("seed", 3))
-        subprocess.run(["snakemake", "--cores", CORES, samples], cwd=project, env=killed, check=True)
-        assert "sample@smoke_text" in dvc_changed(project)
-        out = run(["snakemake", "--cores", CORES, fid], project).stderr
-        assert "Job stats" in out and "sample " not in out.split("Job stats:")[1].split("total")[0]
-        assert "not recorded: sample@smoke_text" not in out and "not recorded: fid@smoke_text" not in out
-        assert not {"sample@smoke_text", "fid@smoke_text"} & dvc_changed(project)
-    finally:
-        path.write_text(original)
-        run(["snakemake", "--cores", CORES], project)
-    assert dvc_changed(project) == set()
-
-
 def test_verify_refuses_stale_settings_and_a_dirty_tree(project):
     path = project / "params.yaml"
     original = path.read_text()
@@ -389,13 +367,27 @@ def shown_experiments(shown) -> list[dict]:
 
 def test_a_sampling_key_reruns_sampling_not_training_under_both_engines(project):
     """The same key (left to its default in params.yaml) through both engines: Snakemake's dry run plans sampling,
-    FID and the report, not training; `dvc exp run -S` of the tables reruns exactly sampling, FID and tables, and
-    `dvc exp show` lists the experiment with its FID. Last: leaves the project at the experiment's settings."""
+    FID and the report, not training; a run killed after some of its jobs finished never records them
+    (Snakemake's onsuccess never comes), and the next run records what those jobs made when it is an up-to-date
+    output of its DAG that a finished job wrote (Snakemake's metadata), so dvc.lock does not stay behind (an output
+    edited since stays unrecorded: above). Then `dvc exp run -S` of the tables reruns exactly sampling, FID and
+    tables, and `dvc exp show` lists the experiment with its FID. Last: leaves the project at the experiment's
+    settings."""
     path, original = project / "params.yaml", (project / "params.yaml").read_text()
-    set_params(project, lambda p: p["experiments"]["smoke_text"]["sampling"].__setitem__("seed", 2))
+    # smoke_text: its sampling seed reaches its samples, FID and the report (smoke_pixel's, its curves as well)
+    set_params(project, lambda p: p["experiments"]["smoke_text"]["sampling"].__setitem__("seed", 3))
     assert planned_jobs(project) == {"sample", "fid", "sample_grid", "figures", "tables", "all"}
+    samples, fid = "results/smoke_text/samples", "metrics/smoke_text/fid.json"
+    killed = project_env() | {"UVIT_SKIP_DVC_COMMIT": "1"}  # its jobs finish; it never records them
+    subprocess.run(["snakemake", "--cores", CORES, samples], cwd=project, env=killed, check=True)
+    assert "sample@smoke_text" in dvc_changed(project)
+    out = run(["snakemake", "--cores", CORES, fid], project).stderr
+    assert "Job stats" in out and "sample " not in out.split("Job stats:")[1].split("total")[0]
+    assert "not recorded: sample@smoke_text" not in out and "not recorded: fid@smoke_text" not in out
+    assert not {"sample@smoke_text", "fid@smoke_text"} & dvc_changed(project)
+
     path.write_text(original)
-    run(["git", "add", "-A"], project)  # the results committed, as a user would before trying a setting
+    run(["git", "add", "-A"], project)  # committed, as a user would before trying a setting
     run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke run", "--allow-empty"],
         project,
