@@ -49,7 +49,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 def keep_freed_memory() -> None:
     """By default glibc returns each freed block over 128 KB to the OS, and the next allocation faults it back in,
     page by page, zeroed: with PyTorch's CPU activations that was most of a stage's system time (sampling 1,000
-    demo images: 7.0 s of 53.6 s CPU, 3.0 M page faults; kept in the heap, 0.8 s and 0.13 M, 14% less wall time,
+    demo images: 7.0 s of 53.6 s CPU, 3.0 M page faults; kept in the heap, 0.7 s and 0.14 M, 11% less wall time,
     the same images). Without glibc (macOS, musl) nothing changes."""
     import ctypes
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from uvit import layout
 from uvit.autoencoder import to_unit_range
+from uvit.autoencoder_kl import DiagonalGaussian
 from uvit.checkpoints import CheckpointError, read_torch_file, save_checkpoint
 from uvit.conditioning import Conditions
 from uvit.config import settings_hash
@@ -169,11 +170,9 @@ class LatentData:
             else torch.zeros_like(index)
         )
         mine = index[rows]
-        moments = torch.from_numpy(self.moments.take(mine.numpy(), version[rows].numpy()))
-        mean, logvar = moments.chunk(2, dim=1)
-        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        noise = torch.randn((len(index), *mean.shape[1:]), generator=generator)[rows]
-        return (mean + std * noise) * self.scale_factor, self.labels[mine]
+        posterior = DiagonalGaussian(torch.from_numpy(self.moments.take(mine.numpy(), version[rows].numpy())))
+        noise = torch.randn((len(index), *posterior.mean.shape[1:]), generator=generator)[rows]
+        return (posterior.mean + posterior.std * noise) * self.scale_factor, self.labels[mine]
 
 
 class StepBatches(torch.utils.data.Dataset):
