@@ -271,6 +271,31 @@ def test_lock_entries_of_stages_no_longer_defined_are_dropped(project):
         path.write_text(original)
 
 
+def test_lock_entries_are_written_once_per_dvc_file_each_with_its_own_stages():
+    """uvit.dvclock writes the stages it records with one dump per dvc.yaml (DVC's per-stage dump rewrites the
+    whole lock file each time): the stages of dvc.yaml and of experiments/dvc.yaml each go to their own file's
+    lock, in the order they were recorded."""
+    from types import SimpleNamespace
+
+    from uvit.dvclock import dump_lock_entries
+
+    dumped = []
+
+    def dvcfile(path):
+        return SimpleNamespace(path=path, dump_stages=lambda stages, **kw: dumped.append((path, stages, kw)))
+
+    top, papers = dvcfile("dvc.yaml"), dvcfile("experiments/dvc.yaml")
+    stages = [SimpleNamespace(name=n, dvcfile=f) for n, f in (("a", top), ("p", papers), ("b", top))]
+    dump_lock_entries(stages)
+    assert [(path, [s.name for s in group], kw) for path, group, kw in dumped] == [
+        ("dvc.yaml", ["a", "b"], {"update_pipeline": False}),
+        ("experiments/dvc.yaml", ["p"], {"update_pipeline": False}),
+    ]
+    dumped.clear()
+    dump_lock_entries([])
+    assert dumped == []
+
+
 def test_a_metrics_file_edited_by_hand_is_never_recorded(project):
     """Launder test: edit a number, run snakemake (the tables re-render from it): dvc.lock does not take the
     edit, `dvc status` shows it and `uvit verify` names the file."""
