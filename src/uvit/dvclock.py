@@ -128,23 +128,18 @@ def dump_lock_entries(stages: list) -> None:
 def prune_lock(path: Path, defined: set[str]) -> list[str]:
     """Drop the dvc.lock entries of stages dvc.yaml no longer defines (renamed, or an evaluation point no longer
     asked for): what they record is nothing a current stage makes. Returns their names."""
-    import yaml
     from ruamel.yaml import YAML
 
+    from uvit.config import read_yaml
     from uvit.fileio import atomic_write_bytes
 
     if not path.is_file():
         return []
-    text = path.read_text()
-    # the names first, with libyaml (the round trip below is pure Python: ~0.5 s for the demo's dvc.lock)
-    gone = [
-        name
-        for name in yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["stages"]
-        if name not in defined
-    ]
+    # the names with the project's reader (libyaml); the round trip below is pure Python, ~0.5 s for the demo's lock
+    gone = [name for name in read_yaml(path)["stages"] if name not in defined]
     if gone:
         round_trip = YAML()  # the entries kept stay byte for byte as DVC wrote them
-        lock = round_trip.load(text)
+        lock = round_trip.load(path.read_text())
         for name in gone:
             del lock["stages"][name]
         out = io.StringIO()
