@@ -8,6 +8,8 @@ Usage (from the project root):
 
 Throughput: a training step is forward, backward and an AdamW step on one batch of random inputs; sampling
 is one network evaluation per image under inference mode (a sampler with N steps costs N of them).
+The precisions asked for take turns call by call (median of --repeats each), so their ratios hold on a machine
+whose load changes during the run.
 FLOPs come from torch's FlopCounterMode on the real forward (matmuls, convolutions, attention); a training
 step is counted as 3x its forward. MFU divides achieved FLOP/s by a square-matmul peak measured on the same
 device in the same precision, so it reads as "fraction of what this device's matmul reaches".
@@ -42,21 +44,29 @@ def synchronize(device: torch.device) -> None:
 
 def seconds_per_call(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
     """Median wall time of fn() after warm-up calls (which absorb compilation)."""
-    for _ in range(warmup):
-        fn()
+    return seconds_per_call_in_turns({0: fn}, device, repeats, warmup)[0]
+
+
+def seconds_per_call_in_turns(fns: dict, device: torch.device, repeats: int, warmup: int = 1) -> dict:
+    """Median wall time of each function, the functions taking turns call by call: a change in the machine's load
+    (a shared VM's neighbours) then reaches all of them alike instead of whichever ran during it."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     synchronize(device)
-    times = []
+    times: dict = {key: [] for key in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(seconds) for key, seconds in times.items()}
 
 
 def emulated(device: torch.device, precision: str) -> bool:
-    """bf16 on a CPU without native bf16: the large square matmul of the peak probe runs far slower than the model's
-    small ones (0.3 GFLOP/s against ~4 on an AVX2-only EPYC), so it is no ceiling and MFU is left out."""
+    """bf16 on a CPU without native bf16: a large square matmul runs far slower there than the model's small ones
+    (0.3 GFLOP/s against ~4 on an AVX2-only EPYC), so the peak probe is no ceiling: neither it nor MFU is run."""
     return device.type == "cpu" and precision == "bf16" and not cpu_has_native_bf16()
 
 
@@ -112,23 +122,26 @@ def throughput_rows(model_cfg: dict, args: argparse.Namespace, device: torch.dev
         p: resolve_precision(p, device) for p in args.precision
     }  # auto: what this device runs natively
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    peaks = {p: matmul_peak(device, dtypes[p]) for p in set(resolved.values())}
+    peaks = {p: matmul_peak(device, dtypes[p]) for p in set(resolved.values()) if not emulated(device, p)}
     modes = ["eager", "compiled"] if args.compile else ["eager"]
     rows = []
     for mode in modes:
         net = work.model if mode == "eager" else torch.compile(work.model)
-        for precision in args.precision:
-            for task, make, flops_per_image in (
-                ("train", work.train_step_fn, 3 * flops),
-                ("sample", work.sample_fn, flops),
-            ):
-                work.model.train(task == "train")
+        for task, make, flops_per_image in (
+            ("train", work.train_step_fn, 3 * flops),
+            ("sample", work.sample_fn, flops),
+        ):
+            work.model.train(task == "train")
+            fns, first_call_s = {}, {}
+            for precision in args.precision:
                 start = time.perf_counter()
-                fn = make(net, resolved[precision])
-                fn()  # first call: compiles in compiled mode
-                first_call_s = time.perf_counter() - start
-                seconds = seconds_per_call(fn, device, args.repeats, warmup=1)
-                images_per_s = args.batch_size / seconds
+                fns[precision] = make(net, resolved[precision])
+                fns[precision]()  # first call: compiles in compiled mode
+                first_call_s[precision] = time.perf_counter() - start
+            seconds = seconds_per_call_in_turns(fns, device, args.repeats)
+            for precision in args.precision:
+                images_per_s = args.batch_size / seconds[precision]
+                peak = peaks.get(resolved[precision])  # none where bf16 is emulated
                 rows.append(
                     dict(
                         model=args.label,
@@ -140,11 +153,9 @@ def throughput_rows(model_cfg: dict, args: argparse.Namespace, device: torch.dev
                         batch_size=args.batch_size,
                         images_per_s=images_per_s,
                         tflops=images_per_s * flops_per_image / 1e12,
-                        mfu=None
-                        if emulated(device, resolved[precision])
-                        else images_per_s * flops_per_image / peaks[resolved[precision]],
-                        matmul_peak_tflops=peaks[resolved[precision]] / 1e12,
-                        first_call_s=first_call_s,
+                        mfu=None if peak is None else images_per_s * flops_per_image / peak,
+                        matmul_peak_tflops=None if peak is None else peak / 1e12,
+                        first_call_s=first_call_s[precision],
                     )
                 )
                 print_row(rows[-1])
@@ -160,11 +171,15 @@ def percent(fraction: float | None) -> str:
     return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
 
 
+def tflops(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def print_row(row: dict) -> None:
     print(
         f"{row['model']:>14} {row['task']:>6} {row['mode']:>8} {row['precision']:>4}->{row['runs_as']:<4} "
         f"{row['images_per_s']:9.2f} img/s {row['tflops']:7.3f} TFLOP/s MFU {percent(row['mfu']):>6} "
-        f"(peak {row['matmul_peak_tflops']:.3f}; first call {row['first_call_s']:.1f} s)",
+        f"(peak {tflops(row['matmul_peak_tflops'])}; first call {row['first_call_s']:.1f} s)",
         flush=True,
     )
 
