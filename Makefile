@@ -12,9 +12,10 @@ EMOJI := data/raw/emoji-datasource-google-16.0.0.tgz
 
 setup: $(VENV)/.installed ## create .venv and install the project with its dev tools
 
-# The exact versions of requirements.lock, each checked against its sha256, then the project itself.
+# The exact versions of requirements.lock, each checked against its sha256, then the project itself. An existing
+# venv is updated in place: `python3` is then the venv's own (PATH above), which cannot rebuild the venv it runs.
 $(VENV)/.installed: pyproject.toml requirements.lock
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
