@@ -147,6 +147,17 @@ def is_module(parts: list[str]) -> bool:
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
+def statements(tree: ast.AST):
+    """Every statement of a module, nested ones included (imports are statements: the expressions, most of the
+    tree, need no visit; ast.walk over them was a third of this module's time at each Snakemake start)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for body in ("body", "orelse", "finalbody", "handlers", "cases"):
+            todo += getattr(node, body, None) or []
+
+
 @functools.cache
 def uvit_imports(name: str) -> tuple[str, ...]:
     """The uvit modules one module imports (parsed once per process: every subcommand's closure shares them).
@@ -155,7 +166,7 @@ def uvit_imports(name: str) -> tuple[str, ...]:
     path = module_path(name)
     package = name.split(".")[: None if path.endswith("__init__.py") else -1]
     imported: list[list[str]] = []
-    for node in ast.walk(ast.parse((PACKAGE / path).read_text())):
+    for node in statements(ast.parse((PACKAGE / path).read_text())):
         if isinstance(node, ast.Import):
             imported += [alias.name.split(".")[1:] for alias in node.names if alias.name.startswith("uvit.")]
             continue

@@ -23,13 +23,12 @@ resolution, reference statistics) and their provenance: short hashes of checkpoi
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-
-import yaml
 
 from uvit import layout
 from uvit.config import (
@@ -40,6 +39,7 @@ from uvit.config import (
     guidance_metrics_path,
     guidance_points,
     metrics_paths,
+    read_yaml,
     resolve_experiment,
     settings_differences,
     variant_runs,
@@ -172,8 +172,10 @@ class Table:
 # --------------------------------------------------------------------------------------------------------
 
 
+@functools.cache
 def paper_data() -> dict:
-    return yaml.safe_load(resources.files("uvit").joinpath("paper_results.yaml").read_text())
+    """The paper's numbers (read once per process: every table, and the Snakefile's table names, read them)."""
+    return read_yaml(resources.files("uvit").joinpath("paper_results.yaml"))
 
 
 def paper_choices() -> dict[str, str]:
