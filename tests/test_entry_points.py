@@ -1,5 +1,5 @@
-"""The README's commands where users run them: a killed run, a changed setting or source file, a machine with
-several GPUs, a SLURM login node. Each test drives the real command (snakemake, python -m uvit.devices) in a
+"""The README's commands where users run them: a changed setting or source file, a machine with several GPUs, a
+SLURM login node (a killed run: test_pipeline.py, in the smoke run's project). Each test drives the real command (snakemake, python -m uvit.devices) in a
 subprocess; fake nvidia-smi / sbatch / squeue / sacct on PATH stand in for the hardware and the scheduler."""
 
 from __future__ import annotations
@@ -8,15 +8,13 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CORES, ROOT, load_test_params, make_project_copy, project_env, run, set_params
+from conftest import ROOT, load_test_params, make_project_copy, project_env, run
 
 from uvit import stages
 from uvit.stages import RULE_COMMANDS, Lineage, code_files, module_closure
@@ -237,69 +235,12 @@ def test_stages_keep_freed_memory_instead_of_faulting_it_back_in():
     assert faults["kept"] < 2 * pages, faults
 
 
-# -- a killed run, through the real command ------------------------------------------------------------------
+# -- profiles ----------------------------------------------------------------------------------------------
 def test_profiles_are_where_snakemake_reads_them():
     """Snakemake reads profiles/default beside the Snakefile by itself (rerun-incomplete: a killed job reruns)."""
     out = run(["snakemake", "-n", "--cores", "1", "--verbose", "--dry-run"], ROOT, check=False)
     assert "profiles/default" in out.stdout + out.stderr or (ROOT / "profiles/default/config.yaml").is_file()
     assert not (ROOT / "workflow" / "profiles").exists()
-
-
-@pytest.mark.slow
-def test_a_killed_run_never_leaves_an_older_result_current(tmp_path):
-    """Train smoke_pixel (cosine decay, 30 steps), change training.steps to 64 (another trajectory: the decay
-    follows the length), SIGKILL the training job after its checkpoint of step 16, run the same command again: it
-    trains on from that checkpoint (the older run's checkpoints of steps 20 and 30 neither resume it nor displace
-    its own) and every output is the current settings' (never 'Nothing to be done' over the older FID), and the
-    weights equal an uninterrupted run's bit for bit."""
-    project = make_project_copy(tmp_path / "project", targets=["smoke_pixel"])
-    target = "metrics/smoke_pixel/fid.json"
-    command = ["snakemake", "--cores", CORES, target]
-    older = dict(keep_steps=[], checkpoint_every=10, log_every=10, steps=30, lr_schedule="cosine")
-
-    def small(p):  # one FID (no sampler-step curve): the test is about what reruns, not about the FID
-        p["experiments"]["smoke_pixel"]["training"].update(older)
-        p["experiments"]["smoke_pixel"]["evaluation"].update(sampler_steps=[])
-
-    set_params(project, small)
-    run(command, project, timeout=900)
-    old_fid = json.loads((project / target).read_text())
-    assert old_fid["training_steps"] == 30
-    checkpoints = project / "results/smoke_pixel/checkpoints"
-    assert sorted(p.name for p in checkpoints.glob("ckpt-*.pt")) == ["ckpt-0000020.pt", "ckpt-0000030.pt"]
-
-    newer = {"steps": 64, "checkpoint_every": 8, "log_every": 8}
-    set_params(project, lambda p: p["experiments"]["smoke_pixel"]["training"].update(newer))
-    env = project_env() | {"UVIT_SKIP_DVC_COMMIT": "1"}
-    job = subprocess.Popen(
-        command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 600
-    while not (checkpoints / "ckpt-0000016.pt").exists():
-        assert job.poll() is None and time.monotonic() < deadline, "training ended before it was killed"
-        time.sleep(0.05)
-    trainer = subprocess.run(
-        ["pgrep", "-f", "train --experiment smoke_pixel"], capture_output=True, text=True
-    )
-    for pid in trainer.stdout.split():
-        os.kill(int(pid), signal.SIGKILL)
-    job.wait(timeout=120)
-    assert job.returncode != 0
-    assert sorted(p.name for p in checkpoints.glob("ckpt-*.pt"))[-1] == "ckpt-0000016.pt"
-
-    again = run(command, project, timeout=900)
-    assert "Nothing to be done" not in again.stdout + again.stderr
-    log = (project / "logs/train/smoke_pixel.log").read_text()
-    resumed = f"resuming from {Path('results/smoke_pixel/checkpoints/ckpt-0000016.pt')} (step 16)"
-    assert resumed in log, log[-2000:]
-    fid = json.loads((project / target).read_text())
-    assert fid["training_steps"] == 64 and fid != old_fid
-
-    straight = tmp_path / "straight"
-    train = ["uvit", "train", "--experiment", "smoke_pixel", "--data", "data/prepared/digits"]
-    run([*train, "--out", str(straight), "--metrics", str(straight / "train.json")], project, timeout=900)
-    assert md5(project / "results/smoke_pixel/nnet_ema.pth") == md5(straight / "nnet_ema.pth")
-    assert fid["provenance"]["inputs"]["checkpoint"]["md5"] == md5(straight / "nnet_ema.pth")
 
 
 # -- SLURM from a login node ---------------------------------------------------------------------------------

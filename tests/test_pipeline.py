@@ -7,10 +7,12 @@ the tests below share that run. Tests that change a file restore it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from html.parser import HTMLParser
@@ -44,11 +46,17 @@ def project(tmp_path_factory) -> Path:
     return project
 
 
+@pytest.fixture(scope="module")
+def dvc_plots(project) -> dict:
+    """`dvc plots show --json` of the smoke run (one DVC start for the tests that read it)."""
+    return json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)
+
+
 def verify(project, check=True):
     return run(["uvit", "verify"], project, check=check)
 
 
-def test_smoke_dag_end_to_end(project):
+def test_smoke_dag_end_to_end(project, dvc_plots):
     table = (project / "paper_tables" / "results.md").read_text()
     for name in SMOKE:
         metrics = json.loads((project / "metrics" / name / "fid.json").read_text())
@@ -62,8 +70,7 @@ def test_smoke_dag_end_to_end(project):
     assert (project / "paper_tables" / "results.tex").read_text().count("smoke") == 3
     loss_csv = (project / "metrics" / "smoke_pixel" / "loss.csv").read_text().splitlines()
     assert loss_csv[0] == "step,loss,lr" and len(loss_csv) == 1 + 20 // 5  # steps 20, log_every 5
-    plots = run(["dvc", "plots", "show", "--json"], project).stdout
-    assert "metrics/smoke_pixel/loss.csv" in plots
+    assert "metrics/smoke_pixel/loss.csv" in json.dumps(dvc_plots)
     text = json.loads((project / "metrics" / SMOKE_TEXT / "fid.json").read_text())
     assert text["num_samples"] == 12 and text["fid"] > 0 and f"`{SMOKE_TEXT}`" in table
     contexts = json.loads((project / "data/text/emoji_mini/test/manifest.json").read_text())
@@ -75,7 +82,7 @@ def test_smoke_dag_end_to_end(project):
     ]
 
 
-def test_curves_over_training_and_sampler_steps(project):
+def test_curves_over_training_and_sampler_steps(project, dvc_plots):
     """smoke_pixel keeps step 10 of 20 and evaluates 3 sampler steps besides its 5: both in tables."""
     point = json.loads((project / "metrics/smoke_pixel/curve/step10-sampler_steps5.json").read_text())
     assert point["training_steps"] == 10 and point["sampler_steps"] == 5
@@ -105,8 +112,7 @@ def test_curves_over_training_and_sampler_steps(project):
         f"3,{fewer['fid']},{fewer['fid_floor']}",
         f"5,{final['fid']},{final['fid_floor']}",
     ]
-    plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
-    values = plots["fid_over_training"][0]["content"]["data"]["values"]
+    values = dvc_plots["data"]["fid_over_training"][0]["content"]["data"]["values"]
     assert {(v["training_steps"], v["fid"]) for v in values} == {
         ("10", str(point["fid"])),
         ("20", str(final["fid"])),
@@ -443,3 +449,52 @@ def test_a_sampling_key_reruns_sampling_not_training_under_both_engines(project)
         "experiments.smoke_text.sampling.seed",
     ]
     assert any(row.endswith(",2") and f",{fid}," in row for row in rows), table
+
+
+def test_a_killed_run_never_leaves_an_older_result_current(project, tmp_path):
+    """Last (it leaves smoke_pixel at other settings): change smoke_pixel's training (64 steps of cosine decay
+    instead of 20 at a constant rate: another trajectory), SIGKILL its training job after its checkpoint of step
+    16, run the same command again: it trains on from that checkpoint (the smoke run's checkpoints of steps 10
+    and 20 neither resume it nor displace its own) and every output is the current settings' (never 'Nothing to
+    be done' over the smoke run's FID), and the weights equal an uninterrupted run's bit for bit. dvc.lock is
+    not recorded (the test above has it)."""
+    target = "metrics/smoke_pixel/fid.json"
+    command = ["snakemake", "--cores", CORES, target]
+    env = project_env() | {"UVIT_SKIP_DVC_COMMIT": "1"}
+    old_fid = json.loads((project / target).read_text())
+    assert old_fid["training_steps"] == 20
+    checkpoints = project / "results/smoke_pixel/checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("ckpt-*.pt")) == ["ckpt-0000010.pt", "ckpt-0000020.pt"]
+
+    newer = {"steps": 64, "checkpoint_every": 8, "log_every": 8, "lr_schedule": "cosine", "keep_steps": []}
+    set_params(project, lambda p: p["experiments"]["smoke_pixel"]["training"].update(newer))
+    job = subprocess.Popen(
+        command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 600
+    while not (checkpoints / "ckpt-0000016.pt").exists():
+        assert job.poll() is None and time.monotonic() < deadline, "training ended before it was killed"
+        time.sleep(0.05)
+    trainers = run(["pgrep", "-f", "train --experiment smoke_pixel"], project).stdout.split()
+    for pid in trainers:  # this project's (another test's training may be running beside it)
+        if Path(f"/proc/{pid}/cwd").resolve() == project.resolve():
+            os.kill(int(pid), signal.SIGKILL)
+    job.wait(timeout=120)
+    assert job.returncode != 0
+    assert sorted(p.name for p in checkpoints.glob("ckpt-*.pt"))[-1] == "ckpt-0000016.pt"
+
+    again = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Nothing to be done" not in again.stdout + again.stderr
+    log = (project / "logs/train/smoke_pixel.log").read_text()
+    resumed = f"resuming from {Path('results/smoke_pixel/checkpoints/ckpt-0000016.pt')} (step 16)"
+    assert resumed in log, log[-2000:]
+    fid = json.loads((project / target).read_text())
+    assert fid["training_steps"] == 64 and fid["fid"] != old_fid["fid"]
+
+    straight = tmp_path / "straight"
+    train = ["uvit", "train", "--experiment", "smoke_pixel", "--data", "data/prepared/digits"]
+    run([*train, "--out", str(straight), "--metrics", str(straight / "train.json")], project, timeout=900)
+    weights = (project / "results/smoke_pixel/nnet_ema.pth").read_bytes()
+    assert weights == (straight / "nnet_ema.pth").read_bytes()
+    assert fid["provenance"]["inputs"]["checkpoint"]["md5"] == hashlib.md5(weights).hexdigest()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import load_test_params, project_params, record
 
-from uvit.config import resolve_experiment
+from uvit.config import load_params, resolve_experiment
 from uvit.data import prepare_dataset
 from uvit.precision import cpu_flags, resolve_precision
 from uvit.seeds import batch_indices
@@ -329,6 +329,17 @@ def train_command(params: Path, data: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def train_here(params: Path, data: Path, out: Path) -> None:
+    """What the process of train_command runs, in this one: a short run another is compared with needs no process
+    of its own (a process start is ~3.5 s of CPU: torch, and torch.optim's dynamo)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `--threads 1`
+    try:
+        train(resolve_experiment(load_params(params), "smoke_pixel"), data, out, log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_sigkill_at_random_points_then_resume_is_bitwise_identical(digits, tmp_path):
     """Three runs killed with SIGKILL at random moments between checkpoints (random, but always mid-run: each
     kill waits for the run to pass a random checkpoint, not for a time that a loaded machine would overrun),
@@ -378,9 +389,7 @@ def test_two_gloo_processes_take_the_step_of_one_process_on_the_whole_batch(digi
     import sys
 
     params = project_params(tmp_path, steps=4, checkpoint_every=4, log_every=1, precision="fp32")
-    subprocess.run(
-        [sys.executable, *train_command(params, digits, tmp_path / "one")], check=True, capture_output=True
-    )
+    train_here(params, digits, tmp_path / "one")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     result = subprocess.run(
         [*torchrun, *train_command(params, digits, tmp_path / "two")], capture_output=True, text=True
