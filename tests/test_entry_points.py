@@ -4,7 +4,6 @@ subprocess; fake nvidia-smi / sbatch / squeue / sacct on PATH stand in for the h
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -18,10 +17,6 @@ from conftest import ROOT, load_test_params, make_project_copy, project_env, run
 
 from uvit import stages
 from uvit.stages import RULE_COMMANDS, Lineage, code_files, module_closure
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def fake_command(bin_dir: Path, name: str, script: str) -> None:
