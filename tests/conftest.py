@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -156,6 +157,14 @@ def run(command: list[str], cwd: Path, check: bool = True, timeout: int = 600) -
             f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
     return result
+
+
+def job_rules(output: str) -> set[str]:
+    """The rules of the "Job stats" table Snakemake prints before running or planning (none: nothing to do)."""
+    if "Job stats:" not in output:
+        return set()
+    table = output.split("Job stats:")[1].split("total")[0]
+    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+$", table, re.M)}
 
 
 def project_params(tmp_path: Path, sampling: dict | None = None, **training) -> Path:

@@ -55,7 +55,7 @@ def dvc_stages(project) -> dict[str, tuple[str, set, set]]:
         }
 
 
-def assert_engines_agree(project, jobs: list[dict], every_stage: bool = True) -> None:
+def assert_engines_agree(project, jobs: list[dict]) -> None:
     """Each job Snakemake plans is a DVC stage with its command (less --threads and the log), inputs and outputs."""
     dvc = dvc_stages(project)
     commands = set()
@@ -68,8 +68,7 @@ def assert_engines_agree(project, jobs: list[dict], every_stage: bool = True) ->
             assert (deps, outs) == (job["input"], job["output"]), name
         else:
             assert job["output"] <= outs and job["input"] <= deps, name
-    if every_stage:
-        assert commands == set(dvc), sorted(set(dvc) - commands)[:5]
+    assert commands == set(dvc), sorted(set(dvc) - commands)[:5]
 
 
 # One key per section, each set to a value it does not have (written or defaulted), with the smoke experiments
